@@ -1,0 +1,302 @@
+"""One typed configuration tree for every stage.
+
+A config is a tree of dataclasses. It is built from defaults, a YAML preset (``jobs/configs/<name>.yaml`` or a path)
+and dotted command-line overrides (``--set data.image_size=128``), validated on the way: an unknown key or a value of
+the wrong type is a :class:`ConfigError` that names the key and where the value came from. A config crosses process
+boundaries only as a plain dict (:func:`to_dict` / :func:`from_dict`) and is saved beside every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class StorageConfig:
+    """Where every stage reads and writes (see :mod:`trcgl.storage`).
+
+    Credentials are never part of the config: they come from the environment or the cloud's instance role.
+    """
+
+    root: str = "./runs"  # local path or s3://bucket/prefix
+    endpoint_url: str | None = None  # S3-compatible endpoint; falls back to $AWS_ENDPOINT_URL
+    region: str = "us-east-1"
+    retries: int = 10  # S3 request attempts before failing loudly
+    connect_timeout_s: float = 5.0
+
+
+@dataclass
+class SplitConfig:
+    """Patient-level split fractions; the split of a patient is a hash of (seed, PatientID)."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class GroupConfig:
+    """Head / medium / tail thresholds on train prevalence (fraction of train images positive)."""
+
+    head_min: float = 0.10  # prevalence > head_min: head
+    tail_max: float = 0.01  # prevalence < tail_max: tail; in between: medium
+
+
+@dataclass
+class DataConfig:
+    """What dataset to prepare and how.
+
+    ``source`` is ``padchest-synth`` (the embedded default: rendered by :mod:`jobs.synthesize_padchest` into
+    ``{root}/sources/``) or ``padchest`` (real images at ``images``).
+    """
+
+    source: str = "padchest-synth"
+    metadata: str | None = None  # PadChest CSV (.csv or .csv.gz, local or s3://); None: the default for the source
+    images: str | None = None  # images root (local or s3://); None: the rendered PadChest-Synth images
+    layout: str = "auto"  # "dirs" ({images}/{ImageDir}/{ImageID}), "flat" ({images}/{ImageID}) or "auto"
+    label_set: str = "cxr-lt-30"  # a file in trcgl/data/labelsets/, or "padchest-top-N"
+    projections: list[str] = field(default_factory=lambda: ["PA", "AP", "AP_horizontal"])
+    image_size: int = 224
+    max_rows: int | None = None  # keep only the first N usable rows (ordered by ImageID); None: all
+    shard_rows: int = 512  # rows per Parquet part
+    name: str | None = None  # dataset name; None: derived from this section's hash
+    split: SplitConfig = field(default_factory=SplitConfig)
+    groups: GroupConfig = field(default_factory=GroupConfig)
+
+
+@dataclass
+class SynthConfig:
+    """PadChest-Synth: real PadChest metadata rows rendered as synthetic 16-bit PNGs in PadChest's layout."""
+
+    rows: int = 2000  # rows in the stratified subset
+    size: int = 256  # rendered image side, pixels
+    layout: str = "dirs"  # "dirs": PadChest's {ImageDir}/{ImageID}; "flat": {ImageID} (as torchxrayvision reads)
+    seed: int = 0  # dataset seed (per-image seeds derive from it and the ImageID)
+    tail_floor: int = 20  # minimum positives per class in the subset (where the metadata has that many)
+    lateral_fraction: float = 0.1  # share of lateral (L) rows kept in the subset, so loaders see both
+    contact_sheet_examples: int = 8
+    batch_size: int = 32  # rows per Ray Data rendering task
+
+
+@dataclass
+class RayConfig:
+    """How a job connects to Ray."""
+
+    address: str | None = None  # None: $RAY_ADDRESS if set, else start a local Ray
+    num_cpus: int | None = None  # for a local Ray; None: all cores
+    cpus_per_task: float = 1.0  # CPUs per Ray Data decode/render task
+
+
+@dataclass
+class Config:
+    """The whole tree."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """Checks ``value`` against type ``tp`` (coercing only safe cases: int→float, numeric strings→float)."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} ({origin}) must be a mapping, got {value!r}")
+        return _build(tp, value, key, origin)
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, origin)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config key {key!r} ({origin}): {value!r} is not a {_type_name(tp)}")
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} ({origin}) must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", origin) for i, v in enumerate(value)]
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} ({origin}) must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", origin) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "3e-4" as a string
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f"config key {key!r} ({origin}) must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, origin: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            raise ConfigError(f"unknown config key {dotted!r} ({origin}); known keys here: {sorted(known)}")
+        kwargs[key] = _coerce(value, hints[key], dotted, origin)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain, JSON-able dict (what crosses process boundaries)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
+    """Builds and validates a :class:`Config` from a (possibly partial) plain dict."""
+    return _build(Config, data, "", origin)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses ``a.b.c=value`` (value read as YAML) into (["a", "b", "c"], value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return keys, value
+
+
+def preset_path(preset: str) -> Path:
+    """Resolves a preset name (``tiny``) or a YAML path to a file."""
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file {preset!r} does not exist")
+        return path
+    candidate = PRESET_DIR / f"{preset}.yaml"
+    if not candidate.exists():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown config preset {preset!r}; known presets: {known}, or give a .yaml path")
+    return candidate
+
+
+def load_config(preset: str | None = "demo", overrides: list[str] | None = None) -> Config:
+    """Defaults ← preset YAML ← ``--set`` overrides, validated.
+
+    Args:
+        preset: preset name in ``jobs/configs`` or a YAML path; None for bare defaults.
+        overrides: ``section.key=value`` strings.
+
+    Raises:
+        ConfigError: naming the bad key and the file or override it came from.
+    """
+    cfg = from_dict({}, "defaults")
+    if preset is not None:
+        path = preset_path(preset)
+        with open(path) as fh:
+            try:
+                data = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        cfg = from_dict(_merge(to_dict(cfg), data), f"file {path}")
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        cfg = from_dict(_merge(to_dict(cfg), nested), f"override {text!r}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    d = cfg.data
+    if d.source not in ("padchest-synth", "padchest"):
+        raise ConfigError(f"config key 'data.source' must be 'padchest-synth' or 'padchest', got {d.source!r}")
+    if d.layout not in ("auto", "dirs", "flat"):
+        raise ConfigError(f"config key 'data.layout' must be auto, dirs or flat, got {d.layout!r}")
+    if not 8 <= d.image_size <= 4096:
+        raise ConfigError(f"config key 'data.image_size' must be in [8, 4096], got {d.image_size}")
+    if d.shard_rows < 1:
+        raise ConfigError(f"config key 'data.shard_rows' must be >= 1, got {d.shard_rows}")
+    s = d.split
+    if s.val_fraction < 0 or s.test_fraction < 0 or s.val_fraction + s.test_fraction >= 1:
+        raise ConfigError(
+            f"config keys 'data.split.val_fraction' + 'data.split.test_fraction' must be in [0, 1), "
+            f"got {s.val_fraction} + {s.test_fraction}"
+        )
+    if not 0 < d.groups.tail_max <= d.groups.head_min < 1:
+        raise ConfigError(
+            f"config keys 'data.groups' need 0 < tail_max <= head_min < 1, got {d.groups.tail_max}, {d.groups.head_min}"
+        )
+    if cfg.synth.rows < 1 or not 8 <= cfg.synth.size <= 4096:
+        raise ConfigError(f"config keys 'synth.rows'/'synth.size' out of range: {cfg.synth.rows}, {cfg.synth.size}")
+    if cfg.synth.layout not in ("dirs", "flat"):
+        raise ConfigError(f"config key 'synth.layout' must be dirs or flat, got {cfg.synth.layout!r}")
+    if cfg.storage.retries < 1:
+        raise ConfigError(f"config key 'storage.retries' must be >= 1, got {cfg.storage.retries}")
+    for key in ("access_key", "secret_key", "aws_secret_access_key", "aws_access_key_id", "token"):
+        if key in to_dict(cfg.storage):
+            raise ConfigError("credentials never go in the config; use the environment or an instance role")
+
+
+def config_hash(section: Any, length: int = 8) -> str:
+    """A short stable hash of a config section (or any JSON-able value)."""
+    data = to_dict(section) if dataclasses.is_dataclass(section) else section
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

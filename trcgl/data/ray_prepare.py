@@ -1,0 +1,90 @@
+"""The prepare stage on Ray Data: shards fan out to ``map_batches`` tasks that decode, resize and write Parquet."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+import ray
+
+from trcgl.config import Config, ConfigError, from_dict, to_dict
+from trcgl.data import prepare, synth_source
+from trcgl.data.padchest import default_metadata_path
+from trcgl.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def resolve_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
+    """(metadata URI, images URI) for ``data.source``.
+
+    Raises:
+        ConfigError: for real PadChest without ``data.images``.
+    """
+    if cfg.data.source == "padchest-synth":
+        return synth_source.synth_inputs(cfg, storage)
+    if not cfg.data.images:
+        raise ConfigError("config key 'data.images' must point at the PadChest images when data.source=padchest")
+    return cfg.data.metadata or default_metadata_path(), cfg.data.images
+
+
+def _process_batch(batch: pd.DataFrame, cfg_dict: dict, **kwargs) -> pd.DataFrame:
+    cfg = from_dict(cfg_dict, "prepare task")
+    results = [prepare.process_shard(p, cfg=cfg, **kwargs) for p in batch["payload"]]
+    return pd.DataFrame(
+        {
+            "shard": [r["shard"] for r in results],
+            "written": [r["written"] for r in results],
+            "skipped": [r["skipped"] for r in results],
+            "rejects": [r["rejects"] for r in results],
+        }
+    )
+
+
+def run_prepare(cfg: Config) -> dict:
+    """Prepares ``{root}/datasets/{name}/`` from metadata + images (skipped when already published).
+
+    Returns:
+        The prepare report (also written as ``prepare_report.json``), plus ``skipped_shards``.
+    """
+    t0 = time.perf_counter()
+    storage = Storage(cfg.storage.root, cfg.storage)
+    metadata_uri, images_uri = resolve_inputs(cfg, storage)
+    plan = prepare.plan_prepare(cfg, metadata_uri, images_uri)
+    existing = prepare.check_existing(storage, plan)
+    if existing is not None:
+        log.info("dataset %s is already prepared at %s: skipping", plan.name, storage.uri("datasets", plan.name))
+        return {**existing, "skipped": True}
+    storage.check_writable()
+    log.info(
+        "preparing %s: %d rows in %d shards from %s (%s layout) at %d px",
+        plan.name, len(plan.rows), plan.num_shards, images_uri, plan.layout, cfg.data.image_size,
+    )
+    payloads = pd.DataFrame({"payload": [plan.shard_payload(s) for s in range(plan.num_shards)]})
+    ds = ray.data.from_pandas(payloads, override_num_blocks=max(1, plan.num_shards)).map_batches(
+        _process_batch,
+        batch_size=1,
+        batch_format="pandas",
+        fn_kwargs={
+            "cfg_dict": to_dict(cfg),
+            "dataset": plan.name,
+            "images_uri": images_uri,
+            "layout": plan.layout,
+            "num_classes": len(plan.label_set.classes),
+        },
+        num_cpus=cfg.ray.cpus_per_task,
+    )
+    results = ds.to_pandas().to_dict(orient="records")
+    if sorted(r["shard"] for r in results) != list(range(plan.num_shards)):
+        raise RuntimeError(f"prepare returned results for {len(results)} of {plan.num_shards} shards")
+    for r in results:
+        r["rejects"] = [dict(x) for x in r["rejects"]]
+    report = prepare.finalize(cfg, plan, storage, results, time.perf_counter() - t0)
+    report["skipped_shards"] = sum(bool(r["skipped"]) for r in results)
+    log.info(
+        "dataset %s: %d rows written, %d images rejected (%s), %d metadata rows dropped",
+        plan.name, report["rows_written"], report["rejected_images"], report["rejected_images_by_reason"],
+        report["dropped_metadata_rows"],
+    )
+    return report

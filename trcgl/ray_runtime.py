@@ -1,0 +1,34 @@
+"""Connecting a job to Ray: a cluster when one is named (``ray.address`` or ``$RAY_ADDRESS``), else a local Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from trcgl.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: Config) -> bool:
+    """Initialises Ray once per driver.
+
+    Under ``ray job submit`` the driver already runs inside the cluster and ``ray.init()`` attaches to it; under
+    ``python -m jobs.X`` with no address a local Ray is started with ``ray.num_cpus`` CPUs.
+
+    Returns:
+        True when this call started Ray (the caller then shuts it down).
+    """
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        log.info("starting a local Ray (num_cpus=%s)", cfg.ray.num_cpus)
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+    return True

@@ -1,0 +1,316 @@
+"""Storage roots, the artifact layout, atomic writes and manifests: the one place that knows about filesystems.
+
+A root is a local path (``./runs``, ``/abs/path``) or ``s3://bucket/prefix`` on AWS or any S3-compatible endpoint
+(``storage.endpoint_url`` or ``$AWS_ENDPOINT_URL``). :class:`Storage` hands the same root to pyarrow (and so to Ray
+Data, Train and Tune as ``filesystem=`` / ``storage_filesystem=``) and to fsspec. Credentials come only from the
+environment or the cloud's role (the AWS SDK's usual chain), never from config files.
+
+Layout (DESIGN.md)::
+
+    {root}/sources/{name}/          PadChest-format raw data we rendered (PadChest-Synth): CSV, images/, sheets
+    {root}/datasets/{dataset}/      part-*.parquet, labels.json, cooccurrence.parquet, prepare_report.json
+    {root}/runs/{run}/...           per-run stages
+
+Writes are atomic: local files are written under a temporary name and renamed; an S3 object appears only when its
+upload completes. A stage publishes its outputs by writing ``_manifest.json`` last; readers trust only outputs a
+manifest lists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from trcgl.config import ConfigError, StorageConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed after the configured retries; the message names the endpoint and path."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed storage URI.
+
+    Attributes:
+        scheme: "file" or "s3".
+        path: absolute local path, or "bucket/key" for S3 (what pyarrow wants).
+    """
+
+    scheme: str
+    path: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.path}" if self.scheme == "s3" else self.path
+
+
+def parse_uri(uri: str) -> Location:
+    """Parses a local path or ``s3://bucket/prefix`` into a :class:`Location`.
+
+    Raises:
+        ConfigError: for other schemes or an s3 URI without a bucket.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        local = parsed.path if parsed.scheme == "file" else uri
+        return Location("file", os.path.abspath(os.path.expanduser(local)))
+    if parsed.scheme in ("s3", "s3a"):
+        if not parsed.netloc:
+            raise ConfigError(f"storage URI {uri!r} has no bucket (expected s3://bucket/prefix)")
+        return Location("s3", f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"))
+    raise ConfigError(f"storage URI {uri!r}: unsupported scheme {parsed.scheme!r}; use a local path or s3://")
+
+
+def endpoint_for(cfg: StorageConfig) -> str | None:
+    """The S3 endpoint URL: the config's, else ``$AWS_ENDPOINT_URL``, else None (AWS)."""
+    return cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def pyarrow_s3(cfg: StorageConfig) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem with explicit retries and timeouts; credentials from the environment."""
+    kwargs: dict[str, Any] = {
+        "region": cfg.region,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=cfg.retries),
+        "connect_timeout": cfg.connect_timeout_s,
+        "request_timeout": max(30.0, cfg.connect_timeout_s),
+    }
+    endpoint = endpoint_for(cfg)
+    if endpoint:
+        parsed = urlparse(endpoint)
+        if not parsed.scheme or not parsed.netloc:
+            raise ConfigError(f"storage endpoint {endpoint!r} must look like http://host:port")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path on it) for any local path or s3:// URI."""
+    loc = parse_uri(uri)
+    if loc.scheme == "s3":
+        return pyarrow_s3(cfg), loc.path
+    return pafs.LocalFileSystem(), loc.path
+
+
+class Storage:
+    """A storage root with pyarrow and fsspec views and atomic, manifest-published writes.
+
+    All ``rel`` arguments are POSIX paths relative to the root. Picklable: it travels to Ray workers as its root and
+    config and rebuilds its filesystems there.
+
+    Args:
+        root: local path or s3:// URI.
+        cfg: storage settings (endpoint, region, retries).
+    """
+
+    def __init__(self, root: str, cfg: StorageConfig | None = None) -> None:
+        self.cfg = cfg or StorageConfig()
+        self.location = parse_uri(root)
+        self.root = self.location.uri
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Storage, (self.root, self.cfg))
+
+    def __repr__(self) -> str:
+        return f"Storage({self.root!r})"
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location.scheme == "s3"
+
+    @property
+    def endpoint(self) -> str:
+        """Human-readable endpoint for error messages."""
+        return (endpoint_for(self.cfg) or "AWS S3") if self.is_s3 else "local filesystem"
+
+    @cached_property
+    def pyarrow_fs(self) -> pafs.FileSystem:
+        """The pyarrow filesystem (pass as ``filesystem=`` to Ray Data, ``storage_filesystem=`` to Train/Tune)."""
+        return pyarrow_s3(self.cfg) if self.is_s3 else pafs.LocalFileSystem()
+
+    @cached_property
+    def fsspec_fs(self) -> Any:
+        """An fsspec filesystem for the same root (s3fs with listing cache off, or the local one)."""
+        if not self.is_s3:
+            import fsspec
+
+            return fsspec.filesystem("file")
+        import s3fs
+
+        client_kwargs: dict[str, Any] = {"region_name": self.cfg.region}
+        if endpoint_for(self.cfg):
+            client_kwargs["endpoint_url"] = endpoint_for(self.cfg)
+        return s3fs.S3FileSystem(
+            client_kwargs=client_kwargs,
+            config_kwargs={"retries": {"max_attempts": self.cfg.retries, "mode": "standard"}},
+            use_listings_cache=False,
+        )
+
+    # ------------------------------------------------------------------------------------------------ paths
+
+    def path(self, *parts: str) -> str:
+        """Path on :attr:`pyarrow_fs` (no scheme) of ``root/parts...``."""
+        return posixpath.join(self.location.path, *parts) if parts else self.location.path
+
+    def uri(self, *parts: str) -> str:
+        """Full URI (``s3://...`` or absolute local path) of ``root/parts...``."""
+        p = self.path(*parts)
+        return f"s3://{p}" if self.is_s3 else p
+
+    def _wrap(self, op: str, rel: str, exc: Exception) -> StorageError:
+        return StorageError(f"{op} {self.uri(rel)!r} failed on {self.endpoint}: {exc}")
+
+    # ------------------------------------------------------------------------------------------------ reads
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return self.pyarrow_fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+        except OSError as exc:
+            raise self._wrap("stat", rel, exc) from exc
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.pyarrow_fs.open_input_stream(self.path(rel), compression=None) as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if "not found" in str(exc).lower() or "no such file" in str(exc).lower():
+                raise FileNotFoundError(self.uri(rel)) from exc
+            raise self._wrap("read", rel, exc) from exc
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def list_files(self, rel: str) -> list[str]:
+        """Relative paths of files under ``rel`` (recursive, sorted); empty when it does not exist."""
+        selector = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
+        try:
+            infos = self.pyarrow_fs.get_file_info(selector)
+        except OSError as exc:
+            raise self._wrap("list", rel, exc) from exc
+        base = self.location.path.rstrip("/") + "/"
+        return sorted(i.path[len(base) :] for i in infos if i.type == pafs.FileType.File)
+
+    # ------------------------------------------------------------------------------------------------ writes
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Writes ``data`` atomically: readers see the old object or the whole new one, never a part."""
+        path = self.path(rel)
+        try:
+            if self.is_s3:
+                with self.pyarrow_fs.open_output_stream(path, compression=None) as fh:  # object appears on completion
+                    fh.write(data)
+                return
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        except OSError as exc:
+            raise self._wrap("write", rel, exc) from exc
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+    def write_parquet(self, rel: str, table: Any) -> None:
+        """Writes a pyarrow Table as one Parquet file, atomically."""
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(rel, buf.getvalue())
+
+    def delete(self, rel: str) -> None:
+        try:
+            info = self.pyarrow_fs.get_file_info(self.path(rel))
+            if info.type == pafs.FileType.Directory:
+                self.pyarrow_fs.delete_dir(self.path(rel))
+            elif info.type == pafs.FileType.File:
+                self.pyarrow_fs.delete_file(self.path(rel))
+        except OSError as exc:
+            raise self._wrap("delete", rel, exc) from exc
+
+    def check_writable(self) -> None:
+        """Fails fast, naming the root, when it cannot be written."""
+        probe = f".write-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            self.write_bytes(probe, b"ok")
+            self.delete(probe)
+        except (StorageError, OSError) as exc:
+            raise StorageError(f"storage root {self.root!r} is not writable ({self.endpoint}): {exc}") from exc
+
+    # ------------------------------------------------------------------------------------------------ manifests
+
+    def publish(self, rel_dir: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """Publishes a stage's outputs: lists every file under ``rel_dir`` with its size in ``_manifest.json``.
+
+        Call it last, after every output is written; :meth:`manifest` returns None until then.
+        """
+        files = {}
+        selector = pafs.FileSelector(self.path(rel_dir), recursive=True, allow_not_found=True)
+        base = self.path(rel_dir).rstrip("/") + "/"
+        for info in self.pyarrow_fs.get_file_info(selector):
+            name = info.path[len(base) :]
+            if info.type == pafs.FileType.File and name != MANIFEST and ".tmp-" not in name:
+                files[name] = info.size
+        manifest = {**meta, "files": dict(sorted(files.items()))}
+        self.write_json(posixpath.join(rel_dir, MANIFEST), manifest)
+        return manifest
+
+    def manifest(self, rel_dir: str) -> dict[str, Any] | None:
+        """The published manifest of ``rel_dir``, or None when the stage has not finished."""
+        try:
+            return self.read_json(posixpath.join(rel_dir, MANIFEST))
+        except FileNotFoundError:
+            return None
+
+    def iter_manifest_files(self, rel_dir: str, suffix: str = "") -> Iterator[str]:
+        """Relative paths (under the root) of the files a manifest lists, optionally filtered by suffix."""
+        manifest = self.manifest(rel_dir)
+        if manifest is None:
+            raise FileNotFoundError(f"{self.uri(rel_dir)!r} has no {MANIFEST}: the stage that writes it has not finished")
+        for name in manifest["files"]:
+            if name.endswith(suffix):
+                yield posixpath.join(rel_dir, name)
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+
+
+def source_dir(name: str) -> str:
+    """Raw data in PadChest's own format that we produced (PadChest-Synth renders)."""
+    return f"sources/{name}"
+
+
+def dataset_dir(name: str) -> str:
+    """A prepared dataset: Parquet shards, labels.json, cooccurrence.parquet, prepare_report.json."""
+    return f"datasets/{name}"
+
+
+def run_dir(run: str, stage: str | None = None) -> str:
+    """A run's folder, or one stage's subfolder (diffusion, synthetic, classifier, sweep)."""
+    return f"runs/{run}/{stage}" if stage else f"runs/{run}"

@@ -19,7 +19,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo", help="preset name in jobs/configs (tiny, demo, ...) or a YAML path")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="dotted override, e.g. --set data.image_size=128 (repeatable; several may follow one --set)",
         nargs="+",
     )
@@ -41,7 +45,9 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
-def run(main_fn: Callable[[Config, argparse.Namespace], dict[str, Any]], description: str, argv: list[str] | None) -> int:
+def run(
+    main_fn: Callable[[Config, argparse.Namespace], dict[str, Any]], description: str, argv: list[str] | None
+) -> int:
     """Parses arguments, loads the config, starts Ray, runs ``main_fn`` and prints its summary as JSON.
 
     Returns:

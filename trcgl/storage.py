@@ -215,8 +215,9 @@ class Storage:
         path = self.path(rel)
         try:
             if self.is_s3:
-                with self.pyarrow_fs.open_output_stream(path, compression=None) as fh:  # object appears on completion
-                    fh.write(data)
+                # One PutObject (s3fs uses a single request below 50 MiB): the object appears whole or not at all.
+                # pyarrow's output stream always uses multipart uploads, which some S3-compatible servers reject.
+                self.fsspec_fs.pipe_file(path, data)
                 return
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -227,7 +228,7 @@ class Storage:
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
-        except OSError as exc:
+        except Exception as exc:  # botocore raises its own types
             raise self._wrap("write", rel, exc) from exc
 
     def write_text(self, rel: str, text: str) -> None:
@@ -292,7 +293,9 @@ class Storage:
         """Relative paths (under the root) of the files a manifest lists, optionally filtered by suffix."""
         manifest = self.manifest(rel_dir)
         if manifest is None:
-            raise FileNotFoundError(f"{self.uri(rel_dir)!r} has no {MANIFEST}: the stage that writes it has not finished")
+            raise FileNotFoundError(
+                f"{self.uri(rel_dir)!r} has no {MANIFEST}: the stage that writes it has not finished"
+            )
         for name in manifest["files"]:
             if name.endswith(suffix):
                 yield posixpath.join(rel_dir, name)

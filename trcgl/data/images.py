@@ -69,7 +69,8 @@ def decode_xray(data: bytes, bits_stored: int = 0) -> tuple[np.ndarray, int]:
     bits = bits_stored if bits_stored > 0 else infer_bits(max_value)
     if max_value >= 2**bits or int(arr.min()) < 0:
         raise ImageDecodeError(
-            "exceeds_bits_stored", f"pixel values up to {max_value} do not fit BitsStored={bits} (max {2**bits - 1})"
+            "exceeds_bits_stored",
+            f"pixel values up to {max_value} do not fit BitsStored={bits} (max {2**bits - 1})",
         )
     return (arr.astype(np.float32) / float(2**bits - 1)), bits
 

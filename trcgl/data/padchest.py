@@ -105,15 +105,18 @@ def read_metadata(uri: str | None = None, storage: StorageConfig | None = None) 
     wanted = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
     kwargs = {
         "compression": compression,
-        "usecols": lambda c: c in wanted,
         "dtype": {"ImageID": str, "ImageDir": str, "PatientID": str, "Projection": str, "Labels": str},
+        "low_memory": False,
     }
     ragged: list[list[str]] = []
+    # All columns are read (with usecols pandas would silently accept rows with extra fields).
     try:
         df = pd.read_csv(io.BytesIO(raw), on_bad_lines="error", **kwargs)
     except pd.errors.ParserError:
         # Rows with more fields than the header: re-read with the (slower) python engine, keeping them aside.
+        kwargs.pop("low_memory")
         df = pd.read_csv(io.BytesIO(raw), engine="python", on_bad_lines=lambda fields: ragged.append(fields), **kwargs)
+    df = df[[c for c in df.columns if c in wanted]].copy()
     df.attrs["ragged_rows"] = ragged
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -223,9 +226,9 @@ def clean_metadata(df: pd.DataFrame, projections: list[str] | tuple[str, ...]) -
             "projection": proj[keep],
             "raw_labels": [p.items for p, k in zip(parsed, keep, strict=True) if k],
             "localizations": [parse_localizations(c) for c in sub["Localizations"].tolist()],
-            "sex": sub["PatientSex_DICOM"].fillna("").astype(str),
+            "sex": _text(sub["PatientSex_DICOM"]),
             "birth_year": pd.to_numeric(sub["PatientBirth"], errors="coerce").fillna(-1).astype(int),
-            "study_date": sub["StudyDate_DICOM"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True),
+            "study_date": _text(sub["StudyDate_DICOM"]).str.replace(r"\.0$", "", regex=True),
             "bits_stored": bits.fillna(0).astype(int),  # 0: unknown, inferred from pixels at decode
             "csv_row": rows[keep],
         }
@@ -234,6 +237,11 @@ def clean_metadata(df: pd.DataFrame, projections: list[str] | tuple[str, ...]) -
     rejected = pd.DataFrame(rejects, columns=["image_id", "csv_row", "reason", "detail"])
     log.info("metadata: kept %d rows, dropped %d (%s)", len(kept), len(rejected), count_reasons(rejected))
     return kept, rejected
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """A column as text, missing values as ""."""
+    return series.map(lambda v: "" if pd.isna(v) else str(v)).astype(object)
 
 
 def count_reasons(rejected: pd.DataFrame) -> dict[str, int]:

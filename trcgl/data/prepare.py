@@ -58,7 +58,16 @@ class PreparePlan:
     def shard_payload(self, shard: int) -> str:
         """The rows of one shard as JSON (what travels to a worker)."""
         sub = self.rows[self.rows["shard"] == shard]
-        cols = ["image_id", "image_dir", "patient_id", "projection", "split", "labels", "localizations", "bits_stored"]
+        cols = [
+            "image_id",
+            "image_dir",
+            "patient_id",
+            "projection",
+            "split",
+            "labels",
+            "localizations",
+            "bits_stored",
+        ]
         return json.dumps({"shard": shard, "rows": sub[cols].to_dict(orient="records")}, default=list)
 
 
@@ -74,7 +83,9 @@ def dataset_name(cfg: Config, metadata_uri: str, images_uri: str) -> str:
 
 def image_path(images_root: str, layout: str, image_dir: str, image_id: str) -> str:
     """Where one image lives: ``{root}/{ImageDir}/{ImageID}`` (dirs) or ``{root}/{ImageID}`` (flat)."""
-    return posixpath.join(images_root, image_dir, image_id) if layout == "dirs" else posixpath.join(images_root, image_id)
+    return (
+        posixpath.join(images_root, image_dir, image_id) if layout == "dirs" else posixpath.join(images_root, image_id)
+    )
 
 
 def detect_layout(cfg: Config, images_uri: str, rows: pd.DataFrame) -> str:

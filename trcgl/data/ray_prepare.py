@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -37,7 +38,7 @@ def _process_batch(batch: pd.DataFrame, cfg_dict: dict, **kwargs) -> pd.DataFram
             "shard": [r["shard"] for r in results],
             "written": [r["written"] for r in results],
             "skipped": [r["skipped"] for r in results],
-            "rejects": [r["rejects"] for r in results],
+            "rejects": [json.dumps(r["rejects"]) for r in results],
         }
     )
 
@@ -59,10 +60,16 @@ def run_prepare(cfg: Config) -> dict:
     storage.check_writable()
     log.info(
         "preparing %s: %d rows in %d shards from %s (%s layout) at %d px",
-        plan.name, len(plan.rows), plan.num_shards, images_uri, plan.layout, cfg.data.image_size,
+        plan.name,
+        len(plan.rows),
+        plan.num_shards,
+        images_uri,
+        plan.layout,
+        cfg.data.image_size,
     )
-    payloads = pd.DataFrame({"payload": [plan.shard_payload(s) for s in range(plan.num_shards)]})
-    ds = ray.data.from_pandas(payloads, override_num_blocks=max(1, plan.num_shards)).map_batches(
+    # one block per shard, so shards run as parallel tasks
+    blocks = [pd.DataFrame({"payload": [plan.shard_payload(s)]}) for s in range(plan.num_shards)]
+    ds = ray.data.from_pandas(blocks).map_batches(
         _process_batch,
         batch_size=1,
         batch_format="pandas",
@@ -79,12 +86,15 @@ def run_prepare(cfg: Config) -> dict:
     if sorted(r["shard"] for r in results) != list(range(plan.num_shards)):
         raise RuntimeError(f"prepare returned results for {len(results)} of {plan.num_shards} shards")
     for r in results:
-        r["rejects"] = [dict(x) for x in r["rejects"]]
+        r["rejects"] = json.loads(r["rejects"])
     report = prepare.finalize(cfg, plan, storage, results, time.perf_counter() - t0)
     report["skipped_shards"] = sum(bool(r["skipped"]) for r in results)
     log.info(
         "dataset %s: %d rows written, %d images rejected (%s), %d metadata rows dropped",
-        plan.name, report["rows_written"], report["rejected_images"], report["rejected_images_by_reason"],
+        plan.name,
+        report["rows_written"],
+        report["rejected_images"],
+        report["rejected_images_by_reason"],
         report["dropped_metadata_rows"],
     )
     return report

@@ -38,7 +38,9 @@ def run_synthesize(cfg: Config) -> dict:
     storage.write_bytes(f"{base}/{synth_source.CSV_FILE}", synth_source.subset_csv_bytes(subset))
     plan = synth_source.render_plan(subset)
     log.info("rendering %d PadChest-Synth images at %d px into %s", len(plan), cfg.synth.size, storage.uri(base))
-    ds = ray.data.from_pandas(plan).map_batches(
+    step = cfg.synth.batch_size
+    blocks = [plan.iloc[i : i + step] for i in range(0, len(plan), step)]  # one task per block
+    ds = ray.data.from_pandas(blocks).map_batches(
         synth_source.render_rows,
         batch_size=cfg.synth.batch_size,
         batch_format="pandas",
@@ -67,5 +69,10 @@ def run_synthesize(cfg: Config) -> dict:
     }
     storage.write_json(f"{base}/synth_report.json", report)
     storage.publish(base, {"stage": "synthesize", "source": name, "config_hash": chash})
-    log.info("PadChest-Synth %s: %d rendered, %d already present", name, report["rendered"], report["already_present"])
+    log.info(
+        "PadChest-Synth %s: %d rendered, %d already present",
+        name,
+        report["rendered"],
+        report["already_present"],
+    )
     return report

@@ -88,7 +88,11 @@ def select_subset(cfg: Config, full: pd.DataFrame) -> pd.DataFrame:
         have += y[cand].sum(axis=0)
     floor_rows = int(chosen.sum())
     if floor_rows > n_front:
-        log.warning("tail floor needs %d frontal rows, more than the %d asked for: keeping them all", floor_rows, n_front)
+        log.warning(
+            "tail floor needs %d frontal rows, more than the %d asked for: keeping them all",
+            floor_rows,
+            n_front,
+        )
     fill = order[~chosen[order]][: max(0, n_front - floor_rows)]
     chosen[fill] = True
     lat_idx = rng.permutation(len(lateral))[:n_lat]

@@ -1,0 +1,105 @@
+"""Shared fixtures: a real local Ray, a real S3-compatible server (moto) on loopback, a rendered tiny PadChest-Synth.
+
+Everything the fixtures start they stop themselves, by handle or pid; nothing here runs ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Test-only credentials for the loopback S3 server, from the environment as in production (never from config).
+# Set before Ray starts so its workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
+os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+# A token file of this test run's own (0600), so tests never touch ~/.ray/auth_token.
+if "RAY_AUTH_TOKEN_PATH" not in os.environ:
+    _token_path = os.path.join(tempfile.mkdtemp(prefix="trcgl-ray-auth-"), "auth_token")
+    with open(os.open(_token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as _fh:
+        _fh.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = _token_path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A real local Ray with 2 CPUs for the whole session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free loopback port; yields its endpoint URL; stopped by pid at the end."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start on {url}") from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the moto server; returns its name."""
+    import boto3
+
+    name = f"trcgl-test-{free_port()}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+def tiny_overrides(root: str | Path, *extra: str) -> list[str]:
+    return [f"storage.root={root}", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny PadChest-Synth rendered once per session (real Ray Data job); returns its report and config."""
+    from trcgl.config import load_config
+    from trcgl.data.ray_synth import run_synthesize
+
+    root = tmp_path_factory.mktemp("synth-root")
+    cfg = load_config("tiny", tiny_overrides(root))
+    report = run_synthesize(cfg)
+    return {"root": str(root), "report": report, "cfg": cfg}

@@ -1,0 +1,71 @@
+"""The typed config tree: presets, overrides, and errors that name the key."""
+
+import pytest
+
+from trcgl.config import ConfigError, config_hash, from_dict, load_config, parse_override, to_dict
+
+
+def test_presets_load_and_differ():
+    tiny, demo = load_config("tiny"), load_config("demo")
+    assert tiny.synth.size < demo.synth.size
+    assert tiny.data.source == demo.data.source == "padchest-synth"
+
+
+def test_override_sets_nested_value_with_type():
+    cfg = load_config("tiny", ["data.image_size=48", "data.split.seed=7", "data.projections=[PA]"])
+    assert cfg.data.image_size == 48 and cfg.data.split.seed == 7 and cfg.data.projections == ["PA"]
+
+
+def test_float_written_without_dot_is_accepted():
+    # YAML 1.1 reads 3e-4 as a string; a float field must still take it.
+    cfg = load_config("tiny", ["data.groups.tail_max=5e-3"])
+    assert cfg.data.groups.tail_max == pytest.approx(0.005)
+
+
+def test_unknown_key_names_key_and_origin():
+    with pytest.raises(ConfigError, match=r"'data.imag_size'.*override"):
+        load_config("tiny", ["data.imag_size=3"])
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  lable_set: cxr-lt-30\n")
+    with pytest.raises(ConfigError, match=r"'data.lable_set'.*bad.yaml"):
+        load_config(str(bad))
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"'data.image_size'.*must be int.*'big'"):
+        load_config("tiny", ["data.image_size=big"])
+    with pytest.raises(ConfigError, match=r"'synth.rows'"):
+        from_dict({"synth": {"rows": 1.5}})
+
+
+def test_range_errors_name_key():
+    with pytest.raises(ConfigError, match="data.source"):
+        load_config("tiny", ["data.source=chexpert"])
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config("tiny", ["data.split.val_fraction=0.6", "data.split.test_fraction=0.5"])
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(ConfigError, match=r"unknown config preset 'nope'.*tiny"):
+        load_config("nope")
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("data.image_size")
+
+
+def test_dict_round_trip_and_hash_stability():
+    cfg = load_config("demo", ["synth.seed=3"])
+    again = from_dict(to_dict(cfg))
+    assert again == cfg
+    assert config_hash(again.data) == config_hash(cfg.data)
+    assert config_hash(load_config("demo", ["data.image_size=64"]).data) != config_hash(cfg.data)
+
+
+def test_credentials_are_not_config_keys():
+    with pytest.raises(ConfigError, match="storage.secret_key"):
+        load_config("tiny", ["storage.secret_key=abc"])

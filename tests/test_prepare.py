@@ -1,0 +1,181 @@
+"""The prepare job end to end on a real local Ray: real PNG files, bad inputs, reruns, local folder and S3."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from trcgl.config import StorageConfig, load_config
+from trcgl.data.images import decode_prepared, encode_png16
+from trcgl.data.prepare import read_dataset
+from trcgl.data.ray_prepare import run_prepare
+from trcgl.storage import Storage, dataset_dir
+
+pytestmark = pytest.mark.slow
+
+HEADER = "idx,ImageID,ImageDir,PatientID,Projection,Labels,Localizations,BitsStored_DICOM\n"
+GOOD = 14
+
+
+def _png(rng: np.random.Generator, bits: int) -> bytes:
+    return encode_png16(rng.integers(0, 2**bits, (40, 30), dtype=np.uint16))
+
+
+def make_padchest_like(folder: Path, layout: str = "dirs") -> dict[str, list[str]]:
+    """A small PadChest-format dataset with every kind of bad row and image; returns ids by expectation."""
+    rng = np.random.default_rng(0)
+    rows, files = [], {}
+    labels = ["['normal']", "['cardiomegaly', 'pleural effusion']", "['nodule']", "['pseudonodule']"]
+    good = []
+    for i in range(GOOD):
+        iid = f"good{i:02d}.png"
+        bits = 10 if i % 3 == 0 else 12
+        rows.append(f'{i},{iid},{i % 2},pat{i // 2},PA,"{labels[i % 4]}","[\'loc left\']",{bits}')
+        files[iid] = (str(i % 2), _png(rng, bits))
+        good.append(iid)
+    bad_images = {
+        "truncated.png": _png(rng, 12)[:-400],
+        "zero.png": b"",
+        "notpng.png": b"GIF89a not really",
+        "rgb8.png": _rgb_png(),
+        "wrongbits.png": _png(rng, 12),  # says 10 bits below, holds 12-bit values
+    }
+    n = GOOD
+    for iid, data in bad_images.items():
+        bits = 10 if iid == "wrongbits.png" else 12
+        rows.append(f"{n},{iid},0,patb{n},PA,\"['normal']\",[],{bits}")
+        files[iid] = ("0", data)
+        n += 1
+    rows.append(f"{n},missing.png,0,patm,PA,\"['normal']\",[],12")  # no file
+    bad_meta = [
+        f"{n + 1},nan.png,0,px1,PA,,[],12",
+        f"{n + 2},empty.png,0,px2,PA,\"['']\",[],12",
+        f"{n + 3},trunc.png,0,px3,PA,\"['normal'\",[],12",
+        f"{n + 4},bare.png,0,px4,PA,normal,[],12",
+        f"{n + 5},lateral.png,0,px5,UNK,\"['normal']\",[],12",
+        f"{n + 6},good00.png,0,pat0,PA,\"['nodule']\",[],12",  # duplicate ImageID
+        f"{n + 7},ragged.png,0,px7,PA,\"['normal']\",[],12,extra",
+    ]
+    (folder / "images").mkdir(parents=True)
+    for iid, (d, data) in files.items():
+        target = folder / "images" / d / iid if layout == "dirs" else folder / "images" / iid
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    (folder / "meta.csv").write_text(HEADER + "\n".join(rows + bad_meta) + "\n")
+    return {"good": good, "bad_images": [*bad_images, "missing.png"]}
+
+
+def _rgb_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cfg(root: str, folder: str, *extra: str):
+    return load_config(
+        "tiny",
+        [
+            f"storage.root={root}",
+            "data.source=padchest",
+            f"data.metadata={folder}/meta.csv",
+            f"data.images={folder}/images",
+            "data.shard_rows=6",
+            "data.image_size=24",
+            "data.split.val_fraction=0.2",
+            "data.split.test_fraction=0.2",
+            *extra,
+        ],
+    )
+
+
+def _check_dataset(storage: Storage, report: dict, ids: dict[str, list[str]]) -> None:
+    name = report["dataset"]
+    table = read_dataset(storage, name)
+    assert sorted(table["image_id"].to_pylist()) == sorted(ids["good"])  # every good row kept, none lost
+    assert report["rows_written"] == len(ids["good"])
+    by_image = {r["image_id"]: r["reason"] for r in report["rejected_image_list"]}
+    assert by_image == {
+        "truncated.png": "unreadable",
+        "zero.png": "empty_file",
+        "notpng.png": "not_png",
+        "rgb8.png": "not_16bit_gray",
+        "wrongbits.png": "exceeds_bits_stored",
+        "missing.png": "missing_file",
+    }
+    assert report["dropped_metadata_by_reason"] == {
+        "labels_missing": 1,
+        "labels_empty": 1,
+        "labels_unparseable": 2,
+        "projection_not_kept": 1,
+        "duplicate_image_id": 1,
+        "ragged_row": 1,
+    }
+    labels = storage.read_json(f"{dataset_dir(name)}/labels.json")
+    k = labels["classes"].index("cardiomegaly")
+    rows = table.to_pylist()
+    cardio = [r["image_id"] for r in rows if r["labels"][k] == 1]
+    assert len(cardio) == sum(labels["counts"][s]["cardiomegaly"] for s in ("train", "val", "test")) > 0
+    img = decode_prepared(rows[0]["image"])
+    assert img.shape == (24, 24) and 0.0 <= img.min() and img.max() <= 1.0
+    # 10-bit and 12-bit noise images both fill the range after normalisation by BitsStored
+    for r in rows:
+        assert decode_prepared(r["image"]).max() > 0.5, r["image_id"]
+    patients = {}
+    for r in rows:
+        patients.setdefault(r["patient_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in patients.values())
+    co = pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(f"{dataset_dir(name)}/cooccurrence.parquet")))
+    assert co.num_rows > 0
+    files = storage.manifest(dataset_dir(name))["files"]
+    assert {"labels.json", "cooccurrence.parquet", "prepare_report.json", "config.yaml"} <= set(files)
+    assert sum(f.startswith("part-") for f in files) == 4  # 20 planned rows / 6 per shard
+
+
+def test_prepare_local_keeps_good_rows_reports_bad_and_resumes(ray_local, tmp_path):
+    ids = make_padchest_like(tmp_path / "src")
+    cfg = _cfg(str(tmp_path / "root"), str(tmp_path / "src"))
+    report = run_prepare(cfg)
+    storage = Storage(cfg.storage.root)
+    _check_dataset(storage, report, ids)
+    # rerun with the same config: skipped, no duplicates
+    again = run_prepare(cfg)
+    assert again["skipped"] is True and again["dataset"] == report["dataset"]
+    assert read_dataset(storage, report["dataset"]).num_rows == len(ids["good"])
+    # a killed run (manifest and one shard gone) resumes: only the missing shard is redone
+    d = dataset_dir(report["dataset"])
+    storage.delete(f"{d}/_manifest.json")
+    storage.delete(f"{d}/part-00001.parquet")
+    resumed = run_prepare(cfg)
+    assert resumed["skipped_shards"] == 3 and resumed["rows_written"] == len(ids["good"])
+    assert read_dataset(storage, report["dataset"]).num_rows == len(ids["good"])
+    # a different config is a different dataset
+    other = run_prepare(_cfg(str(tmp_path / "root"), str(tmp_path / "src"), "data.image_size=16"))
+    assert other["dataset"] != report["dataset"]
+
+
+def test_prepare_reads_flat_layout(ray_local, tmp_path):
+    ids = make_padchest_like(tmp_path / "src", layout="flat")
+    report = run_prepare(_cfg(str(tmp_path / "root"), str(tmp_path / "src")))
+    assert report["layout"] == "flat" and report["rows_written"] == len(ids["good"])
+
+
+def test_prepare_on_s3(ray_local, tmp_path, s3_endpoint, s3_bucket):
+    ids = make_padchest_like(tmp_path / "src")
+    # upload the source dataset to S3 too: metadata, images and outputs all on the S3-compatible server
+    src = Storage(f"s3://{s3_bucket}/padchest", StorageConfig(endpoint_url=s3_endpoint))
+    for path in (tmp_path / "src").rglob("*"):
+        if path.is_file():
+            src.write_bytes(str(path.relative_to(tmp_path / "src")), path.read_bytes())
+    cfg = _cfg(f"s3://{s3_bucket}/trcgl", f"s3://{s3_bucket}/padchest", f"storage.endpoint_url={s3_endpoint}")
+    report = run_prepare(cfg)
+    storage = Storage(cfg.storage.root, cfg.storage)
+    _check_dataset(storage, report, ids)
+    saved = storage.read_json(f"{dataset_dir(report['dataset'])}/prepare_report.json")
+    assert saved["rows_written"] == len(ids["good"]) and saved["images"].startswith("s3://")
+    assert json.dumps(saved).find("testing") == -1  # no credential leaks into the report

@@ -73,7 +73,7 @@ class DataConfig:
     projections: list[str] = field(default_factory=lambda: ["PA", "AP", "AP_horizontal"])
     image_size: int = 224
     max_rows: int | None = None  # keep only the first N usable rows (ordered by ImageID); None: all
-    shard_rows: int = 512  # rows per Parquet part
+    shard_rows: int = 256  # rows per Parquet part (also the unit of work of one Ray Data task)
     name: str | None = None  # dataset name; None: derived from this section's hash
     split: SplitConfig = field(default_factory=SplitConfig)
     groups: GroupConfig = field(default_factory=GroupConfig)
@@ -281,6 +281,10 @@ def validate(cfg: Config) -> None:
         )
     if cfg.synth.rows < 1 or not 8 <= cfg.synth.size <= 4096:
         raise ConfigError(f"config keys 'synth.rows'/'synth.size' out of range: {cfg.synth.rows}, {cfg.synth.size}")
+    from trcgl.data.labelsets import TOP_N, load_file
+
+    if not TOP_N.match(d.label_set):
+        load_file(d.label_set)  # raises ConfigError naming the unknown set and the known ones
     if cfg.synth.layout not in ("dirs", "flat"):
         raise ConfigError(f"config key 'synth.layout' must be dirs or flat, got {cfg.synth.layout!r}")
     if cfg.storage.retries < 1:

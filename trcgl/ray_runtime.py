@@ -30,5 +30,6 @@ def init_ray(cfg: Config) -> bool:
         ray.init(address=address, log_to_driver=True)
     else:
         log.info("starting a local Ray (num_cpus=%s)", cfg.ray.num_cpus)
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+        # address="local": always a new instance, never a stray cluster found on the host
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
     return True

@@ -9,6 +9,7 @@ to decode while Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is on.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -101,16 +102,22 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def encode_prepared(image: np.ndarray) -> bytes:
-    """Encodes a [0, 1] image (H, W) as a full-range 16-bit grayscale PNG (lossless, ~2x smaller than raw)."""
-    u16 = np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    buf = io.BytesIO()
-    Image.fromarray(u16).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    """Encodes a square [0, 1] image (S, S) as raw little-endian uint16 (full 16-bit range).
+
+    Raw pixels rather than PNG: encoding is ~10x faster, decoding in the training loop is a ``frombuffer``, and the
+    Parquet writer's zstd compresses the column anyway.
+    """
+    if image.ndim != 2 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"prepared images are square 2-D arrays, got shape {image.shape}")
+    return np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype("<u2").tobytes()
 
 
 def decode_prepared(data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_prepared`: (H, W) float32 in [0, 1]."""
-    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / 65535.0
+    """Inverse of :func:`encode_prepared`: (S, S) float32 in [0, 1]."""
+    side = math.isqrt(len(data) // 2)
+    if side * side * 2 != len(data):
+        raise ValueError(f"{len(data)} bytes is not a square uint16 image")
+    return np.frombuffer(data, dtype="<u2").reshape(side, side).astype(np.float32) / 65535.0
 
 
 def encode_png16(pixels: np.ndarray) -> bytes:

@@ -148,7 +148,7 @@ def parse_list_cell(cell: object) -> Parsed:
     Returns a :class:`Parsed` with ``reason`` set to ``labels_missing``, ``labels_unparseable`` or ``labels_empty``
     when the cell cannot be used.
     """
-    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+    if cell is None or (not isinstance(cell, (str, list, tuple)) and pd.isna(cell)):
         return Parsed((), "labels_missing")
     text = str(cell).strip()
     try:

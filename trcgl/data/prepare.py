@@ -33,6 +33,9 @@ from trcgl.storage import Storage, dataset_dir, filesystem_for
 log = logging.getLogger(__name__)
 
 SHARD_SIDECAR_DIR = "_shards"
+IMAGE_FORMAT = (
+    "raw little-endian uint16, square (image_size x image_size), 0..65535 = [0, 1]; see images.decode_prepared"
+)
 PROBE_ROWS = 20
 
 
@@ -237,7 +240,14 @@ def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: li
     y = np.asarray(written["labels"].tolist(), dtype=np.uint8).reshape(len(written), len(plan.label_set.classes))
     split_arr = written["split"].to_numpy()
     summary = splits.label_summary(plan.label_set.classes, y, split_arr, cfg.data.groups)
-    summary.update({"dataset": plan.name, "label_set": plan.label_set.name, "image_size": cfg.data.image_size})
+    summary.update(
+        {
+            "dataset": plan.name,
+            "label_set": plan.label_set.name,
+            "image_size": cfg.data.image_size,
+            "image_format": IMAGE_FORMAT,
+        }
+    )
     storage.write_json(posixpath.join(out_dir, "labels.json"), summary)
     counts = splits.cooccurrence(y[split_arr == "train"])
     co = pa.Table.from_pandas(splits.cooccurrence_frame(plan.label_set.classes, counts), preserve_index=False)

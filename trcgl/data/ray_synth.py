@@ -7,7 +7,7 @@ import time
 
 import ray
 
-from trcgl.config import Config, config_hash, to_dict
+from trcgl.config import Config, dump_yaml, to_dict
 from trcgl.data import synth_source
 from trcgl.storage import Storage, source_dir
 
@@ -27,7 +27,7 @@ def run_synthesize(cfg: Config) -> dict:
     storage = Storage(cfg.storage.root, cfg.storage)
     name = synth_source.source_name(cfg)
     base = source_dir(name)
-    chash = config_hash(to_dict(cfg.synth))
+    chash = synth_source.source_hash(cfg)
     manifest = storage.manifest(base)
     if manifest is not None and manifest.get("config_hash") == chash:
         log.info("PadChest-Synth %s already rendered at %s: skipping", name, storage.uri(base))
@@ -68,6 +68,7 @@ def run_synthesize(cfg: Config) -> dict:
         "seconds": round(time.perf_counter() - t0, 2),
     }
     storage.write_json(f"{base}/synth_report.json", report)
+    storage.write_text(f"{base}/config.yaml", dump_yaml(cfg))
     storage.publish(base, {"stage": "synthesize", "source": name, "config_hash": chash})
     log.info(
         "PadChest-Synth %s: %d rendered, %d already present",

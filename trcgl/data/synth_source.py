@@ -36,12 +36,17 @@ CSV_FILE = CSV_NAME + ".gz"
 LATERAL = "L"
 
 
+def source_hash(cfg: Config) -> str:
+    """Hash of the synth settings that decide which files exist and their pixels (not batch size or sheets)."""
+    section = to_dict(cfg.synth)
+    for k in ("batch_size", "contact_sheet_examples"):
+        section.pop(k)
+    return config_hash(section)
+
+
 def source_name(cfg: Config) -> str:
     """Deterministic name of a PadChest-Synth source: ``padchest-synth-{rows}r-{size}px-{hash}``."""
-    section = to_dict(cfg.synth)
-    for k in ("batch_size", "contact_sheet_examples"):  # do not change the pixels
-        section.pop(k)
-    return f"padchest-synth-{cfg.synth.rows}r-{cfg.synth.size}px-{config_hash(section)}"
+    return f"padchest-synth-{cfg.synth.rows}r-{cfg.synth.size}px-{source_hash(cfg)}"
 
 
 def synth_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
@@ -85,7 +90,7 @@ def select_subset(cfg: Config, full: pd.DataFrame) -> pd.DataFrame:
             continue
         cand = order[(y[order, k] == 1) & ~chosen[order]][:need]
         chosen[cand] = True
-        have += y[cand].sum(axis=0)
+        have += y[cand].sum(axis=0, dtype=np.int64)
     floor_rows = int(chosen.sum())
     if floor_rows > n_front:
         log.warning(

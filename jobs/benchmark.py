@@ -1,0 +1,40 @@
+"""Benchmarks, each printing its figures as ratios against a baseline measured in the same run.
+
+    python -m jobs.benchmark prepare [--rows 2000] [--render-size 512] [--size 224] [--scale 10]
+
+prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
+PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
+``scale``x the rows (streaming: target < 1.5x growth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs._cli import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="which", required=True)
+    prep = sub.add_parser("prepare", help="Ray Data prepare vs PC_Dataset + DataLoader")
+    prep.add_argument("--rows", type=int, default=2000, help="PadChest-Synth rows to render and prepare")
+    prep.add_argument("--render-size", type=int, default=512, help="side of the rendered source PNGs")
+    prep.add_argument("--size", type=int, default=224, help="prepared image side")
+    prep.add_argument("--scale", type=int, default=10, help="row multiple for the memory-growth figure")
+    prep.add_argument("--workdir", default=None, help="keep inputs and outputs here (default: a temp dir, removed)")
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    if args.which == "prepare":
+        from trcgl.benchmarks.ray_prepare_bench import run
+
+        result = run(args.rows, args.render_size, args.size, args.scale, args.workdir)
+        for line in result.lines():
+            sys.stdout.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,6 +94,85 @@ class SynthConfig:
 
 
 @dataclass
+class ModelConfig:
+    """TRCGL-Net and its peers as configurations of one model (trcgl/models).
+
+    Peers: plain backbone + BCE (se, class_attention, gcn, csra all off); ML-GCN (gcn on, class_attention off: GCN
+    classifiers on pooled features); CSRA (csra on); TRCGL-Net (se, class_attention, gcn on).
+    """
+
+    backbone: str = "resnet18"  # any timm model name, built with in_chans=1
+    pretrained: str | None = None  # path or s3:// to backbone weights (never downloaded from a hub)
+    se: bool = True  # channel reweighting (squeeze-and-excitation gate on the feature map)
+    se_reduction: int = 16
+    class_attention: bool = True  # class-aware attention: one spatial attention map per class
+    attention_temperature: float = 1.0  # softmax temperature over spatial positions
+    csra: bool = False  # CSRA head (class-specific residual attention) instead of class attention
+    csra_lambda: float = 0.1
+    gcn: bool = True  # label co-occurrence GCN producing one classifier vector per class
+    gcn_tau: float = 0.4  # binarisation threshold on P(j|i)
+    gcn_p: float = 0.2  # neighbour re-weighting: weight of neighbours vs self
+    gcn_layers: int = 2
+    gcn_hidden: int = 256
+    label_embedding: str = "learned"  # "learned" or a path / s3:// to a (K, D) .npy of class-name embeddings
+    label_embedding_dim: int = 128  # for learned embeddings
+    dropout: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    """Training loss: bce, asl (asymmetric loss) or ldam_drw (LDAM margins with deferred re-weighting)."""
+
+    name: str = "bce"
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 10.0
+    drw_start_fraction: float = 0.6  # DRW turns on class re-weighting after this fraction of epochs
+    drw_beta: float = 0.999  # effective-number re-weighting beta
+
+
+@dataclass
+class AugmentConfig:
+    """X-ray augmentations: small affine and intensity changes; no horizontal flip by default (laterality)."""
+
+    rotate_deg: float = 5.0
+    translate: float = 0.05  # fraction of the side
+    scale: float = 0.05  # +- fraction
+    brightness: float = 0.1
+    contrast: float = 0.1
+    hflip: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Classifier training on Ray Train."""
+
+    run: str = "demo"  # run name: {root}/runs/{run}/classifier/; rerunning the same name resumes
+    dataset: str | None = None  # prepared dataset name; None: the one the data section prepares
+    epochs: int = 8
+    batch_size: int = 32  # per worker
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    num_workers: int = 2  # Ray Train workers
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # leave CPUs for Ray Data (RAY_NOTES: train workers must not take them all)
+    gpus_per_worker: float = 1.0  # when use_gpu
+    amp: bool = True  # mixed precision (bf16) where the device supports it
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+    seed: int = 0
+    synthetic: list[str] = field(default_factory=list)  # synthetic Parquet folders (relative to root, or URIs)
+    aug_ratio_tail: float = 0.0  # synthetic samples per real sample of a tail-class positive
+    aug_ratio_medium: float = 0.0
+    bootstrap: int = 200  # bootstrap resamples for 95 % intervals
+    report_attention_classes: int = 4
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
 class RayConfig:
     """How a job connects to Ray."""
 
@@ -110,6 +189,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------------- validation

@@ -103,3 +103,12 @@ def tiny_synth(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dic
     cfg = load_config("tiny", tiny_overrides(root))
     report = run_synthesize(cfg)
     return {"root": str(root), "report": report, "cfg": cfg}
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_synth: dict) -> tuple[str, str]:
+    """The tiny PadChest-Synth prepared once per session; returns (storage root, dataset name)."""
+    from trcgl.data.ray_prepare import run_prepare
+
+    report = run_prepare(tiny_synth["cfg"])
+    return tiny_synth["root"], report["dataset"]

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from trcgl.config import Config, ConfigError, config_hash, dump_yaml, to_dict
 from trcgl.data import labelsets, splits
 from trcgl.data.images import ImageDecodeError, decode_xray, encode_prepared, resize_square
-from trcgl.data.padchest import clean_metadata, count_reasons, read_metadata
+from trcgl.data.padchest import clean_metadata, count_reasons, default_metadata_path, read_metadata
+from trcgl.data.synth_source import synth_inputs
 from trcgl.storage import Storage, dataset_dir, filesystem_for
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,19 @@ class PreparePlan:
             "bits_stored",
         ]
         return json.dumps({"shard": shard, "rows": sub[cols].to_dict(orient="records")}, default=list)
+
+
+def resolve_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
+    """(metadata URI, images URI) for ``data.source``.
+
+    Raises:
+        ConfigError: for real PadChest without ``data.images``.
+    """
+    if cfg.data.source == "padchest-synth":
+        return synth_inputs(cfg, storage)
+    if not cfg.data.images:
+        raise ConfigError("config key 'data.images' must point at the PadChest images when data.source=padchest")
+    return cfg.data.metadata or default_metadata_path(), cfg.data.images
 
 
 def dataset_name(cfg: Config, metadata_uri: str, images_uri: str) -> str:

@@ -9,25 +9,11 @@ import time
 import pandas as pd
 import ray
 
-from trcgl.config import Config, ConfigError, from_dict, to_dict
-from trcgl.data import prepare, synth_source
-from trcgl.data.padchest import default_metadata_path
+from trcgl.config import Config, from_dict, to_dict
+from trcgl.data import prepare
 from trcgl.storage import Storage
 
 log = logging.getLogger(__name__)
-
-
-def resolve_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
-    """(metadata URI, images URI) for ``data.source``.
-
-    Raises:
-        ConfigError: for real PadChest without ``data.images``.
-    """
-    if cfg.data.source == "padchest-synth":
-        return synth_source.synth_inputs(cfg, storage)
-    if not cfg.data.images:
-        raise ConfigError("config key 'data.images' must point at the PadChest images when data.source=padchest")
-    return cfg.data.metadata or default_metadata_path(), cfg.data.images
 
 
 def _process_batch(batch: pd.DataFrame, cfg_dict: dict, **kwargs) -> pd.DataFrame:
@@ -51,7 +37,7 @@ def run_prepare(cfg: Config) -> dict:
     """
     t0 = time.perf_counter()
     storage = Storage(cfg.storage.root, cfg.storage)
-    metadata_uri, images_uri = resolve_inputs(cfg, storage)
+    metadata_uri, images_uri = prepare.resolve_inputs(cfg, storage)
     plan = prepare.plan_prepare(cfg, metadata_uri, images_uri)
     existing = prepare.check_existing(storage, plan)
     if existing is not None:

@@ -1,0 +1,26 @@
+"""Train TRCGL-Net (or a peer/ablation configuration) on a prepared dataset with Ray Train, then evaluate on test.
+
+Rerunning with the same train.run resumes from the last checkpoint. Outputs under {root}/runs/{run}/classifier/:
+metrics.json, per_class.parquet, predictions.parquet, report/*.png, best/ (best epoch by val mAP), history.json.
+
+    python -m jobs.train_classifier --config demo
+    python -m jobs.train_classifier --config demo --set train.run=plain model.se=false model.class_attention=false \
+        model.gcn=false
+    python -m jobs.train_classifier --config demo --set loss.name=asl train.num_workers=4 train.use_gpu=true
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jobs import _cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trcgl.train.ray_train import run_training
+
+    return _cli.run(lambda cfg, args: run_training(cfg), __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Training data without Ray: dataset metadata, the synthetic-mixing plan, batch decoding and X-ray augmentation.
+
+Row contract (prepared datasets and synthetic folders alike): ``image_id`` (string), ``image`` (raw uint16 bytes, see
+:func:`trcgl.data.images.decode_prepared`), ``labels`` (K multi-hot, the dataset's class order). Synthetic folders
+(``{root}/runs/{run}/synthetic/``, written by the generation job) carry ``source = "synthetic"`` and a manifest.
+
+Mixing: for each tail (medium) class with n real train positives, ``train.aug_ratio_tail`` (``_medium``) x n
+synthetic rows positive for that class join the training set, chosen with a seeded generator from the synthetic rows
+not yet chosen (a row positive for two classes counts for both). Ratio 0 means real data only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from trcgl.config import AugmentConfig, Config, TrainConfig
+from trcgl.data.images import decode_prepared
+from trcgl.storage import Storage, dataset_dir
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["image_id", "image", "labels"]
+
+
+@dataclass
+class DatasetInfo:
+    """What a training run needs to know about a prepared dataset (from labels.json and cooccurrence.parquet)."""
+
+    name: str
+    classes: list[str]
+    groups: list[str]
+    train_counts: np.ndarray  # (K,)
+    cooccurrence: np.ndarray  # (K, K) train counts
+    image_size: int
+    parts: list[str]  # Parquet part paths on the storage filesystem (manifest-listed)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": self.classes,
+            "groups": self.groups,
+            "train_counts": self.train_counts.tolist(),
+            "cooccurrence": self.cooccurrence.tolist(),
+            "image_size": self.image_size,
+            "parts": self.parts,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetInfo:
+        return cls(
+            name=d["name"],
+            classes=list(d["classes"]),
+            groups=list(d["groups"]),
+            train_counts=np.asarray(d["train_counts"], dtype=np.int64),
+            cooccurrence=np.asarray(d["cooccurrence"], dtype=np.int64),
+            image_size=int(d["image_size"]),
+            parts=list(d["parts"]),
+        )
+
+
+def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
+    """Reads a published dataset's labels.json and co-occurrence.
+
+    Raises:
+        FileNotFoundError: when the dataset is not prepared (names the path and the command that makes it).
+    """
+    base = dataset_dir(name)
+    if storage.manifest(base) is None:
+        raise FileNotFoundError(
+            f"dataset {name!r} is not prepared at {storage.uri(base)!r}: "
+            "run python -m jobs.prepare with the same config"
+        )
+    labels = storage.read_json(posixpath.join(base, "labels.json"))
+    classes = labels["classes"]
+    with storage.pyarrow_fs.open_input_file(storage.path(base, "cooccurrence.parquet")) as fh:
+        co = pq.read_table(fh).to_pandas()
+    k = len(classes)
+    cooc = np.zeros((k, k), dtype=np.int64)
+    cooc[co["i"].to_numpy(), co["j"].to_numpy()] = co["count"].to_numpy()
+    parts = [storage.path(p) for p in storage.iter_manifest_files(base, ".parquet") if "/part-" in p]
+    return DatasetInfo(
+        name=name,
+        classes=classes,
+        groups=labels["groups"],
+        train_counts=np.asarray([labels["counts"]["train"][c] for c in classes], dtype=np.int64),
+        cooccurrence=cooc,
+        image_size=int(labels["image_size"]),
+        parts=parts,
+    )
+
+
+def synthetic_parts(storage: Storage, folders: Sequence[str]) -> list[str]:
+    """Manifest-listed Parquet parts of the synthetic folders (relative to the root, or full URIs under it)."""
+    parts = []
+    for folder in folders:
+        rel = folder[len(storage.root) :].lstrip("/") if folder.startswith(storage.root) else folder.strip("/")
+        parts += [storage.path(p) for p in storage.iter_manifest_files(rel, ".parquet")]
+    return parts
+
+
+def choose_synthetic(
+    synthetic_labels: np.ndarray, info: DatasetInfo, train: TrainConfig
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Which synthetic rows join training.
+
+    Args:
+        synthetic_labels: (M, K) multi-hot labels of every available synthetic row.
+        info: dataset classes, groups and real train counts.
+        train: the per-group augmentation ratios and seed.
+
+    Returns:
+        (sorted indices of chosen rows, {class: rows chosen for it}).
+    """
+    ratios = {"tail": train.aug_ratio_tail, "medium": train.aug_ratio_medium, "head": 0.0}
+    rng = np.random.default_rng(train.seed)
+    chosen = np.zeros(len(synthetic_labels), dtype=bool)
+    per_class: dict[str, int] = {}
+    for k in np.argsort(info.train_counts, kind="stable"):  # rarest first
+        ratio = ratios[info.groups[k]]
+        want = int(round(ratio * info.train_counts[k]))
+        if want <= 0:
+            continue
+        have = int(synthetic_labels[chosen, k].sum())
+        candidates = np.flatnonzero((synthetic_labels[:, k] == 1) & ~chosen)
+        take = rng.permutation(candidates)[: max(0, want - have)]
+        if have + len(take) < want:
+            log.warning(
+                "class %r: %d synthetic rows wanted, only %d available", info.classes[k], want, have + len(take)
+            )
+        chosen[take] = True
+        per_class[info.classes[k]] = have + len(take)
+    return np.flatnonzero(chosen), per_class
+
+
+def decode_batch(images: Sequence[bytes], labels: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray Data numpy batch columns → tensors.
+
+    Returns:
+        (images (B, 1, S, S) float32 in [0, 1], targets (B, K) float32).
+    """
+    x = np.stack([decode_prepared(b) for b in images])[:, None]  # (B, 1, S, S)
+    y = np.stack([np.asarray(v, dtype=np.float32) for v in labels])  # (B, K)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Small random affine (rotation, translation, scale) and intensity changes, per image.
+
+    No horizontal flip unless ``cfg.hflip``: laterality matters on chest X-rays (heart on the left, findings placed
+    by side).
+
+    Args:
+        x: (B, 1, S, S) in [0, 1].
+        cfg: augmentation strengths.
+        generator: seeded by the caller (seed, epoch, rank), so augmentation is reproducible.
+
+    Returns:
+        (B, 1, S, S) in [0, 1].
+    """
+    b = x.shape[0]
+
+    def uniform(scale: float) -> torch.Tensor:
+        return (torch.rand(b, generator=generator) * 2 - 1) * scale  # (B,)
+
+    angle = uniform(math.radians(cfg.rotate_deg))
+    scale = 1.0 + uniform(cfg.scale)
+    tx, ty = uniform(2 * cfg.translate), uniform(2 * cfg.translate)  # grid units span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, S, S, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if cfg.hflip:
+        flip = torch.rand(b, generator=generator) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    contrast = (1.0 + uniform(cfg.contrast))[:, None, None, None]
+    brightness = uniform(cfg.brightness)[:, None, None, None]
+    return ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warmup then cosine decay to 0: the multiplier of the base learning rate at ``step``."""
+    if step < warmup_steps:
+        return (step + 1) / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def resolve_dataset_name(cfg: Config, storage: Storage) -> str:
+    """``train.dataset``, or the name of the dataset the data section prepares."""
+    if cfg.train.dataset:
+        return cfg.train.dataset
+    from trcgl.data.prepare import dataset_name, resolve_inputs
+
+    return dataset_name(cfg, *resolve_inputs(cfg, storage))

@@ -1,0 +1,288 @@
+"""Classifier training on Ray Train: a ``TorchTrainer`` whose workers read their shard of a Ray Dataset.
+
+Outputs under ``{root}/runs/{run}/``: ``config.yaml``; ``classifier/`` holds Ray Train's checkpoints (one per epoch,
+the newest ``train.checkpoints_to_keep`` kept), ``best/`` (the best epoch by val mAP), ``history.json``, and after
+the test evaluation ``metrics.json``, ``per_class.parquet`` and ``report/``. Rerunning with the same ``train.run``
+resumes from the last registered checkpoint; a run trained with a different model config refuses to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from trcgl.config import Config, ConfigError, dump_yaml, from_dict, to_dict
+from trcgl.losses import build_loss
+from trcgl.metrics import evaluate_scores
+from trcgl.models import build_model
+from trcgl.storage import Storage, run_dir
+from trcgl.train import checkpoint as ckpt
+from trcgl.train.data import (
+    COLUMNS,
+    DatasetInfo,
+    augment,
+    choose_synthetic,
+    decode_batch,
+    load_dataset_info,
+    lr_factor,
+    resolve_dataset_name,
+    synthetic_parts,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "classifier"
+SUMMARY_KEYS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP", "head_mAUC", "medium_mAUC", "tail_mAUC")
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+
+
+def split_dataset(storage: Storage, info: DatasetInfo, split: str) -> ray.data.Dataset:
+    """One split of a prepared dataset as a Ray Dataset with the training columns."""
+    ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
+    return ds.filter(expr=f"split == '{split}'").select_columns(COLUMNS)
+
+
+def train_dataset(cfg: Config, storage: Storage, info: DatasetInfo) -> tuple[ray.data.Dataset, int, dict]:
+    """Real train rows plus the chosen synthetic rows; returns (dataset, row count, mixing summary)."""
+    real = split_dataset(storage, info, "train")
+    n_real = int(sum(info_train_rows(storage, info)))
+    if not cfg.train.synthetic or (cfg.train.aug_ratio_tail <= 0 and cfg.train.aug_ratio_medium <= 0):
+        return real, n_real, {"real": n_real, "synthetic": 0, "per_class": {}}
+    parts = synthetic_parts(storage, cfg.train.synthetic)
+    meta = pa.concat_tables(
+        [pq.read_table(storage.pyarrow_fs.open_input_file(p), columns=["image_id", "labels"]) for p in parts]
+    )
+    labels = np.asarray(meta["labels"].to_pylist(), dtype=np.uint8).reshape(meta.num_rows, info.num_classes)
+    chosen, per_class = choose_synthetic(labels, info, cfg.train)
+    keep = set(meta["image_id"].take(pa.array(chosen)).to_pylist()) if len(chosen) else set()
+    log.info("training mix: %d real + %d synthetic rows %s", n_real, len(keep), per_class)
+    if not keep:
+        return real, n_real, {"real": n_real, "synthetic": 0, "per_class": per_class}
+    keep_arr = pa.array(sorted(keep))
+
+    def only_chosen(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.is_in(batch["image_id"], value_set=keep_arr))
+
+    synth = (
+        ray.data.read_parquet(parts, filesystem=storage.pyarrow_fs, columns=COLUMNS)
+        .map_batches(only_chosen, batch_format="pyarrow")
+        .select_columns(COLUMNS)
+    )
+    return real.union(synth), n_real + len(keep), {"real": n_real, "synthetic": len(keep), "per_class": per_class}
+
+
+def info_train_rows(storage: Storage, info: DatasetInfo) -> list[int]:
+    """Train rows per part, from Parquet footers' statistics-free split column (small reads)."""
+    counts = []
+    for p in info.parts:
+        t = pq.read_table(storage.pyarrow_fs.open_input_file(p), columns=["split"])
+        counts.append(int(pc.sum(pc.equal(t["split"], "train")).as_py() or 0))
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------- worker
+
+
+def _predict(model: torch.nn.Module, it: Any, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    scores, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in it:
+            x, y = decode_batch(batch["image"], batch["labels"])
+            scores.append(torch.sigmoid(model(x.to(device))).float().cpu().numpy())
+            targets.append(y.numpy())
+    return np.concatenate(scores), np.concatenate(targets)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build the model, resume if a checkpoint exists, train, validate (rank 0), report."""
+    cfg = from_dict(config["cfg"], "train worker")
+    info = DatasetInfo.from_dict(config["dataset"])
+    storage = Storage(cfg.storage.root, cfg.storage)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    device = ray.train.torch.get_device()
+    model = build_model(cfg.model, info.num_classes, info.cooccurrence)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = int(config["steps_per_epoch"])
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup = int(round(cfg.train.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
+    start_epoch, history, best = 0, [], -1.0
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            model_state, state, meta = ckpt.load_training_state(folder)
+        if meta["signature"] != ckpt.model_signature(cfg, info.name):
+            raise ConfigError(
+                f"run {cfg.train.run!r} was trained with another model config or dataset; "
+                "choose a new train.run to start fresh"
+            )
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        log.info("rank %d resumed from epoch %d", rank, state["epoch"])
+    model = ray.train.torch.prepare_model(model)
+    loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs)
+    use_amp = cfg.train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 101 + rank)
+        losses, seen = [], 0
+        batches = shard.iter_batches(
+            batch_size=cfg.train.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * cfg.train.batch_size,
+            local_shuffle_seed=cfg.train.seed + epoch * 1000 + rank,
+        )
+        for batch in batches:
+            x, y = decode_batch(batch["image"], batch["labels"])
+            x = augment(x, cfg.train.augment, gen).to(device)
+            y = y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = loss_fn(model(x), y, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            seen += x.shape[0]
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_images_per_worker": seen,
+            "lr": scheduler.get_last_lr()[0],
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        if rank == 0:
+            val_scores, val_targets = _predict(
+                ckpt.bare(model),
+                ray.train.get_dataset_shard("val").iter_batches(batch_size=64, batch_format="numpy"),
+                device,
+            )
+            val = evaluate_scores(val_scores, val_targets, info.classes, info.groups, bootstrap=0)
+            metrics.update({f"val_{k}": val[k] for k in SUMMARY_KEYS})
+            history.append(metrics)
+            score = val["mAP"] if val["mAP"] is not None else -1.0
+            improved = score > best
+            best = max(best, score)
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+            }
+            files = ckpt.checkpoint_files(model, cfg, info, epoch, metrics, state)
+            classifier = run_dir(cfg.train.run, STAGE)
+            if improved:
+                ckpt.write_storage(
+                    storage, f"{classifier}/best", {k: v for k, v in files.items() if k != ckpt.STATE_FILE}
+                )
+            storage.write_json(f"{classifier}/history.json", history)
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt.write_local(tmp, files)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            log.info(
+                "epoch %d: loss %.4f val mAP %s mAUC %s (%.1f s)",
+                epoch,
+                metrics["train_loss"],
+                metrics["val_mAP"],
+                metrics["val_mAUC"],
+                metrics["epoch_seconds"],
+            )
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
+def run_training(cfg: Config) -> dict:
+    """Trains (or resumes) ``train.run`` on Ray Train, then evaluates the best checkpoint on the test split.
+
+    Returns:
+        Summary: dataset, epochs, best val mAP, test metrics with intervals, output locations.
+    """
+    from trcgl.train.ray_evaluate import evaluate_checkpoint
+
+    storage = Storage(cfg.storage.root, cfg.storage)
+    storage.check_writable()
+    dataset = resolve_dataset_name(cfg, storage)
+    cfg.train.dataset = dataset
+    info = load_dataset_info(storage, dataset)
+    storage.write_text(f"{run_dir(cfg.train.run)}/config.yaml", dump_yaml(cfg))
+    train_ds, n_train, mix = train_dataset(cfg, storage, info)
+    per_worker = n_train // max(1, cfg.train.num_workers)
+    steps_per_epoch = max(1, -(-per_worker // cfg.train.batch_size))
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "steps_per_epoch": steps_per_epoch},
+        datasets={
+            "train": train_ds.randomize_block_order(seed=cfg.train.seed),
+            "val": split_dataset(storage, info, "val"),
+        },
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=STAGE,
+            storage_path=storage.path(run_dir(cfg.train.run)),
+            storage_filesystem=storage.pyarrow_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+    )
+    t0 = time.perf_counter()
+    log.info(
+        "training %s on %s: %d train rows, %d workers, %d steps/epoch",
+        cfg.train.run,
+        dataset,
+        n_train,
+        cfg.train.num_workers,
+        steps_per_epoch,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    classifier = run_dir(cfg.train.run, STAGE)
+    history = storage.read_json(f"{classifier}/history.json")
+    best_uri = storage.uri(classifier, "best")
+    test = evaluate_checkpoint(cfg, best_uri, dataset, "test", classifier, history=history)
+    summary = {
+        "run": cfg.train.run,
+        "dataset": dataset,
+        "train_rows": mix,
+        "epochs_run": len(history),
+        "best_val_mAP": max((h["val_mAP"] or -1) for h in history),
+        "test": {k: test[k] for k in SUMMARY_KEYS} | {"ci": test["ci"]},
+        "best_checkpoint": best_uri,
+        "outputs": storage.uri(classifier),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    storage.write_json(posixpath.join(classifier, "summary.json"), summary)
+    return summary

@@ -1,10 +1,14 @@
 """Benchmarks, each printing its figures as ratios against a baseline measured in the same run.
 
     python -m jobs.benchmark prepare [--rows 2000] [--render-size 512] [--size 224] [--scale 10]
+    python -m jobs.benchmark train [--backbone resnet18] [--size 128] [--batch 32] [--steps 12] [--threads 2]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
 PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
 ``scale``x the rows (streaming: target < 1.5x growth).
+
+train: images/s of training steps for (a) backbone + linear head, (b) full TRCGL-Net, (c) full TRCGL-Net in a
+1-worker Ray Train run reading a Ray Dataset shard; ratios b/a (target >= 0.8) and c/b (target >= 0.9).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--size", type=int, default=224, help="prepared image side")
     prep.add_argument("--scale", type=int, default=10, help="row multiple for the memory-growth figure")
     prep.add_argument("--workdir", default=None, help="keep inputs and outputs here (default: a temp dir, removed)")
+    tr = sub.add_parser("train", help="training-step throughput: plain vs full model vs Ray Train")
+    tr.add_argument("--backbone", default="resnet18")
+    tr.add_argument("--size", type=int, default=128)
+    tr.add_argument("--batch", type=int, default=32)
+    tr.add_argument("--steps", type=int, default=12, help="timed steps (after 3 warm-up steps)")
+    tr.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -31,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl.benchmarks.ray_prepare_bench import run
 
         result = run(args.rows, args.render_size, args.size, args.scale, args.workdir)
-        for line in result.lines():
-            sys.stdout.write(line + "\n")
+    else:
+        from trcgl.benchmarks.ray_train_bench import run as run_train
+
+        result = run_train(args.backbone, args.size, args.batch, args.steps, threads=args.threads)
+    for line in result.lines():
+        sys.stdout.write(line + "\n")
     return 0
 
 

@@ -51,8 +51,9 @@ def test_local_root(tmp_path):
     assert leftovers == []
 
 
-def test_s3_root(s3_endpoint, s3_bucket):
-    storage = Storage(f"s3://{s3_bucket}/prefix", StorageConfig(endpoint_url=s3_endpoint))
+@pytest.mark.parametrize("client", ["s3fs", "pyarrow"])
+def test_s3_root(s3_endpoint, s3_bucket, client):
+    storage = Storage(f"s3://{s3_bucket}/prefix", StorageConfig(endpoint_url=s3_endpoint, s3_client=client))
     _exercise(storage)
     assert storage.fsspec_fs.exists(f"{s3_bucket}/prefix/datasets/ds/labels.json")
 

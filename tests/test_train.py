@@ -7,9 +7,30 @@ import pyarrow as pa
 import pytest
 import torch
 
-from trcgl.config import AugmentConfig, TrainConfig, load_config
+from trcgl.config import AugmentConfig, StorageConfig, TrainConfig, load_config
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, augment, choose_synthetic, lr_factor
+
+
+def make_synthetic_folder(storage: Storage, dataset: str) -> str:
+    """A synthetic folder built from real tail-positive train images (what the generation job writes)."""
+    from trcgl.data.prepare import read_dataset
+
+    labels = storage.read_json(f"datasets/{dataset}/labels.json")
+    tail = [i for i, g in enumerate(labels["groups"]) if g == "tail"]
+    table = read_dataset(storage, dataset, split="train").to_pylist()
+    rows = [r for r in table if any(r["labels"][k] for k in tail)]
+    assert rows, "the tiny dataset has tail-positive train images"
+    out = {
+        "image_id": [f"syn-{i:04d}" for i in range(len(rows) * 2)],
+        "image": [r["image"] for r in rows] * 2,
+        "labels": [r["labels"] for r in rows] * 2,
+        "source": ["synthetic"] * (len(rows) * 2),
+    }
+    folder = "runs/synth-test/synthetic"
+    storage.write_parquet(f"{folder}/part-00000.parquet", pa.table(out))
+    storage.publish(folder, {"stage": "generate"})
+    return folder
 
 
 def _info(counts, groups):
@@ -61,9 +82,11 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     root, dataset = tiny_prepared
     overrides = [f"storage.root={root}", "train.run=t1", f"train.dataset={dataset}"]
     first = run_training(load_config("tiny", [*overrides, "train.epochs=1"]))
-    assert first["epochs_run"] == 1
-    cfg = load_config("tiny", overrides)
-    summary = run_training(cfg)  # same run: resumes at epoch 1, not from scratch
+    assert first["epochs_run"] == 1 and first["train_rows"]["synthetic"] == 0
+    synthetic = make_synthetic_folder(Storage(root), dataset)
+    cfg = load_config("tiny", [*overrides, f"train.synthetic=[{synthetic}]", "train.aug_ratio_tail=1.0"])
+    summary = run_training(cfg)  # same run: resumes at epoch 1, not from scratch, now mixing synthetic rows
+    assert 0 < summary["train_rows"]["synthetic"] <= 40
     storage = Storage(root)
     history = storage.read_json(f"{run_dir('t1', 'classifier')}/history.json")
     assert [h["epoch"] for h in history] == list(range(cfg.train.epochs))
@@ -93,3 +116,29 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     assert again["mAUC"] == pytest.approx(metrics["mAUC"], abs=1e-9)
     table = pa.parquet.read_table(storage.path(f"{run_dir('t1', 'classifier')}/per_class.parquet")).to_pandas()
     assert set(table["status"]) <= {"ok", "no_positives", "no_negatives"}
+
+
+@pytest.mark.slow
+def test_train_on_s3(tiny_prepared, s3_endpoint, s3_bucket):
+    from trcgl.train.ray_train import run_training
+
+    root, dataset = tiny_prepared
+    local, s3_root = Storage(root), f"s3://{s3_bucket}/trcgl"
+    remote = Storage(s3_root, StorageConfig(endpoint_url=s3_endpoint))
+    for f in local.list_files(f"datasets/{dataset}"):  # the prepared dataset, copied to the S3 server
+        remote.write_bytes(f, local.read_bytes(f))
+    cfg = load_config(
+        "tiny",
+        [
+            f"storage.root={s3_root}",
+            f"storage.endpoint_url={s3_endpoint}",
+            "train.run=s3",
+            f"train.dataset={dataset}",
+            "train.epochs=1",
+        ],
+    )
+    summary = run_training(cfg)
+    assert summary["best_checkpoint"].startswith("s3://")
+    files = remote.list_files("runs/s3")
+    assert "runs/s3/classifier/metrics.json" in files and "runs/s3/classifier/best/model.pt" in files
+    assert any(f.startswith("runs/s3/classifier/checkpoint_") and f.endswith("model.pt") for f in files)

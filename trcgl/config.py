@@ -37,6 +37,7 @@ class StorageConfig:
     endpoint_url: str | None = None  # S3-compatible endpoint; falls back to $AWS_ENDPOINT_URL
     region: str = "us-east-1"
     retries: int = 10  # S3 request attempts before failing loudly
+    s3_client: str = "s3fs"  # "s3fs" (botocore, wrapped for pyarrow) or "pyarrow" (pyarrow's native S3 client)
     connect_timeout_s: float = 5.0
 
 
@@ -369,6 +370,8 @@ def validate(cfg: Config) -> None:
         load_file(d.label_set)  # raises ConfigError naming the unknown set and the known ones
     if cfg.synth.layout not in ("dirs", "flat"):
         raise ConfigError(f"config key 'synth.layout' must be dirs or flat, got {cfg.synth.layout!r}")
+    if cfg.storage.s3_client not in ("s3fs", "pyarrow"):
+        raise ConfigError(f"config key 'storage.s3_client' must be s3fs or pyarrow, got {cfg.storage.s3_client!r}")
     if cfg.storage.retries < 1:
         raise ConfigError(f"config key 'storage.retries' must be >= 1, got {cfg.storage.retries}")
     for key in ("access_key", "secret_key", "aws_secret_access_key", "aws_access_key_id", "token"):

@@ -100,11 +100,41 @@ def pyarrow_s3(cfg: StorageConfig) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def s3fs_filesystem(cfg: StorageConfig) -> Any:
+    """An s3fs filesystem (botocore) with explicit retries and timeouts, listing cache off."""
+    import s3fs
+
+    client_kwargs: dict[str, Any] = {"region_name": cfg.region}
+    if endpoint_for(cfg):
+        client_kwargs["endpoint_url"] = endpoint_for(cfg)
+    return s3fs.S3FileSystem(
+        client_kwargs=client_kwargs,
+        config_kwargs={
+            "retries": {"max_attempts": cfg.retries, "mode": "standard"},
+            "connect_timeout": cfg.connect_timeout_s,
+        },
+        use_listings_cache=False,
+    )
+
+
+def s3_filesystem(cfg: StorageConfig) -> pafs.FileSystem:
+    """The pyarrow view of S3 that every stage uses (``storage.s3_client``).
+
+    ``s3fs`` (default) wraps botocore for pyarrow; it writes small objects with one PutObject and works with every
+    S3-compatible server we tried. ``pyarrow`` is pyarrow's native client, faster for large reads, but its multipart
+    upload completion fails against moto's server (pyarrow 26: "error embedded in a 200 OK response"), which breaks Ray
+    Train's storage check there.
+    """
+    if cfg.s3_client == "pyarrow":
+        return pyarrow_s3(cfg)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(s3fs_filesystem(cfg)))
+
+
 def filesystem_for(uri: str, cfg: StorageConfig) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path on it) for any local path or s3:// URI."""
     loc = parse_uri(uri)
     if loc.scheme == "s3":
-        return pyarrow_s3(cfg), loc.path
+        return s3_filesystem(cfg), loc.path
     return pafs.LocalFileSystem(), loc.path
 
 
@@ -142,7 +172,7 @@ class Storage:
     @cached_property
     def pyarrow_fs(self) -> pafs.FileSystem:
         """The pyarrow filesystem (pass as ``filesystem=`` to Ray Data, ``storage_filesystem=`` to Train/Tune)."""
-        return pyarrow_s3(self.cfg) if self.is_s3 else pafs.LocalFileSystem()
+        return s3_filesystem(self.cfg) if self.is_s3 else pafs.LocalFileSystem()
 
     @cached_property
     def fsspec_fs(self) -> Any:
@@ -151,16 +181,7 @@ class Storage:
             import fsspec
 
             return fsspec.filesystem("file")
-        import s3fs
-
-        client_kwargs: dict[str, Any] = {"region_name": self.cfg.region}
-        if endpoint_for(self.cfg):
-            client_kwargs["endpoint_url"] = endpoint_for(self.cfg)
-        return s3fs.S3FileSystem(
-            client_kwargs=client_kwargs,
-            config_kwargs={"retries": {"max_attempts": self.cfg.retries, "mode": "standard"}},
-            use_listings_cache=False,
-        )
+        return s3fs_filesystem(self.cfg)
 
     # ------------------------------------------------------------------------------------------------ paths
 

@@ -174,6 +174,36 @@ class TrainConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """Text-guided conditional diffusion (trcgl/diffusion): model, training and sampling."""
+
+    source: str = "scratch"  # "scratch": pixel-space UNet + small text encoder trained jointly; "pretrained"
+    pretrained: str | None = None  # path or s3:// to a Stable-Diffusion-family pipeline (source=pretrained)
+    text_encoder: str | None = None  # path or s3:// to a pretrained transformers text encoder; None: train a small one
+    freeze_text_encoder: bool = False
+    image_size: int = 64  # diffusion resolution (pixels for scratch; the VAE's input size for pretrained)
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    cross_attention_dim: int = 64
+    attention_head_dim: int = 8
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    max_prompt_tokens: int = 32
+    num_train_timesteps: int = 1000
+    cond_dropout: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
+    ema_decay: float = 0.999
+    sampler: str = "ddim"  # "ddim" or "dpmsolver++"
+    sample_steps: int = 25
+    guidance_scale: float = 3.0
+    group_weights: dict[str, float] = field(default_factory=lambda: {"head": 1.0, "medium": 2.0, "tail": 8.0})
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 2e-4
+    seed: int = 0
+
+
+@dataclass
 class RayConfig:
     """How a job connects to Ray."""
 
@@ -193,6 +223,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
 # ---------------------------------------------------------------------------------------------------- validation

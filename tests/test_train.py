@@ -35,7 +35,9 @@ def make_synthetic_folder(storage: Storage, dataset: str) -> str:
 
 def _info(counts, groups):
     k = len(counts)
-    return DatasetInfo("ds", [f"c{i}" for i in range(k)], groups, np.asarray(counts), np.eye(k, dtype=np.int64), 32, [])
+    return DatasetInfo(
+        "ds", [f"c{i}" for i in range(k)], groups, np.asarray(counts), np.eye(k, dtype=np.int64), 32, [], {}
+    )
 
 
 def test_synthetic_mix_follows_ratios_and_seed():

@@ -204,12 +204,30 @@ class DiffusionConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """Tail-class synthesis on a Ray Data actor pool (jobs.generate)."""
+
+    model: str | None = None  # diffusion model folder (local or s3://); None: {root}/runs/{run}/diffusion/model
+    aug_ratio_tail: float = 1.0  # synthetic images per real train positive of each tail class
+    aug_ratio_medium: float = 0.0  # the same for medium classes (0: none)
+    per_class_max: int = 200  # cap per class
+    rows_per_file: int = 32  # plan rows per output Parquet part (the unit of resumption)
+    batch_size: int = 8  # images sampled at once by an actor
+    actors_min: int = 1
+    actors_max: int = 2
+    num_gpus: float = 0.0  # per actor; actors fall back to CPU where a GPU is declared but CUDA is absent
+    cpus_per_actor: float = 1.0
+    seed: int = 0
+
+
+@dataclass
 class RayConfig:
     """How a job connects to Ray."""
 
     address: str | None = None  # None: $RAY_ADDRESS if set, else start a local Ray
     num_cpus: int | None = None  # for a local Ray; None: all cores
     cpus_per_task: float = 1.0  # CPUs per Ray Data decode/render task
+    autoscaling: bool = False  # an autoscaler can add nodes: wait for missing GPUs instead of failing fast
 
 
 @dataclass
@@ -224,6 +242,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 # ---------------------------------------------------------------------------------------------------- validation

@@ -33,3 +33,23 @@ def init_ray(cfg: Config) -> bool:
         # address="local": always a new instance, never a stray cluster found on the host
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
     return True
+
+
+def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
+    """Fails fast when work asks for GPUs that no node has and no autoscaler can add.
+
+    A request Ray cannot place pends forever with no error (RAY_NOTES.md); with ``ray.autoscaling`` on, the
+    autoscaler is trusted to add GPU nodes and the job waits for them.
+
+    Raises:
+        ValueError: naming the config key, the request and what the cluster has.
+    """
+    if per_worker <= 0 or autoscaling:
+        return
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if have < per_worker:
+        raise ValueError(
+            f"config key {key!r} asks for {per_worker} GPU(s) per worker but the Ray cluster has {have:g} GPUs and "
+            "ray.autoscaling is false; run on a GPU cluster, set ray.autoscaling=true where an autoscaler adds GPU "
+            f"nodes, or set {key}=0"
+        )

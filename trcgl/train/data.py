@@ -42,6 +42,7 @@ class DatasetInfo:
     cooccurrence: np.ndarray  # (K, K) train counts
     image_size: int
     parts: list[str]  # Parquet part paths on the storage filesystem (manifest-listed)
+    split_sizes: dict[str, int]  # images per split
 
     @property
     def num_classes(self) -> int:
@@ -56,6 +57,7 @@ class DatasetInfo:
             "cooccurrence": self.cooccurrence.tolist(),
             "image_size": self.image_size,
             "parts": self.parts,
+            "split_sizes": self.split_sizes,
         }
 
     @classmethod
@@ -68,6 +70,7 @@ class DatasetInfo:
             cooccurrence=np.asarray(d["cooccurrence"], dtype=np.int64),
             image_size=int(d["image_size"]),
             parts=list(d["parts"]),
+            split_sizes={k: int(v) for k, v in d["split_sizes"].items()},
         )
 
 
@@ -99,6 +102,7 @@ def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
         cooccurrence=cooc,
         image_size=int(labels["image_size"]),
         parts=parts,
+        split_sizes={k: int(v) for k, v in labels["images"].items()},
     )
 
 

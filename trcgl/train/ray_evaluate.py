@@ -14,16 +14,15 @@ from trcgl.config import Config, to_dict
 from trcgl.metrics import evaluate_scores, per_class_frame
 from trcgl.storage import Storage
 from trcgl.train import report
-from trcgl.train.data import COLUMNS, load_dataset_info
+from trcgl.train.data import COLUMNS, DatasetInfo, load_dataset_info
 from trcgl.train.predict import Predictor
 
 log = logging.getLogger(__name__)
 
 
-def predict_split(cfg: Config, checkpoint_uri: str, dataset: str, split: str) -> pd.DataFrame:
+def predict_split(cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: str) -> pd.DataFrame:
     """Scores every row of a split; returns image_id, scores (K floats), labels (K ints), ordered by image_id."""
     storage = Storage(cfg.storage.root, cfg.storage)
-    info = load_dataset_info(storage, dataset)
     ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
     ds = ds.filter(expr=f"split == '{split}'").select_columns(COLUMNS)
     gpus = 1 if cfg.train.use_gpu else 0
@@ -38,7 +37,7 @@ def predict_split(cfg: Config, checkpoint_uri: str, dataset: str, split: str) ->
     )
     out = scored.to_pandas()
     if out.empty:
-        raise ValueError(f"split {split!r} of dataset {dataset!r} has no rows")
+        raise ValueError(f"split {split!r} of dataset {info.name!r} has no rows")
     return out.sort_values("image_id").reset_index(drop=True)
 
 
@@ -53,7 +52,7 @@ def evaluate_checkpoint(
     """
     storage = Storage(cfg.storage.root, cfg.storage)
     info = load_dataset_info(storage, dataset)
-    preds = predict_split(cfg, checkpoint_uri, dataset, split)
+    preds = predict_split(cfg, checkpoint_uri, info, split)
     scores = np.stack(preds["scores"].to_numpy()).astype(np.float64)  # (N, K)
     targets = np.stack(preds["labels"].to_numpy()).astype(np.int64)  # (N, K)
     result = evaluate_scores(

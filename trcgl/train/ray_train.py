@@ -60,7 +60,7 @@ def split_dataset(storage: Storage, info: DatasetInfo, split: str) -> ray.data.D
 def train_dataset(cfg: Config, storage: Storage, info: DatasetInfo) -> tuple[ray.data.Dataset, int, dict]:
     """Real train rows plus the chosen synthetic rows; returns (dataset, row count, mixing summary)."""
     real = split_dataset(storage, info, "train")
-    n_real = int(sum(info_train_rows(storage, info)))
+    n_real = info.split_sizes["train"]
     if not cfg.train.synthetic or (cfg.train.aug_ratio_tail <= 0 and cfg.train.aug_ratio_medium <= 0):
         return real, n_real, {"real": n_real, "synthetic": 0, "per_class": {}}
     parts = synthetic_parts(storage, cfg.train.synthetic)
@@ -84,15 +84,6 @@ def train_dataset(cfg: Config, storage: Storage, info: DatasetInfo) -> tuple[ray
         .select_columns(COLUMNS)
     )
     return real.union(synth), n_real + len(keep), {"real": n_real, "synthetic": len(keep), "per_class": per_class}
-
-
-def info_train_rows(storage: Storage, info: DatasetInfo) -> list[int]:
-    """Train rows per part, from Parquet footers' statistics-free split column (small reads)."""
-    counts = []
-    for p in info.parts:
-        t = pq.read_table(storage.pyarrow_fs.open_input_file(p), columns=["split"])
-        counts.append(int(pc.sum(pc.equal(t["split"], "train")).as_py() or 0))
-    return counts
 
 
 # ---------------------------------------------------------------------------------------------------- worker

@@ -1,0 +1,116 @@
+"""Generation plan, generator class and the diffusion jobs on a real local Ray (tiny sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from trcgl.config import GenerateConfig, load_config
+from trcgl.diffusion.plan import Generator, make_plan, part_payloads
+from trcgl.storage import Storage, run_dir
+from trcgl.train.data import DatasetInfo
+
+
+def _info_rows():
+    classes = ["normal", "cardiomegaly", "mass", "pneumothorax"]
+    info = DatasetInfo(
+        "ds",
+        classes,
+        ["head", "medium", "tail", "tail"],
+        np.array([50, 10, 4, 2]),
+        np.eye(4, dtype=np.int64),
+        32,
+        [],
+        {},
+    )
+    labels = [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 0, 1], [0, 1, 0, 0]]
+    rows = pd.DataFrame(
+        {
+            "labels": labels,
+            "localizations": [[], ["loc left"], ["loc right"], [], ["loc apical"], []],
+            "projection": ["PA"] * 6,
+        }
+    )
+    return info, rows
+
+
+def test_plan_counts_seeds_and_real_label_sets():
+    info, rows = _info_rows()
+    cfg = GenerateConfig(aug_ratio_tail=2.0, per_class_max=5, rows_per_file=3, seed=1)
+    plan = make_plan(info, rows, cfg)
+    assert plan["target_class"].value_counts().to_dict() == {"mass": 5, "pneumothorax": 4}
+    assert plan["image_id"].is_unique and plan["seed"].is_unique
+    real_sets = {tuple(v) for v in rows["labels"]}
+    assert all(tuple(v) in real_sets for v in plan["labels"])  # label sets copied from real rows
+    for target, labels in zip(plan["target_class"], plan["labels"], strict=True):
+        assert labels[info.classes.index(target)] == 1
+    assert any(sum(v) > 1 for v in plan["labels"])  # co-occurrence kept, not only the single tail label
+    assert plan["part"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    again = make_plan(info, rows, cfg)
+    pd.testing.assert_frame_equal(plan, again)
+    other = make_plan(info, rows, GenerateConfig(aug_ratio_tail=2.0, per_class_max=5, rows_per_file=3, seed=2))
+    assert (other["seed"] != plan["seed"]).all()
+    assert make_plan(info, rows, GenerateConfig(aug_ratio_tail=0.0)).empty
+
+
+def test_generator_class_called_directly(tmp_path):
+    from trcgl.config import to_dict
+    from trcgl.diffusion.model import TextToXray
+    from trcgl.diffusion.prompts import prompt_vocabulary
+
+    info, rows = _info_rows()
+    cfg = load_config("tiny", [f"storage.root={tmp_path}", "data.image_size=24"])
+    model = TextToXray.build(cfg.diffusion, prompt_vocabulary(info.classes, ["loc left", "loc right", "loc apical"]))
+    model.save_pretrained(str(tmp_path / "model"))
+    plan = make_plan(info, rows, GenerateConfig(aug_ratio_tail=1.0, rows_per_file=4))
+    gen = Generator(to_dict(cfg), str(tmp_path / "model"), "out", len(info.classes))
+    result = gen(pd.DataFrame({"payload": part_payloads(plan)[:1]}))
+    assert result["rows"].tolist() == [4] and not result["skipped"].any()
+    table = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
+    assert [r["image_id"] for r in table] == plan["image_id"].head(4).tolist()
+    assert all(len(r["image"]) == 24 * 24 * 2 and r["source"] == "synthetic" for r in table)
+    assert gen(pd.DataFrame({"payload": part_payloads(plan)[:1]}))["skipped"].all()  # exists: skipped
+
+
+@pytest.mark.slow
+def test_train_diffusion_then_generate_fills_only_gaps(tiny_prepared):
+    from trcgl.diffusion.ray_diffusion import run_train_diffusion
+    from trcgl.diffusion.ray_generate import run_generate
+
+    root, dataset = tiny_prepared
+    cfg = load_config("tiny", [f"storage.root={root}", "train.run=gen", f"train.dataset={dataset}"])
+    trained = run_train_diffusion(cfg)
+    storage = Storage(root)
+    assert storage.manifest(f"{run_dir('gen', 'diffusion')}/model") is not None
+    assert trained["last_loss"] is not None and np.isfinite(trained["last_loss"])
+    first = run_generate(cfg)
+    out = run_dir("gen", "synthetic")
+    parts = [f for f in storage.list_files(out) if "/part-" in f]
+    assert len(parts) == first["parts"] > 1 and first["parts_skipped"] == 0
+
+    def rows():
+        return [r for p in parts for r in pq.read_table(storage.path(p)).to_pylist()]
+
+    ids = [r["image_id"] for r in rows()]
+    assert len(ids) == len(set(ids)) == first["images"]
+    before = {p: storage.read_bytes(p) for p in parts}
+    storage.delete(parts[1])  # a killed run lost this part
+    storage.delete(f"{out}/_manifest.json")
+    second = run_generate(cfg)
+    assert second["parts_skipped"] == first["parts"] - 1
+    assert sorted(r["image_id"] for r in rows()) == sorted(ids)  # the gap filled, nothing duplicated
+    assert all(storage.read_bytes(p) == before[p] for p in parts if p != parts[1])
+
+
+@pytest.mark.slow
+def test_generate_fails_fast_without_gpus(tiny_prepared):
+    from trcgl.diffusion.ray_generate import run_generate
+
+    root, dataset = tiny_prepared
+    cfg = load_config(
+        "tiny", [f"storage.root={root}", "train.run=nogpu", f"train.dataset={dataset}", "generate.num_gpus=1"]
+    )
+    with pytest.raises(ValueError, match=r"generate.num_gpus.*0 GPUs.*ray.autoscaling"):
+        run_generate(cfg)

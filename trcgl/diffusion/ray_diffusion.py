@@ -1,0 +1,183 @@
+"""Training the text-guided diffusion model on Ray Train (data-parallel, checkpointed every epoch, resumable).
+
+Outputs under ``{root}/runs/{run}/diffusion/``: Ray Train checkpoints (``model/`` in diffusers' ``save_pretrained``
+layout plus ``state.pt`` for resuming) and, at the end, ``model/`` with its manifest: the folder ``jobs.generate``
+samples from. Rows of tail classes are repeated by ``diffusion.group_weights`` (the largest weight among a row's
+classes' groups), since tail synthesis is the purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from trcgl.config import Config, dump_yaml, from_dict, to_dict
+from trcgl.diffusion.model import TextToXray
+from trcgl.diffusion.plan import read_train_rows
+from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
+from trcgl.storage import Storage, run_dir
+from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
+
+log = logging.getLogger(__name__)
+
+STAGE = "diffusion"
+COLUMNS = ["image", "labels", "localizations", "projection"]
+
+
+class _Loss(torch.nn.Module):
+    """DDP synchronises gradients of ``forward`` calls only: this makes the training loss the forward."""
+
+    def __init__(self, model: TextToXray) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        return self.model.training_loss(images, prompts, generator)
+
+
+def repeat_by_group(batch: pd.DataFrame, groups: list[str], weights: dict[str, float]) -> pd.DataFrame:
+    """Repeats each row round(max weight of its positive classes' groups) times (head weight for no class)."""
+    w = np.asarray([weights.get(g, 1.0) for g in groups])  # (K,)
+    labels = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["labels"]])  # (B, K)
+    row_w = np.where(labels.any(axis=1), (labels * w).max(axis=1), weights.get("head", 1.0))  # (B,)
+    repeats = np.maximum(1, np.round(row_w)).astype(int)
+    return batch.loc[batch.index.repeat(repeats)].reset_index(drop=True)
+
+
+def prompts_of(batch: dict, classes: list[str]) -> list[str]:
+    """Prompts of a numpy batch (labels, localizations, projection columns)."""
+    out = []
+    for labels, locs, proj in zip(batch["labels"], batch["localizations"], batch["projection"], strict=True):
+        names = [c for c, v in zip(classes, np.asarray(labels), strict=True) if v]
+        out.append(build_prompt(names, list(locs), str(proj)))
+    return out
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build or resume the model, train epochs, report a checkpoint per epoch (rank 0)."""
+    cfg = from_dict(config["cfg"], "diffusion worker")
+    info = DatasetInfo.from_dict(config["dataset"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    model = TextToXray.build(cfg.diffusion, config["vocabulary"], cfg.storage)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.diffusion.lr)
+    start_epoch = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+        log.info("rank %d resumed diffusion training after epoch %d", rank, state["epoch"])
+    device = ray.train.torch.get_device()
+    loss_module = ray.train.torch.prepare_model(_Loss(model))
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg.diffusion.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.diffusion.seed * 1_000_003 + epoch * 101 + rank)
+        losses = []
+        for batch in shard.iter_batches(
+            batch_size=cfg.diffusion.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * cfg.diffusion.batch_size,
+            local_shuffle_seed=cfg.diffusion.seed + epoch * 1000 + rank,
+        ):
+            x, _ = decode_batch(batch["image"], batch["labels"])
+            loss = loss_module(x.to(device), prompts_of(batch, info.classes), gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.update_ema()
+            losses.append(float(loss.detach()))
+        metrics = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_pretrained(os.path.join(tmp, "model"))
+                torch.save(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+                    os.path.join(tmp, "state.pt"),
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            log.info("diffusion epoch %d: loss %.4f (%.1f s)", epoch, metrics["loss"], metrics["epoch_seconds"])
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+def run_train_diffusion(cfg: Config) -> dict:
+    """Trains (or resumes) the diffusion model of ``train.run``; publishes ``diffusion/model/``."""
+    storage = Storage(cfg.storage.root, cfg.storage)
+    storage.check_writable()
+    dataset = resolve_dataset_name(cfg, storage)
+    info = load_dataset_info(storage, dataset)
+    rows = read_train_rows(storage, info)
+    vocabulary = prompt_vocabulary(info.classes, sorted({loc for locs in rows["localizations"] for loc in locs}))
+    storage.write_text(f"{run_dir(cfg.train.run)}/config.yaml", dump_yaml(cfg))
+    ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
+    ds = (
+        ds.filter(expr="split == 'train'")
+        .select_columns(COLUMNS)
+        .map_batches(
+            repeat_by_group,
+            batch_format="pandas",
+            fn_kwargs={"groups": info.groups, "weights": dict(cfg.diffusion.group_weights)},
+        )
+    )
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "vocabulary": vocabulary},
+        datasets={"train": ds.randomize_block_order(seed=cfg.diffusion.seed)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=STAGE,
+            storage_path=storage.path(run_dir(cfg.train.run)),
+            storage_filesystem=storage.pyarrow_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("diffusion training reported no checkpoint")
+    out = posixpath.join(run_dir(cfg.train.run, STAGE), "model")
+    with result.checkpoint.as_directory() as folder:
+        src = os.path.join(folder, "model")
+        for dirpath, _, files in os.walk(src):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                storage.write_bytes(
+                    posixpath.join(out, os.path.relpath(full, src).replace(os.sep, "/")), open(full, "rb").read()
+                )
+    storage.publish(out, {"stage": "train_diffusion", "dataset": dataset})
+    metrics = result.metrics or {}
+    return {
+        "run": cfg.train.run,
+        "dataset": dataset,
+        "model": storage.uri(out),
+        "epochs": cfg.diffusion.epochs,
+        "last_loss": metrics.get("loss"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

@@ -102,6 +102,34 @@ def test_train_diffusion_then_generate_fills_only_gaps(tiny_prepared):
     assert second["parts_skipped"] == first["parts"] - 1
     assert sorted(r["image_id"] for r in rows()) == sorted(ids)  # the gap filled, nothing duplicated
     assert all(storage.read_bytes(p) == before[p] for p in parts if p != parts[1])
+    grids = [f for f in storage.list_files(f"{out}/grids") if f.endswith(".png")]
+    assert len(grids) == len(first["per_class"]) and second["fidelity"] is None  # no reference classifier yet
+
+    # fidelity with a reference classifier (an untrained one: this checks the mechanics, not the figures)
+    from trcgl.models import build_model
+    from trcgl.train import checkpoint as ckpt
+    from trcgl.train.data import load_dataset_info
+
+    info = load_dataset_info(storage, dataset)
+    reference = build_model(cfg.model, info.num_classes, info.cooccurrence)
+    ckpt.write_storage(storage, "reference", ckpt.checkpoint_files(reference, cfg, info, 0, {}))
+    storage.delete(f"{out}/_manifest.json")
+    scored = run_generate(
+        load_config(
+            "tiny",
+            [
+                f"storage.root={root}",
+                "train.run=gen",
+                f"train.dataset={dataset}",
+                f"generate.reference_checkpoint={storage.uri('reference')}",
+                "generate.fidelity_threshold=0.0",
+            ],
+        )
+    )
+    assert {r["class"] for r in scored["fidelity"]} == set(first["per_class"])
+    assert all(r["auroc"] is None or 0.0 <= r["auroc"] <= 1.0 for r in scored["fidelity"])
+    assert scored["filtered"]["kept"] == scored["filtered"]["of"] == first["images"]  # threshold 0 keeps all
+    assert storage.manifest(run_dir("gen", "synthetic_filtered")) is not None
 
 
 @pytest.mark.slow
@@ -114,3 +142,18 @@ def test_generate_fails_fast_without_gpus(tiny_prepared):
     )
     with pytest.raises(ValueError, match=r"generate.num_gpus.*0 GPUs.*ray.autoscaling"):
         run_generate(cfg)
+
+
+def test_fidelity_table_auroc():
+    from trcgl.diffusion.fidelity import fidelity_table
+
+    classes = ["a", "b"]
+    syn = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.7]])
+    real = np.array([[0.2, 0.1], [0.3, 0.9], [0.95, 0.5]])
+    real_labels = np.array([[0, 0], [0, 1], [1, 0]])
+    table = fidelity_table(classes, syn, ["a", "a", "b"], real, real_labels).set_index("class")
+    assert table.loc["a", "auroc"] == 1.0  # synthetic a-scores 0.9, 0.8 above real negatives 0.2, 0.3
+    assert table.loc["b", "auroc"] == 1.0  # 0.7 above the real b-negatives' 0.1 and 0.5
+    assert table.loc["a", "mean_score_synthetic"] == pytest.approx(0.85)
+    assert table.loc["a", "mean_score_real_positive"] == pytest.approx(0.95)
+    assert table.loc["a", "real_negatives"] == 2 and table.loc["b", "synthetic"] == 1

@@ -218,6 +218,9 @@ class GenerateConfig:
     num_gpus: float = 0.0  # per actor; actors fall back to CPU where a GPU is declared but CUDA is absent
     cpus_per_actor: float = 1.0
     seed: int = 0
+    reference_checkpoint: str | None = None  # classifier checkpoint scoring fidelity; None: the run's classifier/best
+    fidelity_threshold: float | None = None  # keep synthetic images whose target-class score reaches this
+    grid_examples: int = 8  # synthetic and real examples per class in the sample grids
 
 
 @dataclass

@@ -11,15 +11,20 @@ import logging
 import posixpath
 import time
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from trcgl.config import Config, to_dict
-from trcgl.diffusion.plan import Generator, make_plan, part_payloads, read_train_rows
+from trcgl.data.images import decode_prepared
+from trcgl.diffusion.fidelity import fidelity_table, sample_grid
+from trcgl.diffusion.plan import Generator, make_plan, output_schema, part_payloads, read_train_rows
 from trcgl.ray_runtime import check_gpus
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import load_dataset_info, resolve_dataset_name
+from trcgl.train.data import DatasetInfo, load_dataset_info, resolve_dataset_name
+from trcgl.train.ray_evaluate import predict_split, score_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,7 @@ def run_generate(cfg: Config) -> dict:
     )
     if sorted(results["part"]) != sorted(plan["part"].unique().tolist()):
         raise RuntimeError(f"generation returned {len(results)} of {plan['part'].nunique()} parts")
+    quality = fidelity_and_grids(cfg, storage, info, out_dir)
     report = {
         "dataset": dataset,
         "model": model_uri,
@@ -84,7 +90,81 @@ def run_generate(cfg: Config) -> dict:
         "per_class": plan["target_class"].value_counts().to_dict(),
         "seconds": round(time.perf_counter() - t0, 2),
         "output": storage.uri(out_dir),
+        **quality,
     }
     storage.write_json(posixpath.join(out_dir, "generate_report.json"), report)
     storage.publish(out_dir, {"stage": "generate", "dataset": dataset, "model": model_uri})
     return report
+
+
+def _real_positives(storage: Storage, info: DatasetInfo, k: int, n: int) -> list[np.ndarray]:
+    """Up to n real train images positive for class k."""
+    found: list[np.ndarray] = []
+    for p in info.parts:
+        t = pq.read_table(storage.pyarrow_fs.open_input_file(p), columns=["split", "labels", "image"])
+        for split, labels, image in zip(
+            t["split"].to_pylist(), t["labels"].to_pylist(), t["image"].to_pylist(), strict=True
+        ):
+            if split == "train" and labels[k]:
+                found.append(decode_prepared(image))
+                if len(found) == n:
+                    return found
+    return found
+
+
+def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir: str) -> dict:
+    """Writes a sample grid per generated class and, with a reference classifier, the fidelity table.
+
+    With ``generate.fidelity_threshold`` the rows whose target-class score reaches it are also written, as a
+    published folder, to ``{root}/runs/{run}/synthetic_filtered/``.
+    """
+    parts = [storage.path(p) for p in storage.list_files(out_dir) if "/part-" in p]
+    syn = pa.concat_tables([pq.read_table(storage.pyarrow_fs.open_input_file(p)) for p in parts]).to_pandas()
+    n = cfg.generate.grid_examples
+    grids = []
+    for cls, rows in syn.groupby("target_class", sort=True):
+        synthetic = [decode_prepared(b) for b in rows["image"].head(n)]
+        real = _real_positives(storage, info, info.classes.index(cls), n)
+        rel = posixpath.join(out_dir, "grids", f"{cls.replace(' ', '-')}.png")
+        storage.write_bytes(rel, sample_grid(cls, synthetic, real))
+        grids.append(rel)
+    reference = cfg.generate.reference_checkpoint
+    default = storage.uri(run_dir(cfg.train.run, "classifier"), "best")
+    if reference is None and storage.exists(posixpath.join(run_dir(cfg.train.run, "classifier"), "best", "meta.json")):
+        reference = default
+    if reference is None:
+        log.warning(
+            "no reference classifier (set generate.reference_checkpoint or train the classifier of run %r "
+            "first): fidelity not scored",
+            cfg.train.run,
+        )
+        return {"grids": grids, "fidelity": None}
+    ds = ray.data.read_parquet(parts, filesystem=storage.pyarrow_fs, columns=["image_id", "image", "labels"])
+    syn_scored = score_rows(cfg, reference, ds).set_index("image_id").loc[syn["image_id"]]
+    real = predict_split(cfg, reference, info, "val")
+    table = fidelity_table(
+        info.classes,
+        np.stack(syn_scored["scores"].to_numpy()),
+        syn["target_class"].tolist(),
+        np.stack(real["scores"].to_numpy()),
+        np.stack(real["labels"].to_numpy()),
+    )
+    storage.write_parquet(
+        posixpath.join(out_dir, "fidelity.parquet"), pa.Table.from_pandas(table, preserve_index=False)
+    )
+    result = {"grids": grids, "fidelity": table.to_dict(orient="records"), "reference": reference}
+    thr = cfg.generate.fidelity_threshold
+    if thr is not None:
+        target_idx = [info.classes.index(c) for c in syn["target_class"]]
+        score = np.stack(syn_scored["scores"].to_numpy())[np.arange(len(syn)), target_idx]
+        keep = syn[score >= thr].drop(columns=[c for c in ("__index_level_0__",) if c in syn])
+        filtered = run_dir(cfg.train.run, "synthetic_filtered")
+        storage.write_parquet(
+            posixpath.join(filtered, "part-00000.parquet"),
+            pa.Table.from_pandas(
+                keep.reset_index(drop=True), schema=output_schema(info.num_classes), preserve_index=False
+            ),
+        )
+        storage.publish(filtered, {"stage": "generate", "fidelity_threshold": thr, "reference": reference})
+        result["filtered"] = {"kept": int(len(keep)), "of": int(len(syn)), "folder": storage.uri(filtered)}
+    return result

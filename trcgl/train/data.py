@@ -111,7 +111,7 @@ def synthetic_parts(storage: Storage, folders: Sequence[str]) -> list[str]:
     parts = []
     for folder in folders:
         rel = folder[len(storage.root) :].lstrip("/") if folder.startswith(storage.root) else folder.strip("/")
-        parts += [storage.path(p) for p in storage.iter_manifest_files(rel, ".parquet")]
+        parts += [storage.path(p) for p in storage.iter_manifest_files(rel, ".parquet") if "/part-" in p]
     return parts
 
 

@@ -20,25 +20,32 @@ from trcgl.train.predict import Predictor
 log = logging.getLogger(__name__)
 
 
-def predict_split(cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: str) -> pd.DataFrame:
-    """Scores every row of a split; returns image_id, scores (K floats), labels (K ints), ordered by image_id."""
-    storage = Storage(cfg.storage.root, cfg.storage)
-    ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
-    ds = ds.filter(expr=f"split == '{split}'").select_columns(COLUMNS)
-    gpus = 1 if cfg.train.use_gpu else 0
-    scored = ds.map_batches(
+def score_rows(cfg: Config, checkpoint_uri: str, ds: ray.data.Dataset) -> pd.DataFrame:
+    """Scores a dataset of prepared-format rows (image_id, image, labels) with a checkpoint on an actor pool.
+
+    Returns:
+        image_id, scores (K floats), labels (K ints), ordered by image_id.
+    """
+    scored = ds.select_columns(COLUMNS).map_batches(
         Predictor,
         fn_constructor_kwargs={"checkpoint": checkpoint_uri, "storage": to_dict(cfg.storage)},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.train.num_workers)),
         batch_size=64,
         batch_format="numpy",
-        num_gpus=gpus,
+        num_gpus=1 if cfg.train.use_gpu else 0,
         num_cpus=cfg.train.cpus_per_worker,
     )
-    out = scored.to_pandas()
+    return scored.to_pandas().sort_values("image_id").reset_index(drop=True)
+
+
+def predict_split(cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: str) -> pd.DataFrame:
+    """Scores every row of one split of a prepared dataset (see :func:`score_rows`)."""
+    storage = Storage(cfg.storage.root, cfg.storage)
+    ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
+    out = score_rows(cfg, checkpoint_uri, ds.filter(expr=f"split == '{split}'"))
     if out.empty:
         raise ValueError(f"split {split!r} of dataset {info.name!r} has no rows")
-    return out.sort_values("image_id").reset_index(drop=True)
+    return out
 
 
 def evaluate_checkpoint(

@@ -41,7 +41,9 @@ def to_display(image: np.ndarray, size: int = THUMB) -> Image.Image:
 
 
 def make_contact_sheet(
-    groups: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]], path_or_buffer: Any
+    groups: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]],
+    path_or_buffer: Any,
+    second_label: str = "normal",
 ) -> None:
     """Write one 8-bit PNG: per class a labelled row of positives and, below it, a row of normals.
 
@@ -49,6 +51,7 @@ def make_contact_sheet(
         groups: (class name, positive images, normal images); images are 2-D arrays (uint16 of any bit
             depth, or float), each displayed by its own percentile window.
         path_or_buffer: file path or binary file object the PNG is written to.
+        second_label: the label of each group's second row.
 
     Raises:
         ValueError: no groups, or an image that is not 2-D.
@@ -64,7 +67,7 @@ def make_contact_sheet(
     font = ImageFont.load_default()
     y = GAP
     for name, positives, normals in groups:
-        for label, images in ((name, positives), ("normal", normals)):
+        for label, images in ((name, positives), (second_label, normals)):
             draw.text((GAP, y + THUMB // 2 - 6), label, fill=TEXT, font=font)
             for i, image in enumerate(images):
                 sheet.paste(to_display(image), (LABEL_WIDTH + i * (THUMB + GAP), y))

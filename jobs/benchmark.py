@@ -2,6 +2,7 @@
 
     python -m jobs.benchmark prepare [--rows 2000] [--render-size 512] [--size 224] [--scale 10]
     python -m jobs.benchmark train [--backbone resnet18] [--size 128] [--batch 32] [--steps 12] [--threads 2]
+    python -m jobs.benchmark generate [--images 32] [--steps 10] [--batch 8]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
 PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
@@ -9,6 +10,9 @@ PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak me
 
 train: images/s of training steps for (a) backbone + linear head, (b) full TRCGL-Net, (c) full TRCGL-Net in a
 1-worker Ray Train run reading a Ray Dataset shard; ratios b/a (target >= 0.8) and c/b (target >= 0.9).
+
+generate: images/s of (a) an in-process loop over the generator class and (b) the Ray Data actor-pool job with 1,
+then 2 actors; b/a with 1 actor (target >= 0.9) and the 1 -> 2 actor scaling.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--batch", type=int, default=32)
     tr.add_argument("--steps", type=int, default=12, help="timed steps (after 3 warm-up steps)")
     tr.add_argument("--threads", type=int, default=2)
+    gen = sub.add_parser("generate", help="generation: in-process loop vs Ray Data actor pool (1 and 2 actors)")
+    gen.add_argument("--images", type=int, default=32)
+    gen.add_argument("--steps", type=int, default=10, help="sampling steps per image")
+    gen.add_argument("--batch", type=int, default=8)
+    gen.add_argument("--preset", default="demo", help="config preset whose diffusion architecture is measured")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -41,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl.benchmarks.ray_prepare_bench import run
 
         result = run(args.rows, args.render_size, args.size, args.scale, args.workdir)
+    elif args.which == "generate":
+        from trcgl.benchmarks.ray_generate_bench import run as run_generate
+
+        result = run_generate(args.images, args.steps, args.batch, args.preset)
     else:
         from trcgl.benchmarks.ray_train_bench import run as run_train
 

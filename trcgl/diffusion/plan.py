@@ -131,6 +131,8 @@ class Generator:
                 self.cfg.generate.num_gpus,
             )
         self.device = torch.device("cuda" if want_gpu and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(self.cfg.generate.cpus_per_actor)))
         self.model = TextToXray.from_pretrained(model_uri, StorageConfig(**cfg["storage"])).to(self.device).eval()
         self.generator_id = self.model.checkpoint_id()
 

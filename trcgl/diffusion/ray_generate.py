@@ -34,6 +34,29 @@ def model_location(cfg: Config, storage: Storage) -> str:
     return cfg.generate.model or storage.uri(run_dir(cfg.train.run, "diffusion"), "model")
 
 
+def generate_parts(cfg: Config, payloads: list[str], model_uri: str, out_dir: str, num_classes: int) -> pd.DataFrame:
+    """Runs plan parts through the generator class on an actor pool; returns one summary row per part."""
+    blocks = [pd.DataFrame({"payload": [p]}) for p in payloads]  # one block per part
+    return (
+        ray.data.from_pandas(blocks)
+        .map_batches(
+            Generator,
+            fn_constructor_kwargs={
+                "cfg": to_dict(cfg),
+                "model_uri": model_uri,
+                "out_dir": out_dir,
+                "num_classes": num_classes,
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=cfg.generate.actors_min, max_size=cfg.generate.actors_max),
+            batch_size=1,
+            batch_format="pandas",
+            num_gpus=cfg.generate.num_gpus,
+            num_cpus=cfg.generate.cpus_per_actor,
+        )
+        .to_pandas()
+    )
+
+
 def run_generate(cfg: Config) -> dict:
     """Plans and generates the synthetic tail-class rows of ``train.run``; returns the report."""
     t0 = time.perf_counter()
@@ -59,25 +82,7 @@ def run_generate(cfg: Config) -> dict:
         plan["target_class"].nunique(),
         model_uri,
     )
-    blocks = [pd.DataFrame({"payload": [p]}) for p in payloads]  # one block per part
-    results = (
-        ray.data.from_pandas(blocks)
-        .map_batches(
-            Generator,
-            fn_constructor_kwargs={
-                "cfg": to_dict(cfg),
-                "model_uri": model_uri,
-                "out_dir": out_dir,
-                "num_classes": info.num_classes,
-            },
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.generate.actors_min, max_size=cfg.generate.actors_max),
-            batch_size=1,
-            batch_format="pandas",
-            num_gpus=cfg.generate.num_gpus,
-            num_cpus=cfg.generate.cpus_per_actor,
-        )
-        .to_pandas()
-    )
+    results = generate_parts(cfg, payloads, model_uri, out_dir, info.num_classes)
     if sorted(results["part"]) != sorted(plan["part"].unique().tolist()):
         raise RuntimeError(f"generation returned {len(results)} of {plan['part'].nunique()} parts")
     quality = fidelity_and_grids(cfg, storage, info, out_dir)

@@ -157,7 +157,8 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
     storage.write_parquet(
         posixpath.join(out_dir, "fidelity.parquet"), pa.Table.from_pandas(table, preserve_index=False)
     )
-    result = {"grids": grids, "fidelity": table.to_dict(orient="records"), "reference": reference}
+    records = table.astype(object).where(table.notna(), None).to_dict(orient="records")  # None, never NaN
+    result = {"grids": grids, "fidelity": records, "reference": reference}
     thr = cfg.generate.fidelity_threshold
     if thr is not None:
         target_idx = [info.classes.index(c) for c in syn["target_class"]]

@@ -70,7 +70,7 @@ class DatasetInfo:
             cooccurrence=np.asarray(d["cooccurrence"], dtype=np.int64),
             image_size=int(d["image_size"]),
             parts=list(d["parts"]),
-            split_sizes={k: int(v) for k, v in d["split_sizes"].items()},
+            split_sizes={k: int(v) for k, v in d.get("split_sizes", {}).items()},  # absent in older checkpoints
         )
 
 

@@ -19,7 +19,6 @@ import pandas as pd
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from trcgl.config import Config, dump_yaml, from_dict, to_dict
@@ -28,6 +27,7 @@ from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
+from trcgl.train.ray_common import run_config, scaling_config
 
 log = logging.getLogger(__name__)
 
@@ -138,23 +138,12 @@ def run_train_diffusion(cfg: Config) -> dict:
             fn_kwargs={"groups": info.groups, "weights": dict(cfg.diffusion.group_weights)},
         )
     )
-    resources = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = cfg.train.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "vocabulary": vocabulary},
         datasets={"train": ds.randomize_block_order(seed=cfg.diffusion.seed)},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=STAGE,
-            storage_path=storage.path(run_dir(cfg.train.run)),
-            storage_filesystem=storage.pyarrow_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        ),
+        scaling_config=scaling_config(cfg),
+        run_config=run_config(cfg, storage, STAGE),
     )
     t0 = time.perf_counter()
     result = trainer.fit()

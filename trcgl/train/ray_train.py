@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from trcgl.config import Config, ConfigError, dump_yaml, from_dict, to_dict
@@ -41,6 +41,7 @@ from trcgl.train.data import (
     resolve_dataset_name,
     synthetic_parts,
 )
+from trcgl.train.ray_common import run_config, scaling_config
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +227,6 @@ def run_training(cfg: Config) -> dict:
     train_ds, n_train, mix = train_dataset(cfg, storage, info)
     per_worker = n_train // max(1, cfg.train.num_workers)
     steps_per_epoch = max(1, -(-per_worker // cfg.train.batch_size))
-    resources = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = cfg.train.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "steps_per_epoch": steps_per_epoch},
@@ -237,16 +235,8 @@ def run_training(cfg: Config) -> dict:
             "val": split_dataset(storage, info, "val"),
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=STAGE,
-            storage_path=storage.path(run_dir(cfg.train.run)),
-            storage_filesystem=storage.pyarrow_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        ),
+        scaling_config=scaling_config(cfg),
+        run_config=run_config(cfg, storage, STAGE),
     )
     t0 = time.perf_counter()
     log.info(

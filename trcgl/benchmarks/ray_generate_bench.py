@@ -79,17 +79,14 @@ def make_plan(images: int, rows_per_file: int) -> pd.DataFrame:
 def run(images: int = 32, steps: int = 10, batch: int = 8, preset: str = "demo") -> GenerateBenchResult:
     """Measures (a) and (b); starts (and stops) a local Ray with 2 CPUs unless one is running."""
     work = Path(tempfile.mkdtemp(prefix="trcgl-bench-generate-"))
-    base = load_config(
-        preset,
-        [
-            f"storage.root={work}",
-            f"diffusion.sample_steps={steps}",
-            f"generate.batch_size={batch}",
-            "generate.cpus_per_actor=1",
-            "generate.rows_per_file=4",
-            "generate.actors_min=1",
-        ],
-    )
+    overrides = [
+        f"storage.root={work}",
+        f"diffusion.sample_steps={steps}",
+        f"generate.batch_size={batch}",
+        "generate.cpus_per_actor=1",
+        "generate.rows_per_file=4",
+    ]
+    base = load_config(preset, overrides)
     classes = load_file("cxr-lt-30").classes
     model = TextToXray.build(base.diffusion, prompt_vocabulary(classes, ["loc left"]))
     model_dir = str(work / "model")
@@ -106,18 +103,7 @@ def run(images: int = 32, steps: int = 10, batch: int = 8, preset: str = "demo")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for actors in (1, 2):
-            cfg = load_config(
-                preset,
-                [
-                    f"storage.root={work}",
-                    f"diffusion.sample_steps={steps}",
-                    f"generate.batch_size={batch}",
-                    "generate.cpus_per_actor=1",
-                    "generate.rows_per_file=4",
-                    f"generate.actors_min={actors}",
-                    f"generate.actors_max={actors}",
-                ],
-            )
+            cfg = load_config(preset, [*overrides, f"generate.actors_min={actors}", f"generate.actors_max={actors}"])
             t0 = time.perf_counter()
             generate_parts(cfg, part_payloads(plan), model_dir, f"out-pool{actors}", len(classes))
             rates.append(images / (time.perf_counter() - t0))

@@ -45,8 +45,10 @@ def ray_local() -> Iterator[None]:
     """A real local Ray with 2 CPUs for the whole session."""
     import ray
 
+    from trcgl.ray_runtime import local_dashboard
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
     yield
     ray.shutdown()
 

@@ -159,7 +159,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     num_workers: int = 2  # Ray Train workers
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # leave CPUs for Ray Data (RAY_NOTES: train workers must not take them all)
+    # leave whole CPUs for Ray Data (RAY_NOTES: train workers must not take them all); 0.45, not 0.5, so that two
+    # workers and a sweep trial's driver still leave one whole CPU of two
+    cpus_per_worker: float = 0.45
     gpus_per_worker: float = 1.0  # when use_gpu
     amp: bool = True  # mixed precision (bf16) where the device supports it
     max_failures: int = 2
@@ -223,6 +225,58 @@ class GenerateConfig:
     grid_examples: int = 8  # synthetic and real examples per class in the sample grids
 
 
+def _default_space() -> dict[str, dict[str, Any]]:
+    """The mission's search space: synthetic-data ratios and source, GCN settings, the parts on/off, loss, optimiser."""
+    return {
+        "train.aug_ratio_tail": {"type": "choice", "values": [0.0, 0.5, 1.0, 2.0]},
+        "train.aug_ratio_medium": {"type": "choice", "values": [0.0, 0.5]},
+        "synthetic_set": {"type": "choice", "values": ["synthetic", "synthetic_filtered"]},
+        "model.gcn": {"type": "choice", "values": [True, False]},
+        "model.gcn_tau": {"type": "uniform", "low": 0.2, "high": 0.6},
+        "model.gcn_p": {"type": "uniform", "low": 0.1, "high": 0.4},
+        "model.gcn_layers": {"type": "choice", "values": [1, 2, 3]},
+        "model.gcn_hidden": {"type": "choice", "values": [64, 128, 256]},
+        "model.class_attention": {"type": "choice", "values": [True, False]},
+        "model.se": {"type": "choice", "values": [True, False]},
+        "loss.name": {"type": "choice", "values": ["bce", "asl"]},
+        "train.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
+        "train.weight_decay": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+    }
+
+
+@dataclass
+class SweepConfig:
+    """Ray Tune + Optuna over classifier runs (jobs.sweep and the pipeline's sweep stage).
+
+    ``space`` maps a dotted config key (or ``synthetic_set``: a folder of the run, ``synthetic`` or
+    ``synthetic_filtered``) to ``{type: choice, values: [...]}``, ``{type: uniform|loguniform, low, high}`` or
+    ``{type: int, low, high}`` (inclusive). A trial is the base config with its sampled values as overrides.
+    """
+
+    enabled: bool = True  # pipeline: run the sweep; false: one classifier run with train.*
+    num_samples: int = 8  # trials
+    max_concurrent_trials: int = 1
+    seed: int = 0  # Optuna TPE sampler seed
+    metric: str = "val_mAP"  # model selection uses val only
+    scheduler: str = "asha"  # "asha" (early stopping by epoch) or "fifo" (every trial runs all epochs)
+    max_epochs: int | None = None  # epochs per trial; None: train.epochs
+    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 2  # ASHA
+    driver_cpus: float = 0.01  # CPUs held by each trial's driver (the Train workers hold train.cpus_per_worker)
+    space: dict[str, dict[str, Any]] = field(default_factory=_default_space)
+
+
+@dataclass
+class PipelineConfig:
+    """The end-to-end pipeline (jobs.pipeline)."""
+
+    diffusion: bool = True  # train the diffusion model and generate tail-class images
+    baseline: dict[str, Any] = field(
+        default_factory=lambda: {"model.gcn": False, "train.aug_ratio_tail": 0.0, "train.aug_ratio_medium": 0.0}
+    )  # overrides of the baseline trained beside the best config (and used as fidelity reference)
+    final_epochs: int | None = None  # epochs of the final training of the best config; None: train.epochs
+
+
 @dataclass
 class RayConfig:
     """How a job connects to Ray."""
@@ -246,6 +300,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -314,11 +370,16 @@ def _build(cls: type, data: dict[str, Any], prefix: str, origin: str) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], update: dict[str, Any], cls: Any = None) -> dict[str, Any]:
+    """``base`` updated by ``update``: config sections merge key by key; any other value (mappings such as
+    ``sweep.space`` included) is replaced whole, so a preset can drop keys of a default mapping."""
+    cls = Config if cls is None else cls
+    hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        tp = hints.get(key)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and dataclasses.is_dataclass(tp):
+            out[key] = _merge(out[key], value, tp)
         else:
             out[key] = value
     return out
@@ -394,6 +455,23 @@ def load_config(preset: str | None = "demo", overrides: list[str] | None = None)
     return cfg
 
 
+def apply_overrides(cfg: Config, values: dict[str, Any], origin: str) -> Config:
+    """A new validated config: ``cfg`` with each ``{"section.key": value}`` set (values already parsed).
+
+    Raises:
+        ConfigError: naming the bad key and ``origin``.
+    """
+    data = to_dict(cfg)
+    for dotted, value in values.items():
+        nested: Any = value
+        for key in reversed([k for k in dotted.split(".") if k]):
+            nested = {key: nested}
+        data = _merge(data, nested)
+    out = from_dict(data, origin)
+    validate(out)
+    return out
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     d = cfg.data
@@ -427,6 +505,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'storage.s3_client' must be s3fs or pyarrow, got {cfg.storage.s3_client!r}")
     if cfg.storage.retries < 1:
         raise ConfigError(f"config key 'storage.retries' must be >= 1, got {cfg.storage.retries}")
+    sw = cfg.sweep
+    if sw.scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"config key 'sweep.scheduler' must be asha or fifo, got {sw.scheduler!r}")
+    if sw.num_samples < 1 or sw.max_concurrent_trials < 1:
+        raise ConfigError(
+            f"config keys 'sweep.num_samples'/'sweep.max_concurrent_trials' must be >= 1, "
+            f"got {sw.num_samples}, {sw.max_concurrent_trials}"
+        )
+    from trcgl.tune.space import check_space
+
+    check_space(sw.space)
     for key in ("access_key", "secret_key", "aws_secret_access_key", "aws_access_key_id", "token"):
         if key in to_dict(cfg.storage):
             raise ConfigError("credentials never go in the config; use the environment or an instance role")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
-from trcgl.config import Config
+from trcgl.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ def init_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    # Ray Data's per-operator progress bars drown the stage progress in a batch job's log (set it to 0 to see them);
+    # local workers inherit the variable, cluster nodes get it from cluster/runtime_env.yaml
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray at %s", address)
@@ -31,8 +35,25 @@ def init_ray(cfg: Config) -> bool:
     else:
         log.info("starting a local Ray (num_cpus=%s)", cfg.ray.num_cpus)
         # address="local": always a new instance, never a stray cluster found on the host
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, log_to_driver=True, **local_dashboard())
     return True
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_dashboard() -> dict:
+    """``ray.init`` arguments for a local Ray's dashboard: on loopback, on a free port.
+
+    The dashboard is not optional: Ray Train's placement-group cleaner asks the State API (served by the dashboard)
+    whether a training controller is still alive. Without it, a training run killed from outside (a sweep trial
+    stopped early by ASHA) leaks its placement group, and the next trial waits forever for the CPUs it holds.
+    """
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()}
 
 
 def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
@@ -52,4 +73,30 @@ def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
             f"config key {key!r} asks for {per_worker} GPU(s) per worker but the Ray cluster has {have:g} GPUs and "
             "ray.autoscaling is false; run on a GPU cluster, set ray.autoscaling=true where an autoscaler adds GPU "
             f"nodes, or set {key}=0"
+        )
+
+
+def check_cpu_budget(cfg: Config, concurrent_runs: int = 1, driver_cpus: float = 0.0) -> None:
+    """Fails fast when training would hold so many CPUs that Ray Data's tasks could never be scheduled.
+
+    Train workers (and sweep trial drivers) that hold every CPU leave Ray Data's read tasks none, and training then
+    hangs forever at 0 rows/s (RAY_NOTES.md). With ``ray.autoscaling`` on, new nodes bring CPUs, so nothing is
+    checked.
+
+    Raises:
+        ConfigError: naming the keys to change and the arithmetic.
+    """
+    if cfg.ray.autoscaling:
+        return
+    total = ray.cluster_resources().get("CPU", 0.0)
+    per_run = driver_cpus + cfg.train.num_workers * cfg.train.cpus_per_worker
+    held = concurrent_runs * per_run
+    need = cfg.ray.cpus_per_task
+    if total - held < need - 1e-9:
+        raise ConfigError(
+            f"{concurrent_runs} run(s) x ({driver_cpus:g} driver + {cfg.train.num_workers} workers x "
+            f"{cfg.train.cpus_per_worker:g} CPU) hold {held:g} of the cluster's {total:g} CPUs, leaving "
+            f"{total - held:g}, less than the {need:g} CPU a Ray Data task needs (ray.cpus_per_task): training "
+            "would wait forever for data. Lower train.cpus_per_worker, train.num_workers or "
+            "sweep.max_concurrent_trials, or add CPUs"
         )

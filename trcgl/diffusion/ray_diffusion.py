@@ -21,7 +21,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from trcgl.config import Config, dump_yaml, from_dict, to_dict
+from trcgl.config import Config, config_hash, dump_yaml, from_dict, to_dict
 from trcgl.diffusion.model import TextToXray
 from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
@@ -160,7 +160,9 @@ def run_train_diffusion(cfg: Config) -> dict:
                 storage.write_bytes(
                     posixpath.join(out, os.path.relpath(full, src).replace(os.sep, "/")), open(full, "rb").read()
                 )
-    storage.publish(out, {"stage": "train_diffusion", "dataset": dataset})
+    storage.publish(
+        out, {"stage": "train_diffusion", "dataset": dataset, "diffusion_config": config_hash(cfg.diffusion)}
+    )
     metrics = result.metrics or {}
     return {
         "run": cfg.train.run,

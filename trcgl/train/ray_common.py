@@ -5,12 +5,13 @@ from __future__ import annotations
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from trcgl.config import Config
-from trcgl.ray_runtime import check_gpus
+from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
     """Workers, CPUs and GPUs per worker from ``train.*`` (failing fast on GPUs no node has, see check_gpus)."""
+    check_cpu_budget(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
@@ -18,12 +19,16 @@ def scaling_config(cfg: Config) -> ScalingConfig:
     return ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources)
 
 
-def run_config(cfg: Config, storage: Storage, stage: str) -> RunConfig:
-    """Checkpoints of ``stage`` under ``{root}/runs/{train.run}/{stage}/``; the same name on a rerun resumes."""
+def run_config(cfg: Config, storage: Storage, stage: str, callbacks: list | None = None) -> RunConfig:
+    """Checkpoints of ``stage`` under ``{root}/runs/{train.run}/{stage}/``; the same name on a rerun resumes.
+
+    ``callbacks``: Ray Train callbacks (a sweep trial passes Tune's ``TuneReportCallback``).
+    """
     return RunConfig(
         name=stage,
         storage_path=storage.path(run_dir(cfg.train.run)),
         storage_filesystem=storage.pyarrow_fs,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        callbacks=callbacks,
     )

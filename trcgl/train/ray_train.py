@@ -210,8 +210,12 @@ def train_loop_per_worker(config: dict) -> None:
 # ---------------------------------------------------------------------------------------------------- driver
 
 
-def run_training(cfg: Config) -> dict:
+def run_training(cfg: Config, callbacks: list | None = None) -> dict:
     """Trains (or resumes) ``train.run`` on Ray Train, then evaluates the best checkpoint on the test split.
+
+    Args:
+        cfg: the run's config.
+        callbacks: extra Ray Train callbacks (a sweep trial reports each epoch to Tune through one).
 
     Returns:
         Summary: dataset, epochs, best val mAP, test metrics with intervals, output locations.
@@ -236,7 +240,7 @@ def run_training(cfg: Config) -> dict:
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=scaling_config(cfg),
-        run_config=run_config(cfg, storage, STAGE),
+        run_config=run_config(cfg, storage, STAGE, callbacks),
     )
     t0 = time.perf_counter()
     log.info(

@@ -1,0 +1,148 @@
+"""The pipeline's run report: ``{root}/runs/{run}/report/report.html`` (self-contained, pictures inline) and its
+pictures beside it, from what the stages wrote (no Ray)."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from trcgl.config import Config, dump_yaml
+from trcgl.report_html import Code, Image, Images, Section, Table, Text, render, versions
+from trcgl.storage import Storage, run_dir
+from trcgl.train.report import long_tail_plot
+
+log = logging.getLogger(__name__)
+
+METRICS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP")
+
+
+def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows × metrics, each cell ``value [lo, hi]`` (95 % bootstrap interval on the test split)."""
+    out = []
+    for row in rows:
+        cells: dict[str, Any] = {"model": row["name"], "run": row["run"]}
+        for m in METRICS:
+            value, ci = row.get(m), (row.get("ci") or {}).get(m)
+            if value is None:
+                cells[m] = "-"
+            elif ci:
+                cells[m] = f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+            else:
+                cells[m] = f"{value:.3f}"
+        cells["synthetic rows"] = row.get("synthetic_rows", 0)
+        out.append(cells)
+    return pd.DataFrame(out)
+
+
+def _read_png(storage: Storage, rel: str) -> bytes | None:
+    return storage.read_bytes(rel) if storage.exists(rel) else None
+
+
+def _per_class(storage: Storage, run: str) -> pd.DataFrame | None:
+    rel = posixpath.join(run_dir(run, "classifier"), "per_class.parquet")
+    if not storage.exists(rel):
+        return None
+    return pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(rel))).to_pandas()
+
+
+def build_sections(
+    cfg: Config, storage: Storage, summary: dict[str, Any], sweep: dict[str, Any] | None
+) -> tuple[list[Section], dict[str, bytes]]:
+    """The report's sections and the pictures to write beside it ({file name: PNG bytes})."""
+    run = cfg.train.run
+    pictures: dict[str, bytes] = {}
+    sections = [
+        Section(
+            "Summary",
+            [
+                Text(
+                    f"Test-split metrics of the best configuration and of the baseline ({cfg.pipeline.baseline}), "
+                    f"trained the same way on {summary['dataset']}. Intervals are 95 % bootstrap intervals; model "
+                    "selection used the validation split only."
+                ),
+                Table(summary_table(summary["rows"])),
+                Table(
+                    pd.DataFrame(
+                        [
+                            {"stage": k, "seconds": v["seconds"], "skipped": v["skipped"]}
+                            for k, v in summary["stages"].items()
+                        ]
+                    ),
+                    caption="Stages",
+                    float_format="{:.1f}",
+                ),
+            ],
+        )
+    ]
+    best_run = summary["best_run"]
+    table = _per_class(storage, best_run)
+    if table is not None:
+        pictures["per_class_ap.png"] = long_tail_plot(table, f"per-class test AP, classes by train frequency ({run})")
+        shown = [c for c in ("class", "group", "train_count", "test_positives", "ap", "auroc") if c in table]
+        sections.append(
+            Section(
+                "Long tail: per-class AP",
+                [Image(pictures["per_class_ap.png"], "best configuration, test split"), Table(table[shown])],
+            )
+        )
+    syn = summary.get("synthetic")
+    if syn:
+        grids_dir = posixpath.join(run_dir(run, "synthetic"), "grids")
+        grids = sorted(p for p in storage.list_files(grids_dir) if p.endswith(".png"))
+        blocks: list[Any] = [Text(f"{syn.get('images')} synthetic tail-class images; top row synthetic, bottom real.")]
+        if syn.get("fidelity"):
+            blocks.append(Table(pd.DataFrame(syn["fidelity"]), caption="Fidelity (reference: the baseline)"))
+        images = []
+        for rel in grids:
+            png = _read_png(storage, rel)
+            if png is not None:
+                images.append(Image(png, posixpath.basename(rel)[:-4].replace("-", " ")))
+        if images:
+            blocks.append(Images(images))
+        sections.append(Section("Synthetic tail images vs real", blocks))
+    attention = _read_png(storage, posixpath.join(run_dir(best_run, "classifier"), "report", "attention_maps.png"))
+    if attention is not None:
+        sections.append(Section("Class-aware attention maps", [Image(attention, "best configuration, test images")]))
+    if sweep is not None:
+        blocks = [
+            Text(
+                f"{sweep['trials']} trials; best {sweep['best_trial']} ({sweep['metric']} "
+                f"{sweep['best_value']:.4f}); best values: {sweep['best_params']}"
+            )
+        ]
+        board_rel = posixpath.join(run_dir(run, "sweep"), "leaderboard.parquet")
+        if storage.exists(board_rel):
+            board = pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(board_rel))).to_pandas()
+            blocks.append(Table(board.drop(columns=["checkpoint", "error"], errors="ignore"), caption="Leaderboard"))
+        plots = []
+        for name in sweep.get("plots", []):
+            png = _read_png(storage, posixpath.join(run_dir(run, "sweep"), "plots", f"{name}.png"))
+            if png is not None:
+                plots.append(Image(png, name.replace("_", " ")))
+        if plots:
+            blocks.append(Images(plots))
+        sections.append(Section("Sweep", blocks))
+    ver = versions()
+    sections.append(
+        Section(
+            "Config and versions",
+            [Code(dump_yaml(cfg)), Table(pd.DataFrame([{"package": k, "version": str(v)} for k, v in ver.items()]))],
+        )
+    )
+    return sections, pictures
+
+
+def write_report(cfg: Config, storage: Storage, summary: dict[str, Any], sweep: dict[str, Any] | None) -> dict:
+    """Writes ``report/report.html`` and its pictures; returns ``{"uri": report URI}``."""
+    sections, pictures = build_sections(cfg, storage, summary, sweep)
+    out = posixpath.join(run_dir(cfg.train.run), "report")
+    for name, png in pictures.items():
+        storage.write_bytes(posixpath.join(out, name), png)
+    html = render(f"trcgl run {cfg.train.run}", sections, subtitle=f"dataset {summary['dataset']}")
+    storage.write_text(posixpath.join(out, "report.html"), html)
+    storage.publish(out, {"stage": "report"})
+    return {"uri": storage.uri(out, "report.html")}

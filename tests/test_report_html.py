@@ -8,23 +8,15 @@ only when no Chromium binary is found (Debian: ``apt-get install chromium``; or 
 from __future__ import annotations
 
 import base64
-import fcntl
-import glob
 import io
-import json
-import os
 import re
-import select
-import shutil
-import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from _browser import find_browser, inspect_page, skip_reason
 from PIL import Image as PILImage
 
 from trcgl.report_html import PNG_SIGNATURE, Code, Image, Images, Section, Table, Text, render, versions
@@ -174,185 +166,10 @@ def test_png_signature_constant():
     assert _pil_png((2, 2), (1, 2, 3)).startswith(PNG_SIGNATURE)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the real headless browser
-
-_BROWSER_NAMES = (
-    "chromium",
-    "chromium-browser",
-    "chromium-headless-shell",
-    "headless_shell",
-    "google-chrome",
-    "google-chrome-stable",
-    "chrome",
-)
-_BROWSER_PATHS = (
-    "/usr/lib/chromium/chromium",
-    "/usr/lib/chromium/headless_shell",
-    "/usr/lib/chromium/chromium-headless-shell",
-    "/opt/google/chrome/chrome",
-    "~/.cache/ms-playwright/chromium_headless_shell-*/chrome-linux*/headless_shell",
-    "~/.cache/ms-playwright/chromium-*/chrome-linux*/chrome",
-)
-
-
-def _find_browser() -> str | None:
-    env = os.environ.get("TRCGL_CHROMIUM")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    for name in _BROWSER_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    for pattern in _BROWSER_PATHS:
-        for path in sorted(glob.glob(os.path.expanduser(pattern))):
-            if os.access(path, os.X_OK):
-                return path
-    return None
-
-
-class _Chromium:
-    """Headless Chromium driven over the DevTools protocol on a pipe (fd 3: our commands, fd 4: its replies)."""
-
-    def __init__(self, binary: str, profile: Path, timeout: float = 30.0) -> None:
-        self._deadline = time.monotonic() + timeout
-        self._next_id = 0
-        self._buf = b""
-        self.events: list[dict[str, Any]] = []
-        cmd_r, cmd_w = os.pipe()
-        res_r, res_w = os.pipe()
-
-        def _child_fds() -> None:  # in the child: its ends of the pipes become fds 3 and 4
-            a = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10)
-            b = fcntl.fcntl(res_w, fcntl.F_DUPFD, 10)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
-        args = [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-extensions",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--mute-audio",
-            "--hide-scrollbars",
-            "--window-size=1280,1600",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-pipe",
-            "about:blank",
-        ]
-        self.proc = subprocess.Popen(
-            args,
-            pass_fds=(3, 4),
-            preexec_fn=_child_fds,  # runs only fcntl/dup2 in the child
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(cmd_r)
-        os.close(res_w)
-        self._w = cmd_w
-        self._r = res_r
-
-    def _read_message(self) -> dict[str, Any]:
-        while b"\0" not in self._buf:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no answer from chromium over the DevTools pipe")
-            ready, _, _ = select.select([self._r], [], [], left)
-            if ready:
-                chunk = os.read(self._r, 1 << 16)
-                if not chunk:
-                    raise EOFError(f"chromium closed the DevTools pipe (exit code {self.proc.poll()})")
-                self._buf += chunk
-        msg, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(msg)
-
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
-        self._next_id += 1
-        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._w, json.dumps(msg).encode() + b"\0")
-        while True:
-            reply = self._read_message()
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def wait_event(self, method: str, session: str) -> dict[str, Any]:
-        while True:
-            for i, event in enumerate(self.events):
-                if event.get("method") == method and event.get("sessionId") == session:
-                    return self.events.pop(i)
-            self.events.append(self._read_message())
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self._deadline = time.monotonic() + 5
-                self.send("Browser.close")
-        except (OSError, EOFError, TimeoutError, RuntimeError):
-            pass
-        finally:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-            os.close(self._w)
-            os.close(self._r)
-
-
-# Runs in the page after load: the tables as text, and for each <img> whether it decoded and one pixel's colour.
-_INSPECT_JS = r"""
-(async () => {
-  const imgs = [...document.images];
-  await Promise.all(imgs.map((i) => i.decode().catch(() => null)));
-  const pixel = (img) => {
-    if (!img.naturalWidth) return null;
-    const c = document.createElement('canvas');
-    c.width = img.naturalWidth; c.height = img.naturalHeight;
-    const ctx = c.getContext('2d');
-    ctx.drawImage(img, 0, 0);
-    return [...ctx.getImageData(0, 0, 1, 1).data];
-  };
-  return JSON.stringify({
-    title: document.title,
-    url: location.href,
-    tables: [...document.querySelectorAll('table')].map((t) => ({
-      cls: t.className,
-      caption: t.caption ? t.caption.textContent : '',
-      head: [...t.tHead.rows[0].cells].map((c) => c.textContent),
-      rows: [...t.tBodies[0].rows].map((r) => [...r.cells].map((c) => c.textContent)),
-      height: t.getBoundingClientRect().height,
-    })),
-    images: imgs.map((i) => ({
-      complete: i.complete, naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight,
-      shownWidth: i.width, alt: i.alt, pixel: pixel(i),
-    })),
-    resources: performance.getEntriesByType('resource').map((e) => e.name),
-    toc: [...document.querySelectorAll('nav.toc a')].map((a) => a.getAttribute('href')),
-  });
-})()
-"""
-
-
 def test_report_renders_in_headless_chromium(tmp_path: Path):
-    binary = _find_browser()
+    binary = find_browser()
     if binary is None:
-        pytest.skip(
-            "no Chromium binary found: looked at $TRCGL_CHROMIUM, PATH names "
-            + ", ".join(_BROWSER_NAMES)
-            + " and "
-            + ", ".join(_BROWSER_PATHS)
-            + " (install with `apt-get install chromium`)"
-        )
+        pytest.skip(skip_reason())
     red = _pil_png((40, 24), (255, 0, 0))
     plot = _matplotlib_png()
     plot_size = PILImage.open(io.BytesIO(plot)).size
@@ -370,25 +187,9 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
     report = tmp_path / "report.html"
     report.write_text(doc, encoding="utf-8")
 
-    browser = _Chromium(binary, tmp_path / "profile")
-    try:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        browser.send("Page.enable", session=session)
-        nav = browser.send("Page.navigate", {"url": report.as_uri()}, session=session)
-        assert "errorText" not in nav, nav
-        browser.wait_event("Page.loadEventFired", session)
-        result = browser.send(
-            "Runtime.evaluate", {"expression": _INSPECT_JS, "awaitPromise": True, "returnByValue": True}, session
-        )
-        assert "exceptionDetails" not in result, result
-        page = json.loads(result["result"]["value"])
-        shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
-        png = base64.b64decode(shot["data"])
-        assert png.startswith(PNG_SIGNATURE)
-        (tmp_path / "screenshot.png").write_bytes(png)  # kept in pytest's tmp dir for a person to look at
-    finally:
-        browser.close()
+    page, png = inspect_page(binary, report, tmp_path / "profile")
+    assert png.startswith(PNG_SIGNATURE)
+    (tmp_path / "screenshot.png").write_bytes(png)  # kept in pytest's tmp dir for a person to look at
 
     assert page["url"] == report.as_uri()
     assert page["title"] == "Run <r1>"

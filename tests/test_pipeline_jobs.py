@@ -1,0 +1,163 @@
+"""End to end: a sweep that resumes after its driver is killed, and the whole pipeline submitted as a Ray job to a
+token-auth head with storage on a loopback S3 server, read back with jobs.results and opened in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _browser import find_browser, inspect_page, skip_reason
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_SPACE = (
+    "sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
+    "model.gcn: {type: choice, values: [true, false]}}"
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(extra)
+    return env
+
+
+def test_sweep_resumes_after_its_driver_is_killed(tiny_prepared, tmp_path):
+    root, _ = tiny_prepared
+    cmd = [
+        sys.executable, "-m", "jobs.sweep", "--config", "tiny", "--set", f"storage.root={root}", "train.run=resume",
+        "sweep.num_samples=2", "train.epochs=2", "sweep.scheduler=asha", SWEEP_SPACE,
+    ]  # fmt: skip
+    trials = Path(root) / "runs" / "resume" / "sweep" / "trials"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    try:  # kill the whole driver process group once the first trial has finished
+        while not list(trials.glob("*/classifier/summary.json")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "first trial never finished"
+            time.sleep(1)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    done_before = {p.parts[-3] for p in trials.glob("*/classifier/summary.json")}
+    stamp = {t: (trials / t / "classifier" / "summary.json").stat().st_mtime for t in done_before}
+    assert not (Path(root) / "runs" / "resume" / "sweep" / "leaderboard.parquet").exists()
+
+    second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming the sweep" in second.stderr
+    board = pd.read_parquet(Path(root) / "runs" / "resume" / "sweep" / "leaderboard.parquet")
+    assert len(board) == 2 and board["trial_id"].is_unique
+    assert done_before <= set(board["trial_id"])
+    for t in done_before:  # the finished trial was not trained again
+        assert (trials / t / "classifier" / "summary.json").stat().st_mtime == stamp[t]
+    params = board[["param.train.lr", "param.model.gcn"]].astype(str).agg("|".join, axis=1)
+    assert params.is_unique  # no configuration sampled twice
+    report = json.loads((Path(root) / "runs" / "resume" / "sweep" / "sweep_report.json").read_text())
+    assert report["trials"] == 2 and report["best_trial"] in set(board["trial_id"])
+    assert (Path(root) / "runs" / "resume" / "sweep" / "best_config.yaml").exists()
+
+
+@pytest.fixture()
+def token_head(tmp_path):
+    """A `ray start --head --block` with token auth on free loopback ports; stopped by its own pid."""
+    port, dash = free_port(), free_port()
+    env = _env(RAY_AUTH_MODE="token")
+    log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen(
+        [
+            "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+            f"--temp-dir={tmp_path / 'ray'}",
+        ],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 90
+    while True:
+        probe = subprocess.run(
+            ["ray", "job", "list", "--address", address], env=env, capture_output=True, text=True, timeout=60
+        )
+        if probe.returncode == 0:
+            break
+        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+        assert time.time() < deadline, probe.stderr[-2000:]
+        time.sleep(2)
+    yield address
+    head.send_signal(signal.SIGTERM)  # --block: the head stops the processes it started
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_endpoint, s3_bucket, tmp_path):
+    from jobs import results
+
+    root = f"s3://{s3_bucket}/trcgl"
+    job = [
+        "--", "python", "-m", "jobs.pipeline", "--config", "tiny", "--set", f"storage.root={root}",
+        f"storage.endpoint_url={s3_endpoint}", "sweep.num_samples=2", "train.epochs=2", "diffusion.epochs=1",
+        "generate.fidelity_threshold=0.05", SWEEP_SPACE,
+    ]  # fmt: skip
+    submit = ["ray", "job", "submit", "--address", token_head, "--working-dir", ".", *job]
+    refused = subprocess.run(
+        submit, cwd=REPO, env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token")),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert any(w in (refused.stdout + refused.stderr).lower() for w in ("401", "403", "unauthorized", "token"))
+
+    ok = subprocess.run(submit, cwd=REPO, env=_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=900)
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-4000:]
+    assert "report:" in ok.stdout + ok.stderr  # the summary table and report path reach the job log
+
+    # jobs.results reads the run back from S3 without Ray
+    assert results.main([root, "--endpoint-url", s3_endpoint, "--format", "json"]) == 0
+    assert results.main([f"{root}/runs/tiny", "--endpoint-url", s3_endpoint]) == 0
+    dest = tmp_path / "report"
+    assert results.main([f"{root}/runs/tiny", "--endpoint-url", s3_endpoint, "--download", str(dest)]) == 0
+    from trcgl.config import StorageConfig
+    from trcgl.storage import Storage
+
+    storage = Storage(root, StorageConfig(endpoint_url=s3_endpoint))
+    summary = storage.read_json("runs/tiny/summary.json")
+    assert [r["name"] for r in summary["rows"]] == ["best", "baseline"]
+    assert list(summary["stages"]) == ["prepare", "train_diffusion", "baseline", "generate", "sweep", "final", "report"]
+    for row in summary["rows"]:
+        assert 0.0 <= row["mAP"] <= 1.0 and row["ci"]["mAP"][0] <= row["ci"]["mAP"][1]
+    assert summary["rows"][1]["synthetic_rows"] == 0
+    board = pd.read_parquet(
+        f"{root}/runs/tiny/sweep/leaderboard.parquet",
+        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}},
+    )
+    assert len(board) == 2
+    assert storage.manifest("runs/tiny/synthetic") is not None
+    assert storage.manifest("runs/tiny/synthetic_filtered") is not None
+
+    html = dest / "report.html"
+    assert html.exists()
+    binary = find_browser()
+    if binary is None:
+        pytest.skip(skip_reason())
+    page, png = inspect_page(binary, html, tmp_path / "profile")
+    assert page["resources"] == []
+    captions = [t["caption"] for t in page["tables"]]
+    assert "Leaderboard" in captions and "Stages" in captions
+    summary_table = page["tables"][0]
+    assert [r[0] for r in summary_table["rows"]] == ["best", "baseline"]
+    assert page["images"] and all(i["complete"] and i["naturalWidth"] > 0 for i in page["images"])
+    shutil.copy(html, tmp_path / "kept-report.html")

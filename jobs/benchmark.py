@@ -3,6 +3,8 @@
     python -m jobs.benchmark prepare [--rows 2000] [--render-size 512] [--size 224] [--scale 10]
     python -m jobs.benchmark train [--backbone resnet18] [--size 128] [--batch 32] [--steps 12] [--threads 2]
     python -m jobs.benchmark generate [--images 32] [--steps 10] [--batch 8]
+    python -m jobs.benchmark autoscale [--workdir DIR] [--actors-max 2] [--idle-timeout-minutes M]
+    python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
 PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
@@ -13,6 +15,10 @@ train: images/s of training steps for (a) backbone + linear head, (b) full TRCGL
 
 generate: images/s of (a) an in-process loop over the generator class and (b) the Ray Data actor-pool job with 1,
 then 2 actors; b/a with 1 actor (target >= 0.9) and the 1 -> 2 actor scaling.
+
+gpu: on a CUDA GPU, diffusion sampling images/s at fp32 vs bf16 for several batch sizes and classifier training
+images/s with AMP off/on and torch.compile off/on, with achieved TFLOP/s against the card's dense bf16 peak. Without
+CUDA (or with --dry-run) a small CPU run that only shows the code paths work.
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ from jobs._cli import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["autoscale"]:  # its own options (trcgl/benchmarks/ray_autoscale_bench.py)
+        from trcgl.benchmarks.ray_autoscale_bench import run as run_autoscale
+
+        setup_logging("WARNING")
+        return run_autoscale(args_in[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="which", required=True)
     prep = sub.add_parser("prepare", help="Ray Data prepare vs PC_Dataset + DataLoader")
@@ -43,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--steps", type=int, default=10, help="sampling steps per image")
     gen.add_argument("--batch", type=int, default=8)
     gen.add_argument("--preset", default="demo", help="config preset whose diffusion architecture is measured")
+    gpu = sub.add_parser("gpu", help="GPU code paths: sampling fp32/bf16, training AMP/compile, TFLOP/s vs peak")
+    gpu.add_argument("--dry-run", action="store_true", help="CPU, small sizes, even where CUDA is present")
+    gpu.add_argument("--preset", default="demo", help="config preset whose architectures are measured")
+    gpu.add_argument("--batches", type=int, nargs="+", default=None, help="sampling batch sizes")
+    gpu.add_argument("--steps", type=int, default=20, help="sampler steps per image")
+    gpu.add_argument("--train-size", type=int, default=None, help="classifier image side (default 224 on CUDA)")
+    gpu.add_argument("--train-batch", type=int, default=64)
+    gpu.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile in the CPU dry run")
+    sub.add_parser("autoscale", help="GPU nodes from 0 and back on the local autoscaling cluster (--help for options)")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -50,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl.benchmarks.ray_prepare_bench import run
 
         result = run(args.rows, args.render_size, args.size, args.scale, args.workdir)
+    elif args.which == "gpu":
+        from trcgl.benchmarks.gpu_bench import run as run_gpu
+
+        result = run_gpu(
+            args.preset,
+            dry_run=args.dry_run or None,
+            batches=args.batches,
+            steps=args.steps,
+            train_size=args.train_size,
+            train_batch=args.train_batch,
+            compile_on_cpu=args.compile_on_cpu,
+        )
     elif args.which == "generate":
         from trcgl.benchmarks.ray_generate_bench import run as run_generate
 

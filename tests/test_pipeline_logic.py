@@ -1,0 +1,76 @@
+"""The pipeline's decisions that need no Ray: up-front checks, the baseline, and when the best trial is reused."""
+
+from __future__ import annotations
+
+import pytest
+
+from trcgl.config import ConfigError, dump_yaml, load_config
+from trcgl.pipeline import baseline_config, check_pipeline, final_config, row_of
+from trcgl.pipeline_report import summary_table
+from trcgl.storage import Storage
+
+
+def test_filtered_set_without_threshold_fails_before_any_work():
+    cfg = load_config("tiny", ["generate.fidelity_threshold=null"])
+    assert "synthetic_filtered" in cfg.sweep.space["synthetic_set"]["values"]
+    with pytest.raises(ConfigError, match="fidelity_threshold"):
+        check_pipeline(cfg)
+    check_pipeline(load_config("tiny", ["generate.fidelity_threshold=0.1"]))
+    check_pipeline(load_config("tiny", ["sweep.enabled=false"]))  # no sweep: nothing draws from it
+
+
+def test_synthetic_space_without_diffusion_fails():
+    with pytest.raises(ConfigError, match="pipeline.diffusion"):
+        check_pipeline(load_config("tiny", ["pipeline.diffusion=false", "generate.fidelity_threshold=0.1"]))
+
+
+def test_bad_baseline_override_fails_naming_it():
+    with pytest.raises(ConfigError, match="gcnn"):
+        check_pipeline(
+            load_config("tiny", ["generate.fidelity_threshold=0.1", "pipeline.baseline={model.gcnn: false}"])
+        )
+
+
+def test_baseline_is_the_config_without_synthetic_data_or_gcn():
+    cfg = load_config("tiny", ["train.synthetic=[runs/tiny/synthetic]", "train.aug_ratio_tail=1.0"])
+    base = baseline_config(cfg)
+    assert base.train.run == "tiny/baseline"
+    assert base.model.gcn is False and base.train.aug_ratio_tail == 0.0 and base.train.synthetic == []
+    assert base.model.backbone == cfg.model.backbone and base.train.epochs == cfg.train.epochs
+
+
+def _write_best(tmp_path, epochs: int) -> Storage:
+    storage = Storage(str(tmp_path))
+    best = load_config("tiny", [f"train.epochs={epochs}", "train.run=tiny/sweep/trials/abcd1234", "model.gcn_tau=0.33"])
+    storage.write_text("runs/tiny/sweep/best_config.yaml", dump_yaml(best))
+    return storage
+
+
+def test_best_trial_is_reused_only_when_it_ran_the_final_epochs_to_the_end(tmp_path):
+    cfg = load_config("tiny", ["train.epochs=2"])
+    storage = _write_best(tmp_path, epochs=2)
+    report = {"best_run": "tiny/sweep/trials/abcd1234", "best_finished": True}
+    final, reuse = final_config(cfg, storage, report)
+    assert reuse == "tiny/sweep/trials/abcd1234"
+    assert final.train.run == "tiny/final" and final.model.gcn_tau == pytest.approx(0.33)
+    _, reuse = final_config(cfg, storage, {**report, "best_finished": False})  # stopped early: retrain
+    assert reuse is None
+    longer = load_config("tiny", ["train.epochs=2", "pipeline.final_epochs=4"])
+    final, reuse = final_config(longer, storage, report)
+    assert reuse is None and final.train.epochs == 4
+    final, reuse = final_config(cfg, storage, None)  # sweep disabled: the config itself
+    assert reuse is None and final.train.run == "tiny/final" and final.model.gcn_tau == cfg.model.gcn_tau
+
+
+def test_summary_table_cells_carry_intervals():
+    summary = {
+        "run": "r/final",
+        "train_rows": {"synthetic": 12},
+        "test": {"mAP": 0.25, "mAUC": 0.7, "head_mAP": 0.5, "medium_mAP": 0.2, "tail_mAP": None,
+                 "ci": {"mAP": [0.2, 0.3], "mAUC": [0.65, 0.75]}},
+    }  # fmt: skip
+    table = summary_table([row_of("best", summary)])
+    assert table.loc[0, "mAP"] == "0.250 [0.200, 0.300]"
+    assert table.loc[0, "head_mAP"] == "0.500"
+    assert table.loc[0, "tail_mAP"] == "-"
+    assert table.loc[0, "synthetic rows"] == 12

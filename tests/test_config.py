@@ -63,7 +63,7 @@ def test_dict_round_trip_and_hash_stability():
     again = from_dict(to_dict(cfg))
     assert again == cfg
     assert config_hash(again.data) == config_hash(cfg.data)
-    assert config_hash(load_config("demo", ["data.image_size=64"]).data) != config_hash(cfg.data)
+    assert config_hash(load_config("demo", ["data.image_size=96"]).data) != config_hash(cfg.data)
 
 
 def test_credentials_are_not_config_keys():

@@ -163,7 +163,11 @@ class TrainConfig:
     # workers and a sweep trial's driver still leave one whole CPU of two
     cpus_per_worker: float = 0.45
     gpus_per_worker: float = 1.0  # when use_gpu
-    amp: bool = True  # mixed precision (bf16) where the device supports it
+    amp: bool = True  # mixed precision (bf16 autocast) where the device supports it (CUDA with bf16)
+    compile: bool = False  # torch.compile the model for training steps (checkpoints keep the plain weights)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": tracing without code generation)
+    channels_last: bool = False  # NHWC memory format for convolutions (helps tensor cores on CUDA)
+    pin_memory: bool = True  # on CUDA: page-locked host batches and non-blocking copies to the GPU
     max_failures: int = 2
     checkpoints_to_keep: int = 2
     seed: int = 0
@@ -199,6 +203,7 @@ class DiffusionConfig:
     sample_steps: int = 25
     guidance_scale: float = 3.0
     group_weights: dict[str, float] = field(default_factory=lambda: {"head": 1.0, "medium": 2.0, "tail": 8.0})
+    amp: bool = True  # bf16 autocast for training steps and sampling where the device supports it (CUDA with bf16)
     epochs: int = 5
     batch_size: int = 16
     lr: float = 2e-4

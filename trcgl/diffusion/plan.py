@@ -31,6 +31,7 @@ from trcgl.data.images import encode_prepared, resize_square
 from trcgl.diffusion.prompts import build_prompt
 from trcgl.storage import Storage
 from trcgl.train.data import DatasetInfo
+from trcgl.train.devices import amp_enabled
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class Generator:
             torch.set_num_threads(max(1, int(self.cfg.generate.cpus_per_actor)))
         self.model = TextToXray.from_pretrained(model_uri, StorageConfig(**cfg["storage"])).to(self.device).eval()
         self.generator_id = self.model.checkpoint_id()
+        self.amp = amp_enabled(self.cfg.diffusion.amp, self.device)  # bf16 sampling on CUDA only
 
     def write_part(self, part: int, rows: pd.DataFrame) -> tuple[int, bool]:
         """Samples and writes one part unless it exists; returns (rows, skipped)."""
@@ -145,7 +147,8 @@ class Generator:
         images: list[bytes] = []
         for start in range(0, len(rows), bs):
             chunk = rows.iloc[start : start + bs]
-            pixels = self.model.sample(list(chunk["prompt"]), [int(s) for s in chunk["seed"]])  # (b, S, S)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                pixels = self.model.sample(list(chunk["prompt"]), [int(s) for s in chunk["seed"]])  # (b, S, S)
             images += [encode_prepared(resize_square(np.asarray(p, dtype=np.float32), size)) for p in pixels]
         table = pa.Table.from_pydict(
             {

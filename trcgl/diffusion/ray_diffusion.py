@@ -27,6 +27,7 @@ from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
+from trcgl.train.devices import amp_enabled, to_device
 from trcgl.train.ray_common import run_config, scaling_config
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     loss_module = ray.train.torch.prepare_model(_Loss(model))
     shard = ray.train.get_dataset_shard("train")
+    use_amp = amp_enabled(cfg.diffusion.amp, device)
     for epoch in range(start_epoch, cfg.diffusion.epochs):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.diffusion.seed * 1_000_003 + epoch * 101 + rank)
@@ -95,7 +97,9 @@ def train_loop_per_worker(config: dict) -> None:
             local_shuffle_seed=cfg.diffusion.seed + epoch * 1000 + rank,
         ):
             x, _ = decode_batch(batch["image"], batch["labels"])
-            loss = loss_module(x.to(device), prompts_of(batch, info.classes), gen)
+            x = to_device(x, device, cfg.train.pin_memory)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = loss_module(x, prompts_of(batch, info.classes), gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

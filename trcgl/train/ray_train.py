@@ -41,6 +41,7 @@ from trcgl.train.data import (
     resolve_dataset_name,
     synthetic_parts,
 )
+from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
 from trcgl.train.ray_common import run_config, scaling_config
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,9 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         log.info("rank %d resumed from epoch %d", rank, state["epoch"])
     model = ray.train.torch.prepare_model(model)
+    step_model = prepare_for_speed(model, cfg.train.channels_last, cfg.train.compile, cfg.train.compile_backend)
     loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs)
-    use_amp = cfg.train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    use_amp = amp_enabled(cfg.train.amp, device)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
@@ -149,10 +151,10 @@ def train_loop_per_worker(config: dict) -> None:
         )
         for batch in batches:
             x, y = decode_batch(batch["image"], batch["labels"])
-            x = augment(x, cfg.train.augment, gen).to(device)
-            y = y.to(device)
+            x = to_device(augment(x, cfg.train.augment, gen), device, cfg.train.pin_memory, cfg.train.channels_last)
+            y = to_device(y, device, cfg.train.pin_memory)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model(x), y, epoch)
+                loss = loss_fn(step_model(x), y, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

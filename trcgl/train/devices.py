@@ -1,0 +1,44 @@
+"""Device-side choices shared by the training and sampling loops: mixed precision, memory format, host copies."""
+
+from __future__ import annotations
+
+import torch
+
+
+def amp_enabled(wanted: bool, device: torch.device) -> bool:
+    """Whether bf16 autocast runs: asked for, on CUDA, and the card supports bf16 (CPU autocast is not used: on
+    most CPUs bf16 matmuls are slower than fp32)."""
+    return bool(wanted and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def to_device(
+    x: torch.Tensor, device: torch.device, pin_memory: bool = True, channels_last: bool = False
+) -> torch.Tensor:
+    """Moves a host batch to ``device``: pinned and non-blocking on CUDA when asked, NHWC when asked.
+
+    Args:
+        x: (B, C, H, W) or any tensor on the host.
+        device: the training device.
+        pin_memory: page-lock the host copy first (CUDA only; a no-op elsewhere).
+        channels_last: return 4-D tensors in ``torch.channels_last`` memory format.
+    """
+    cuda = device.type == "cuda"
+    if cuda and pin_memory and not x.is_pinned():
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=cuda and pin_memory)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare_for_speed(
+    model: torch.nn.Module, channels_last: bool, compile_model: bool, backend: str = "inductor"
+) -> torch.nn.Module:
+    """The module to call in training steps: ``model`` in NHWC when asked, compiled when asked.
+
+    The returned module shares parameters with ``model``; save ``model`` (a compiled wrapper renames its state-dict
+    keys with an ``_orig_mod.`` prefix).
+    """
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return torch.compile(model, backend=backend) if compile_model else model

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,12 +77,13 @@ def token_head(tmp_path):
     """A `ray start --head --block` with token auth on free loopback ports; stopped by its own pid."""
     port, dash = free_port(), free_port()
     env = _env(RAY_AUTH_MODE="token")
+    temp_dir = tempfile.mkdtemp(prefix="trcgl-rh-", dir="/tmp")  # Unix socket paths must stay under 107 bytes
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
         [
             "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
-            f"--temp-dir={tmp_path / 'ray'}",
+            f"--temp-dir={temp_dir}",
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -102,6 +104,7 @@ def token_head(tmp_path):
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_endpoint, s3_bucket, tmp_path):
@@ -121,7 +124,13 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
     assert refused.returncode != 0
     assert any(w in (refused.stdout + refused.stderr).lower() for w in ("401", "403", "unauthorized", "token"))
 
-    ok = subprocess.run(submit, cwd=REPO, env=_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=900)
+    for _ in range(30):  # the head's job agent starts a little after its dashboard answers
+        ok = subprocess.run(
+            submit, cwd=REPO, env=_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=900
+        )
+        if "No available agent to submit job" not in ok.stdout + ok.stderr:
+            break
+        time.sleep(2)
     assert ok.returncode == 0, (ok.stdout + ok.stderr)[-4000:]
     assert "report:" in ok.stdout + ok.stderr  # the summary table and report path reach the job log
 

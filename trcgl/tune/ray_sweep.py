@@ -63,6 +63,14 @@ def _trial(params: dict[str, Any], base: dict[str, Any], run: str) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(from_dict(base, "sweep base"), params, trial_run(run, trial_id), run)
+    storage = Storage(cfg.storage.root, cfg.storage)
+    classifier = run_dir(cfg.train.run, "classifier")
+    if storage.exists(f"{classifier}/summary.json"):
+        # finished before the sweep's driver was killed, but Tune had not recorded it: replay its epochs, don't retrain
+        log.info("trial %s already finished: reporting its recorded epochs", trial_id)
+        for epoch in storage.read_json(f"{classifier}/history.json"):
+            tune.report(epoch)
+        return
     log.info("trial %s: %s", trial_id, {k: clean_value(v) for k, v in params.items()})
     run_training(cfg, callbacks=[TuneReportCallback()])
 

@@ -74,28 +74,6 @@ def test_pinned_non_blocking_copy_on_cuda():
     assert y.is_cuda and torch.equal(y.cpu(), x)
 
 
-def test_classifier_job_with_compile_and_channels_last(tiny_prepared, tmp_path):
-    from trcgl.train.ray_train import run_training
-
-    root, dataset = tiny_prepared
-    cfg = load_config(
-        "tiny",
-        [
-            f"storage.root={root}",
-            f"train.dataset={dataset}",
-            "train.run=gpu-paths",
-            "train.epochs=1",
-            "train.compile=true",
-            "train.compile_backend=aot_eager",
-            "train.channels_last=true",
-            "train.bootstrap=0",
-        ],
-    )
-    summary = run_training(cfg)
-    assert summary["epochs_run"] == 1
-    assert 0.0 <= summary["test"]["mAP"] <= 1.0
-
-
 def test_gpu_benchmark_dry_run_prints_every_path(capsys):
     from jobs import benchmark
 

@@ -113,8 +113,10 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
     root = f"s3://{s3_bucket}/trcgl"
     job = [
         "--", "python", "-m", "jobs.pipeline", "--config", "tiny", "--set", f"storage.root={root}",
-        f"storage.endpoint_url={s3_endpoint}", "sweep.num_samples=2", "train.epochs=2", "diffusion.epochs=1",
+        f"storage.endpoint_url={s3_endpoint}", "sweep.num_samples=1", "train.epochs=2", "diffusion.epochs=1",
         "generate.fidelity_threshold=0.05", SWEEP_SPACE,
+        # the GPU code paths that exist on CPU, inside real jobs: channels-last and torch.compile (tracing backend)
+        "train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",
     ]  # fmt: skip
     submit = ["ray", "job", "submit", "--address", token_head, "--working-dir", ".", *job]
     refused = subprocess.run(
@@ -153,7 +155,7 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
         f"{root}/runs/tiny/sweep/leaderboard.parquet",
         storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}},
     )
-    assert len(board) == 2
+    assert len(board) == 1  # a 1-trial sweep keeps CI short; the 2-trial sweep is the resume test above
     assert storage.manifest("runs/tiny/synthetic") is not None
     assert storage.manifest("runs/tiny/synthetic_filtered") is not None
 

@@ -4,9 +4,8 @@
 ingest worker); :func:`up` resolves it (the head's GCS address is only known once a free port is picked), starts
 ``ray start --head --block`` in a process group of its own with token auth, and records what it started in
 ``<state-dir>/cluster.json``. The autoscaler then adds and removes local "nodes" (raylets spawned by the autoscaler,
-in the same process group) as work asks for their resources. :func:`down` stops exactly those processes: the group,
-then anything still carrying the cluster's marker in its environment. Nothing here runs ``ray stop``, which kills
-every Ray on the host.
+in the same process group) as work asks for their resources. :func:`down` stops exactly those processes: the head,
+then what is left of its group. Nothing here runs ``ray stop``, which kills every Ray on the host.
 
 :func:`node_counts` reads the live nodes per node type from the dashboard's State API over HTTP (no ``ray.init``
 in the caller, so a test or benchmark can watch a cluster while it also runs a local Ray of its own), and
@@ -59,8 +58,11 @@ class LocalCluster:
         config: the resolved autoscaler config (a YAML path).
         temp_dir: Ray's ``--temp-dir`` for this cluster (sessions and logs of the head and every fake node).
         token_path: the auth token file the cluster and its clients share.
-        marker: the value of ``TRCGL_LOCAL_CLUSTER`` in every process of the cluster.
+        marker: the value of ``TRCGL_LOCAL_CLUSTER`` in the environment the head started with (inherited by
+            its processes; ``/proc/PID/environ`` of those that set a process title no longer shows it).
         started_at: wall-clock time of the start.
+        head_create_time: the head process's creation time (psutil), telling it apart from a later process that
+            reuses its pid.
     """
 
     state_dir: str
@@ -73,6 +75,7 @@ class LocalCluster:
     token_path: str
     marker: str
     started_at: float
+    head_create_time: float = 0.0
 
     def env(self) -> dict[str, str]:
         """Environment variables a driver (or ``ray job submit``) needs to use this cluster."""
@@ -406,6 +409,9 @@ def up(
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(token),
             "RAY_DISABLE_USAGE_STATS": "1",
+            # SIGTERM to `ray start --block` otherwise first drains the node for up to 30 s
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            CONFIG_ENV: str(config_path),  # drivers of `ray job submit` run under the head and inherit it
             MARKER_ENV: marker,
         }
     )
@@ -413,6 +419,12 @@ def up(
     with open(state / "head.log", "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _STARTED[proc.pid] = proc
+    import psutil
+
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        created = 0.0
     cluster = LocalCluster(
         state_dir=str(state),
         pid=proc.pid,
@@ -424,6 +436,7 @@ def up(
         token_path=str(token),
         marker=marker,
         started_at=time.time(),
+        head_create_time=created,
     )
     state_file(state).write_text(json.dumps(asdict(cluster), indent=2) + "\n")
     deadline = time.monotonic() + timeout_s
@@ -452,23 +465,31 @@ def up(
     return cluster
 
 
-def _has_marker(pid: int, marker: str) -> bool:
+def _group_is_ours(cluster: LocalCluster) -> bool:
+    """Whether processes in process group ``cluster.pgid`` are this cluster's.
+
+    While the head (the group's leader) lives, it is ours when its creation time matches. Once it is gone, the
+    kernel does not reuse its pid while the group has members, so any member left is one of ours.
+    """
     import psutil
 
     try:
-        return psutil.Process(pid).environ().get(MARKER_ENV) == marker
-    except (psutil.Error, OSError):
+        leader = psutil.Process(cluster.pgid)
+        return abs(leader.create_time() - cluster.head_create_time) < 1.0 and leader.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
         return False
 
 
 def cluster_processes(cluster: LocalCluster) -> list[int]:
-    """Pids of live processes of this cluster: those carrying its marker in their environment (every process the
-    head started inherits it: GCS, raylets, the autoscaler, the fake nodes it spawns, their workers), and the
-    members of the head's process group while its leader is provably this cluster's head."""
+    """Pids of live processes of this cluster: the members of the head's process group (GCS, dashboard, raylets,
+    the autoscaler, the fake nodes it spawns and their workers: nothing in Ray starts a session of its own), and any
+    process still showing the cluster's marker in its environment."""
     import psutil
 
     me = os.getpid()
-    group = cluster.pgid if _has_marker(cluster.pid, cluster.marker) else None
+    group = cluster.pgid if _group_is_ours(cluster) else None
     found = set()
     for proc in psutil.process_iter(["pid"]):
         pid = proc.info["pid"]
@@ -477,7 +498,7 @@ def cluster_processes(cluster: LocalCluster) -> list[int]:
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get(MARKER_ENV) == cluster.marker or (group is not None and os.getpgid(pid) == group):
+            if (group is not None and os.getpgid(pid) == group) or proc.environ().get(MARKER_ENV) == cluster.marker:
                 found.add(pid)
         except (psutil.Error, OSError):
             continue
@@ -492,27 +513,43 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
+def _describe(pids: list[int]) -> str:
+    import psutil
+
+    names = []
+    for pid in pids:
+        try:
+            names.append(f"{pid} {psutil.Process(pid).name()}")
+        except psutil.Error:
+            names.append(str(pid))
+    return ", ".join(names)
+
+
+def _reap(cluster: LocalCluster) -> None:
+    """Collects the head's exit status when this process started it (else it lingers as our zombie)."""
+    head = _STARTED.get(cluster.pid)
+    if head is not None and head.poll() is not None:
+        _STARTED.pop(cluster.pid, None)
+
+
 def _wait_gone(cluster: LocalCluster, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
-    head = _STARTED.get(cluster.pid)
-    if head is not None:  # our own child: reap it, or it stays a zombie of this process
-        try:
-            head.wait(timeout=timeout_s)
-            _STARTED.pop(cluster.pid, None)
-        except subprocess.TimeoutExpired:
-            pass
+    _reap(cluster)
     left = cluster_processes(cluster)
     while left and time.monotonic() < deadline:
         time.sleep(0.3)
+        _reap(cluster)
         left = cluster_processes(cluster)
     return left
 
 
 def down(state_dir: str | Path, timeout_s: float = 30.0) -> list[int]:
-    """Stops the cluster of ``state_dir``: SIGTERM to its process group (``ray start --block`` then stops its
-    processes), then SIGTERM / SIGKILL to whatever of it is left (fake nodes the autoscaler spawned, their workers).
+    """Stops the cluster of ``state_dir``: SIGTERM to its whole process group (the head's ``ray start --block``
+    stops the processes it started, node draining off; the fake nodes the autoscaler spawned stop with it), then
+    SIGTERM once more and at last SIGKILL to whatever of it is left.
 
-    Only processes in the head's process group or carrying this cluster's marker are signalled.
+    Only processes in the head's process group (while it is provably this cluster's, see :func:`_group_is_ours`)
+    or carrying this cluster's marker are signalled. Calling it again on a stopped cluster does nothing.
 
     Returns:
         Pids that had to be killed with SIGKILL (empty on a clean stop).
@@ -521,19 +558,22 @@ def down(state_dir: str | Path, timeout_s: float = 30.0) -> list[int]:
         RuntimeError: processes of the cluster survived SIGKILL.
     """
     cluster = read_state(state_dir)
-    if _has_marker(cluster.pid, cluster.marker):  # the group is ours (not a reused id after an earlier down)
-        try:
-            os.killpg(cluster.pgid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    left = _wait_gone(cluster, timeout_s * 0.6)
+    left = cluster_processes(cluster)
+    if left:  # the whole group at once: fake nodes' raylets stop cleanly only while the GCS still answers
+        if _group_is_ours(cluster):
+            try:
+                os.killpg(cluster.pgid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _signal(left, signal.SIGTERM)
+        left = _wait_gone(cluster, timeout_s * 0.5)
+    if left:
+        log.info("still running after SIGTERM: %s; once more", _describe(left))
+        _signal(left, signal.SIGTERM)
+        left = _wait_gone(cluster, timeout_s * 0.3)
     killed: list[int] = []
     if left:
-        log.info("still running after SIGTERM to group %d: %s; terminating them", cluster.pgid, left)
-        _signal(left, signal.SIGTERM)
-        left = _wait_gone(cluster, timeout_s * 0.2)
-    if left:
-        log.warning("killing %s", left)
+        log.warning("killing what ignored SIGTERM: %s", _describe(left))
         _signal(left, signal.SIGKILL)
         killed = left
         left = _wait_gone(cluster, timeout_s * 0.2)

@@ -65,7 +65,12 @@ def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
     Raises:
         ValueError: naming the config key, the request and what the cluster has.
     """
-    if per_worker <= 0 or autoscaling:
+    if per_worker <= 0:
+        return
+    if autoscaling:
+        from trcgl.ray_cluster_local import check_gpus_feasible
+
+        check_gpus_feasible(per_worker, key)  # no autoscaler node type can ever hold one worker: fail now
         return
     have = ray.cluster_resources().get("GPU", 0.0)
     if have < per_worker:

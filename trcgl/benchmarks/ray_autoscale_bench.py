@@ -12,11 +12,14 @@ Printed (times from the job's start, node times from Ray's State API: raylet sta
 - time to full pool: ``min(actors_max, gpu_worker max_workers)`` GPU nodes alive at once;
 - job time: the ``jobs.generate`` process, start to exit (driver start-up and the fidelity step included);
 - time to scale back to 0: from the job's exit to the last GPU node's end (idle timeout + autoscaler period);
-- node-seconds used vs ideal: GPU node-seconds alive (sum over GPU nodes of end - start) against GPU node-seconds
-  busy (sum over GPU nodes of the union of the intervals in which a task or actor task ran on that node: the
-  generator actors' model loading and sampling). Ideal is what an autoscaler that adds a node exactly when work
-  starts on it and removes it when its last task ends would pay; the ratio (>= 1) is the price of node start-up,
-  the idle timeout and Ray Data's actor-pool scheduling.
+- node-seconds used vs ideal: GPU node-seconds alive (sum over GPU nodes of raylet end - start) against GPU
+  node-seconds busy (sum over GPU nodes of the union of the intervals in which a task or actor task ran on that
+  node, from the State API's task events: the generator actors' ``submit`` calls, i.e. sampling and writing parts,
+  and Ray Data's small calls; the actor constructor, which loads the model, did not show up among them in our
+  runs). Ideal is what an autoscaler that adds a node exactly when work starts on it and removes it when its last
+  task ends would pay; the ratio (>= 1) is the price of node start-up, actor start-up and model loading, the idle
+  timeout and Ray Data's actor-pool scheduling. On the tiny preset the work is seconds and the idle timeout
+  dominates; ``--set generate.aug_ratio_tail=4 generate.per_class_max=12`` gives the job more images.
 """
 
 from __future__ import annotations
@@ -153,7 +156,12 @@ def node_seconds(
 
 
 def measure(
-    root: Path, state_dir: Path, logs: Path, actors_max: int, idle_timeout_minutes: float | None
+    root: Path,
+    state_dir: Path,
+    logs: Path,
+    actors_max: int,
+    idle_timeout_minutes: float | None,
+    overrides: list[str] | None = None,
 ) -> AutoscaleBenchResult:
     """Starts the cluster, runs and watches the generate job, waits for scale-down, stops the cluster."""
     import pyarrow.parquet as pq
@@ -166,7 +174,7 @@ def measure(
         idle_s = float(config["idle_timeout_minutes"]) * 60
         pool_max = int(config["available_node_types"]["gpu_worker"]["max_workers"])
         pool = min(actors_max, pool_max)
-        watch = rcl.run_watched(generate_command(root, actors_max), cluster, logs / "generate.log", cwd=ROOT)
+        watch = rcl.run_watched(generate_command(root, actors_max, overrides), cluster, logs / "generate.log", cwd=ROOT)
         notes = []
         if watch.rc != 0:
             notes.append("generate failed: " + " | ".join(watch.log.splitlines()[-15:]))
@@ -182,6 +190,11 @@ def measure(
         if left:
             log.warning("processes of the cluster left running: %s", left)
     gpu_nodes, alive, busy = node_seconds(nodes, tasks, config, now_ms)
+    on_gpu = [t for t in tasks if t.get("node_id") in gpu_nodes]
+    notes.append(
+        f"{len(on_gpu)} tasks/actor tasks ran on {len(gpu_nodes)} GPU node(s) "
+        f"({', '.join(sorted({str(t.get('func_or_class_name', '?')) for t in on_gpu}))[:160]})"
+    )
     starts = sorted(s for s, _ in gpu_nodes.values())
     ends = [e for _, e in gpu_nodes.values()]
     full_pool, level, most = None, 0, 0
@@ -225,6 +238,14 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="keep the dataset, model and logs here (default: temp, removed)")
     p.add_argument("--actors-max", type=int, default=2, help="generate.actors_max (one fake GPU node each)")
     p.add_argument("--idle-timeout-minutes", type=float, default=None, help="default: the template's")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more overrides for the generate job, e.g. generate.per_class_max=12 diffusion.sample_steps=20",
+    )
     args = p.parse_args(argv)
     work = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="trcgl-asb-"))
     logs = work / "logs"
@@ -232,7 +253,7 @@ def run(argv: list[str] | None = None) -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="trcgl-asc-"))  # short: Ray's socket paths live under it
     try:
         prepare_inputs(work / "root", logs)
-        result = measure(work / "root", state_dir, logs, args.actors_max, args.idle_timeout_minutes)
+        result = measure(work / "root", state_dir, logs, args.actors_max, args.idle_timeout_minutes, args.overrides)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
         if not args.workdir:

@@ -1,0 +1,135 @@
+"""GPU autoscaling on one machine: Ray's fake multi-node provider, trcgl's node types (cluster/local-autoscaling.yaml).
+
+The cluster starts with no GPU node; ``jobs.generate`` asks for one GPU per actor with ``ray.autoscaling=true`` and
+must make the autoscaler add GPU nodes, finish on them (fake GPUs: sampling falls back to the CPU, and says so) and
+leave them to be removed after the idle timeout. The cluster is started and stopped by pid / process group, never
+with ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from trcgl import ray_cluster_local as rcl
+from trcgl.config import load_config
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = "autoscale"
+IDLE_TIMEOUT_MINUTES = 0.25  # the GPU nodes go 15 s after their last task (plus the autoscaler's period)
+FALLBACK = "CUDA is not available on this node: sampling on the CPU"  # trcgl/diffusion/plan.py Generator
+
+
+@pytest.fixture(scope="module")
+def diffusion_model(tiny_prepared: tuple[str, str]) -> tuple[str, str]:
+    """A 1-epoch tiny diffusion model of run ``autoscale`` on the session's tiny dataset (session's local Ray)."""
+    from trcgl.diffusion.ray_diffusion import run_train_diffusion
+
+    root, dataset = tiny_prepared
+    run_train_diffusion(load_config("tiny", [f"storage.root={root}", f"train.run={RUN}", f"train.dataset={dataset}"]))
+    return root, dataset
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[rcl.LocalCluster]:
+    """The autoscaling cluster (head only at start); stopped by process group and marker, then checked gone."""
+    state = Path(tempfile.mkdtemp(prefix="trcgl-as-"))  # short: Ray's socket paths live under it
+    cluster = rcl.up(state, idle_timeout_minutes=IDLE_TIMEOUT_MINUTES)
+    try:
+        yield cluster
+    finally:
+        rcl.down(state)
+        left = rcl.leftover_processes(state)
+        shutil.rmtree(state, ignore_errors=True)
+        assert left == [], f"processes of the local cluster survived down(): {left}"
+
+
+def test_missing_gpus_fail_fast_without_autoscaler(ray_local: None) -> None:
+    from trcgl.ray_runtime import check_gpus
+
+    with pytest.raises(ValueError, match=r"'generate.num_gpus' asks for 1 GPU.*0 GPUs.*ray.autoscaling is false"):
+        check_gpus(1, False, "generate.num_gpus")
+
+
+def test_generate_scales_gpu_nodes_from_zero_and_back(
+    diffusion_model: tuple[str, str], local_cluster: rcl.LocalCluster, tmp_path: Path
+) -> None:
+    root, dataset = diffusion_model
+    config = rcl.load_config(local_cluster.config)
+    start = rcl.node_counts(local_cluster.dashboard_url, config, local_cluster.token())
+    assert start == {"ray.head.default": 1, "gpu_worker": 0, "cpu_worker": 0}, start
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.generate",
+        "--config",
+        "tiny",
+        "--set",
+        f"storage.root={root}",
+        f"train.run={RUN}",
+        f"train.dataset={dataset}",
+        "generate.num_gpus=1",
+        "generate.actors_max=2",
+        "ray.autoscaling=true",
+    ]
+    watch = rcl.run_watched(cmd, local_cluster, tmp_path / "generate.log", timeout_s=240, cwd=ROOT)
+    tail = "\n".join(watch.log.splitlines()[-40:])
+    assert watch.rc == 0, tail
+    gpu_seen = [rcl.gpu_node_count(c, config) for _, c in watch.samples]
+    assert gpu_seen and gpu_seen[0] == 0, gpu_seen[:5]  # from zero ...
+    assert max(gpu_seen) >= 1, gpu_seen  # ... up (the pool's max is 2: logged, not required on 2 cores)
+    print(f"GPU nodes seen while generating: max {max(gpu_seen)}, samples {gpu_seen}")
+    assert FALLBACK in watch.log, tail  # fake GPUs: the generator says it samples on the CPU
+
+    out = Path(root) / "runs" / RUN / "synthetic"
+    plan = pq.read_table(out / "plan.parquet").to_pandas()
+    ids = [i for p in sorted(out.glob("part-*.parquet")) for i in pq.read_table(p, columns=["image_id"])["image_id"]]
+    ids = [i.as_py() for i in ids]
+    assert len(ids) == len(set(ids)) == len(plan), (len(ids), len(set(ids)), len(plan))
+    assert set(ids) == set(plan["image_id"])
+
+    idle_s = IDLE_TIMEOUT_MINUTES * 60
+    gone_at, after = rcl.wait_for_gpu_nodes(local_cluster, 0, timeout_s=idle_s + 60)
+    assert gone_at is not None, f"GPU nodes still alive {idle_s + 60:.0f} s after the job: {after[-1][1]}"
+    print(f"GPU nodes gone {gone_at - watch.ended:.1f} s after the job (idle timeout {idle_s:.0f} s)")
+
+
+def test_gpu_request_no_node_type_can_hold_fails_fast(local_cluster: rcl.LocalCluster, monkeypatch) -> None:
+    """4 GPUs per actor when the largest GPU node type has 1: waiting would be forever, so fail at once."""
+    monkeypatch.setenv(rcl.CONFIG_ENV, local_cluster.config)  # what LocalCluster.env() gives every job
+    with pytest.raises(ValueError, match=r"'generate.num_gpus' asks for 4 GPU.*'gpu_worker', has 1 GPU") as err:
+        rcl.check_gpus_feasible(4, "generate.num_gpus")
+    assert local_cluster.config in str(err.value)
+    rcl.check_gpus_feasible(1, "generate.num_gpus")  # fits a gpu_worker: the autoscaler will add one
+    rcl.check_gpus_feasible(0, "generate.num_gpus")
+    monkeypatch.delenv(rcl.CONFIG_ENV)
+    cpu_only = {
+        "head_node_type": "h",
+        "available_node_types": {"h": {"resources": {"CPU": 0}}, "w": {"resources": {"CPU": 8}, "max_workers": 4}},
+    }
+    assert rcl.largest_gpu_node_type(cpu_only) == (None, 0.0)
+
+
+def test_local_cluster_config_passes_the_launchers_validation() -> None:
+    """The resolved template passes the launcher's JSON-schema validation (prepare_config cannot run: the wheel lacks
+    the fake provider's example.yaml that it merges defaults from)."""
+    import copy
+
+    from ray.autoscaler._private.util import validate_config
+
+    config = rcl.resolve_config("127.0.0.1:6379")
+    validate_config(copy.deepcopy(config))
+    assert config["provider"]["type"] == "fake_multinode" and config["provider"]["gcs_address"] == "127.0.0.1:6379"
+    types = rcl.node_types(config)
+    assert rcl.head_resources(config) == {"CPU": 0, "GPU": 0}, "the head runs no work"
+    assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["max_workers"] == 2
+    assert types["cpu_worker"]["resources"].get("GPU", 0) == 0

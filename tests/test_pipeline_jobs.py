@@ -77,15 +77,20 @@ def token_head(tmp_path):
     """A `ray start --head --block` with token auth on free loopback ports; stopped by its own pid."""
     port, dash = free_port(), free_port()
     env = _env(RAY_AUTH_MODE="token")
+    head_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM stops it at once, not after 30 s
     temp_dir = tempfile.mkdtemp(prefix="trcgl-rh-", dir="/tmp")  # Unix socket paths must stay under 107 bytes
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
         [
             "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+            # every port free, not Ray's defaults: the session's own local Ray (and its job agent) may hold those
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             f"--temp-dir={temp_dir}",
         ],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 90
@@ -113,7 +118,7 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
     root = f"s3://{s3_bucket}/trcgl"
     job = [
         "--", "python", "-m", "jobs.pipeline", "--config", "tiny", "--set", f"storage.root={root}",
-        f"storage.endpoint_url={s3_endpoint}", "sweep.num_samples=1", "train.epochs=2", "diffusion.epochs=1",
+        f"storage.endpoint_url={s3_endpoint}", "sweep.num_samples=1", "train.epochs=1", "diffusion.epochs=1",
         "generate.fidelity_threshold=0.05", SWEEP_SPACE,
         # the GPU code paths that exist on CPU, inside real jobs: channels-last and torch.compile (tracing backend)
         "train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",
@@ -126,7 +131,7 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
     assert refused.returncode != 0
     assert any(w in (refused.stdout + refused.stderr).lower() for w in ("401", "403", "unauthorized", "token"))
 
-    for _ in range(30):  # the head's job agent starts a little after its dashboard answers
+    for _ in range(15):  # the head's job agent starts a little after its dashboard answers
         ok = subprocess.run(
             submit, cwd=REPO, env=_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=900
         )

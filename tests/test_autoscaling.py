@@ -9,7 +9,6 @@ with ``ray stop``.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from trcgl import ray_cluster_local as rcl
+from trcgl.benchmarks.ray_autoscale_bench import RUN, generate_command
 from trcgl.config import load_config
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = "autoscale"
 IDLE_TIMEOUT_MINUTES = 0.25  # the GPU nodes go 15 s after their last task (plus the autoscaler's period)
 FALLBACK = "CUDA is not available on this node: sampling on the CPU"  # trcgl/diffusion/plan.py Generator
 
@@ -67,20 +66,7 @@ def test_generate_scales_gpu_nodes_from_zero_and_back(
     start = rcl.node_counts(local_cluster.dashboard_url, config, local_cluster.token())
     assert start == {"ray.head.default": 1, "gpu_worker": 0, "cpu_worker": 0}, start
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "jobs.generate",
-        "--config",
-        "tiny",
-        "--set",
-        f"storage.root={root}",
-        f"train.run={RUN}",
-        f"train.dataset={dataset}",
-        "generate.num_gpus=1",
-        "generate.actors_max=2",
-        "ray.autoscaling=true",
-    ]
+    cmd = generate_command(Path(root), actors_max=2, extra=[f"train.dataset={dataset}"])
     watch = rcl.run_watched(cmd, local_cluster, tmp_path / "generate.log", timeout_s=240, cwd=ROOT)
     tail = "\n".join(watch.log.splitlines()[-40:])
     assert watch.rc == 0, tail

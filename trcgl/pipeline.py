@@ -27,13 +27,13 @@ from typing import Any
 import yaml
 
 from trcgl.config import Config, ConfigError, apply_overrides, config_hash, dump_yaml, from_dict
+from trcgl.pipeline_report import METRICS
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import resolve_dataset_name
 from trcgl.tune.space import searched_folders
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP")
 STAGES = ("prepare", "train_diffusion", "baseline", "generate", "sweep", "final", "report")
 
 

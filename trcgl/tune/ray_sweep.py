@@ -17,13 +17,14 @@ import re
 import time
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from trcgl.config import Config, ConfigError, dump_yaml, from_dict, to_dict
+from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import resolve_dataset_name
@@ -86,8 +87,6 @@ def sweep_base(cfg: Config, storage: Storage) -> Config:
     Raises:
         ConfigError: a synthetic folder the space draws from has not been generated (no manifest).
     """
-    from trcgl.config import apply_overrides
-
     dataset = resolve_dataset_name(cfg, storage)
     base = apply_overrides(cfg, {"train.epochs": trial_epochs(cfg), "train.dataset": dataset}, "sweep")
     for folder in searched_folders(cfg.sweep.space):
@@ -234,7 +233,7 @@ def write_outputs(
         "best_value": float(best[metric]),
         "best_params": best_params,
         "best_run": trial_run(cfg.train.run, str(best["trial_id"])),
-        "best_finished": bool(not pd_isna(best["test_mAP"])),
+        "best_finished": bool(pd.notna(best["test_mAP"])),
         "importances": importances,
         "plots": sorted(plots),
         "seconds": round(seconds, 1),
@@ -244,8 +243,3 @@ def write_outputs(
     storage.publish(out, {"stage": "sweep", "best_trial": report["best_trial"]})
     log.info("sweep %s: best trial %s %s=%.4f", cfg.train.run, report["best_trial"], metric, report["best_value"])
     return report
-
-
-def pd_isna(value: Any) -> bool:
-    """True for None and NaN."""
-    return value is None or (isinstance(value, float) and value != value)

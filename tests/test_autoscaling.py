@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 IDLE_TIMEOUT_MINUTES = 0.25  # the GPU nodes go 15 s after their last task (plus the autoscaler's period)
 FALLBACK = "CUDA is not available on this node: sampling on the CPU"  # trcgl/diffusion/plan.py Generator
+TRAIN_FALLBACK = "CUDA is not available on this node: training on the CPU"  # trcgl/train/devices.py train_device
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,43 @@ def test_generate_scales_gpu_nodes_from_zero_and_back(
     gone_at, after = rcl.wait_for_gpu_nodes(local_cluster, 0, timeout_s=idle_s + 60)
     assert gone_at is not None, f"GPU nodes still alive {idle_s + 60:.0f} s after the job: {after[-1][1]}"
     print(f"GPU nodes gone {gone_at - watch.ended:.1f} s after the job (idle timeout {idle_s:.0f} s)")
+
+
+def test_sweep_with_one_gpu_per_trial_scales_gpu_nodes(
+    diffusion_model: tuple[str, str], local_cluster: rcl.LocalCluster, tmp_path: Path
+) -> None:
+    """2 trials at once, each one Train worker holding 1 GPU: the autoscaler adds GPU nodes (a node per trial, up
+    to the pool's max of 2), both trials finish on the fake GPUs (the workers fall back to the CPU and say so; the
+    process group is gloo) and each is on the leaderboard once; then the GPU nodes go."""
+    import sys
+
+    root, dataset = diffusion_model
+    config = rcl.load_config(local_cluster.config)
+    # the generate test (same module) may have left GPU nodes that are still idling out
+    rcl.wait_for_gpu_nodes(local_cluster, 0, timeout_s=IDLE_TIMEOUT_MINUTES * 60 + 60)
+    cmd = [
+        sys.executable, "-m", "jobs.sweep", "--config", "tiny", "--set", f"storage.root={root}",
+        f"train.dataset={dataset}", "train.run=gpusweep", "ray.autoscaling=true", "train.use_gpu=true",
+        "train.gpus_per_worker=1", "train.num_workers=1", "train.epochs=1", "train.bootstrap=10",
+        # this torch build has NCCL, so "auto" would pick it for GPU workers; fake GPUs have no CUDA for NCCL
+        "train.dist_backend=gloo",
+        "sweep.num_samples=2", "sweep.max_concurrent_trials=2", "sweep.scheduler=fifo",
+        "sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}}",
+    ]  # fmt: skip
+    watch = rcl.run_watched(cmd, local_cluster, tmp_path / "sweep.log", timeout_s=420, cwd=ROOT)
+    tail = "\n".join(watch.log.splitlines()[-40:])
+    assert watch.rc == 0, tail
+    gpu_seen = [rcl.gpu_node_count(c, config) for _, c in watch.samples]
+    assert gpu_seen and gpu_seen[0] == 0, gpu_seen[:5]
+    assert max(gpu_seen) >= 1, gpu_seen
+    print(f"GPU nodes seen during the sweep: max {max(gpu_seen)}")
+    assert TRAIN_FALLBACK in watch.log, tail
+
+    board = pq.read_table(Path(root) / "runs" / "gpusweep" / "sweep" / "leaderboard.parquet").to_pandas()
+    assert len(board) == 2 and board["trial_id"].is_unique, board
+    assert board["test_mAP"].notna().all() and board["error"].isna().all(), board[["trial_id", "error"]]
+    gone_at, after = rcl.wait_for_gpu_nodes(local_cluster, 0, timeout_s=IDLE_TIMEOUT_MINUTES * 60 + 60)
+    assert gone_at is not None, f"GPU nodes still alive after the sweep: {after[-1][1]}"
 
 
 def test_gpu_request_no_node_type_can_hold_fails_fast(local_cluster: rcl.LocalCluster, monkeypatch) -> None:

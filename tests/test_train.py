@@ -9,7 +9,7 @@ import torch
 
 from trcgl.config import AugmentConfig, StorageConfig, TrainConfig, load_config
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import DatasetInfo, augment, choose_synthetic, lr_factor
+from trcgl.train.data import DatasetInfo, augment, choose_resampled, choose_synthetic, lr_factor
 
 
 def make_synthetic_folder(storage: Storage, dataset: str) -> str:
@@ -53,6 +53,23 @@ def test_synthetic_mix_follows_ratios_and_seed():
     assert (again == chosen).all()
     none, _ = choose_synthetic(labels, info, TrainConfig())
     assert len(none) == 0
+
+
+def test_resampling_copies_real_positives_at_the_same_ratios():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((300, 3)) < [0.6, 0.1, 0.03]).astype(np.uint8)  # (N, K) real train rows
+    counts = labels.sum(axis=0)
+    info = _info(list(counts), ["head", "medium", "tail"])
+    train = TrainConfig(aug_ratio_tail=2.0, aug_ratio_medium=0.5, seed=3)
+    copies, per_class = choose_resampled(labels, info, train)
+    want_tail, want_medium = int(round(2.0 * counts[2])), int(round(0.5 * counts[1]))
+    assert per_class["c2"] == want_tail and per_class["c1"] >= want_medium
+    assert (copies[labels[:, 2] == 1].sum()) == want_tail  # copies only of real tail positives for the tail class
+    assert copies[(labels[:, 1] == 0) & (labels[:, 2] == 0)].sum() == 0  # no head-only row is copied
+    assert copies.max() >= 2  # drawn with replacement: a tail row may be copied several times
+    again, _ = choose_resampled(labels, info, train)
+    assert (again == copies).all()
+    assert choose_resampled(labels, info, TrainConfig())[0].sum() == 0
 
 
 def test_augment_identity_when_off_and_reproducible():

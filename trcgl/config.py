@@ -36,7 +36,9 @@ class StorageConfig:
     root: str = "./runs"  # local path or s3://bucket/prefix
     endpoint_url: str | None = None  # S3-compatible endpoint; falls back to $AWS_ENDPOINT_URL
     region: str = "us-east-1"
-    retries: int = 10  # S3 request attempts before failing loudly
+    # attempts per S3 request before failing loudly; with s3_client=s3fs on a fixed backoff (0.1 * 1.7**i s, see
+    # trcgl.storage): 10 rides out an outage of up to 17 s and fails one of 26 s or more, 30-40 s after it began
+    retries: int = 10
     s3_client: str = "s3fs"  # "s3fs" (botocore, wrapped for pyarrow) or "pyarrow" (pyarrow's native S3 client)
     connect_timeout_s: float = 5.0
 
@@ -163,6 +165,7 @@ class TrainConfig:
     # workers and a sweep trial's driver still leave one whole CPU of two
     cpus_per_worker: float = 0.45
     gpus_per_worker: float = 1.0  # when use_gpu
+    dist_backend: str = "auto"  # torch.distributed: "auto" (NCCL with GPUs where torch has it, else gloo), nccl, gloo
     amp: bool = True  # mixed precision (bf16 autocast) where the device supports it (CUDA with bf16)
     compile: bool = False  # torch.compile the model for training steps (checkpoints keep the plain weights)
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": tracing without code generation)
@@ -174,6 +177,9 @@ class TrainConfig:
     synthetic: list[str] = field(default_factory=list)  # synthetic Parquet folders (relative to root, or URIs)
     aug_ratio_tail: float = 0.0  # synthetic samples per real sample of a tail-class positive
     aug_ratio_medium: float = 0.0
+    # where the extra rows of aug_ratio_* come from: "synthetic" (train.synthetic) or "real" (copies of real train
+    # positives drawn with replacement: class-balanced re-sampling, the control for synthesis)
+    extra_source: str = "synthetic"
     bootstrap: int = 200  # bootstrap resamples for 95 % intervals
     report_attention_classes: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -282,6 +288,55 @@ class PipelineConfig:
     final_epochs: int | None = None  # epochs of the final training of the best config; None: train.epochs
 
 
+def _default_ablation_rows() -> dict[str, dict[str, Any]]:
+    """The study of the paper's claims: peers, TRCGL-Net's parts added one at a time and removed one at a time,
+    synthesis against duplication and fidelity filtering on/off (see :class:`AblationConfig`)."""
+    off = {"model.se": False, "model.class_attention": False, "model.csra": False, "model.gcn": False}
+    full = {"model.se": True, "model.class_attention": True, "model.csra": False, "model.gcn": True}
+    return {
+        # peers
+        "backbone + BCE": {**off, "extra": "none"},
+        "+ re-sampling": {**off, "extra": "real"},
+        "ASL": {**off, "loss.name": "asl", "extra": "none"},
+        "LDAM-DRW": {**off, "loss.name": "ldam_drw", "extra": "none"},
+        "ML-GCN": {**off, "model.gcn": True, "extra": "none"},
+        "CSRA": {**off, "model.csra": True, "extra": "none"},
+        # TRCGL-Net, one part added at a time (the first step is the backbone + BCE row)
+        "+ SE": {**off, "model.se": True, "extra": "none"},
+        "+ SE + CA": {**off, "model.se": True, "model.class_attention": True, "extra": "none"},
+        "+ SE + CA + GCN (full - diffusion)": {**full, "extra": "none"},
+        "TRCGL-Net (full)": {**full, "extra": "synthetic"},
+        # the full model minus one part (minus diffusion is the row above)
+        "full - SE": {**full, "model.se": False, "extra": "synthetic"},
+        "full - CA": {**full, "model.class_attention": False, "extra": "synthetic"},
+        "full - GCN": {**full, "model.gcn": False, "extra": "synthetic"},
+        # augmentation: synthesis vs duplication, fidelity filtering on
+        "full, duplication instead of synthesis": {**full, "extra": "real"},
+        "full, fidelity-filtered synthesis": {**full, "extra": "synthetic_filtered"},
+    }
+
+
+@dataclass
+class AblationConfig:
+    """The ablation and peer study (jobs.ablation): named rows, each one classifier run per seed on the same data.
+
+    A row maps dotted config keys to values (overrides of the run's config) plus the pseudo-key ``extra``: where the
+    extra tail/medium training rows come from. ``none``: no extra rows; ``synthetic`` / ``synthetic_filtered``: the
+    run's generated folder of that name, at the study's ratios; ``real``: copies of real train positives drawn with
+    replacement (class-balanced re-sampling) at the same ratios, the control for synthesis. Everything else (data,
+    split, backbone, image size, epochs, seed policy) is the run's config and is the same for every row.
+    """
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=_default_ablation_rows)
+    baseline: str = "backbone + BCE"  # the row the differences are taken against
+    seeds: list[int] = field(default_factory=lambda: [0])  # train.seed of each row's runs
+    bootstrap: int = 1000  # resamples of the test images for intervals and paired differences
+    aug_ratio_tail: float = 1.0  # extra rows per real tail positive for rows with extra != none
+    aug_ratio_medium: float = 0.0
+    ratios_from_sweep: bool = True  # take the ratios from the run's finished sweep (its best trial) when it has one
+    max_concurrent_trials: int = 1
+
+
 @dataclass
 class RayConfig:
     """How a job connects to Ray."""
@@ -307,6 +362,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -511,6 +567,10 @@ def validate(cfg: Config) -> None:
     if cfg.storage.retries < 1:
         raise ConfigError(f"config key 'storage.retries' must be >= 1, got {cfg.storage.retries}")
     sw = cfg.sweep
+    if cfg.train.extra_source not in ("synthetic", "real"):
+        raise ConfigError(f"config key 'train.extra_source' must be synthetic or real, got {cfg.train.extra_source!r}")
+    if cfg.train.dist_backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(f"config key 'train.dist_backend' must be auto, nccl or gloo, got {cfg.train.dist_backend!r}")
     if sw.scheduler not in ("asha", "fifo"):
         raise ConfigError(f"config key 'sweep.scheduler' must be asha or fifo, got {sw.scheduler!r}")
     if sw.num_samples < 1 or sw.max_concurrent_trials < 1:
@@ -521,6 +581,27 @@ def validate(cfg: Config) -> None:
     from trcgl.tune.space import check_space
 
     check_space(sw.space)
+    ab = cfg.ablation
+    if not ab.rows:
+        raise ConfigError("config key 'ablation.rows' must name at least one row")
+    if ab.baseline not in ab.rows:
+        raise ConfigError(f"config key 'ablation.baseline' is {ab.baseline!r}, not one of the rows {list(ab.rows)}")
+    if not ab.seeds or len(set(ab.seeds)) != len(ab.seeds):
+        raise ConfigError(f"config key 'ablation.seeds' must be distinct seeds, at least one, got {ab.seeds}")
+    if ab.bootstrap < 0 or ab.aug_ratio_tail < 0 or ab.aug_ratio_medium < 0 or ab.max_concurrent_trials < 1:
+        raise ConfigError(
+            "config keys 'ablation.bootstrap'/'ablation.aug_ratio_tail'/'ablation.aug_ratio_medium' must be >= 0 and "
+            f"'ablation.max_concurrent_trials' >= 1, got {ab.bootstrap}, {ab.aug_ratio_tail}, {ab.aug_ratio_medium}, "
+            f"{ab.max_concurrent_trials}"
+        )
+    for name, row in ab.rows.items():
+        if not isinstance(row, dict):
+            raise ConfigError(f"config key 'ablation.rows.{name}' must be a mapping of overrides, got {row!r}")
+        if row.get("extra", "none") not in ("none", "synthetic", "synthetic_filtered", "real"):
+            raise ConfigError(
+                f"config key 'ablation.rows.{name}.extra' must be none, synthetic, synthetic_filtered or real, "
+                f"got {row['extra']!r}"
+            )
     for key in ("access_key", "secret_key", "aws_secret_access_key", "aws_access_key_id", "token"):
         if key in to_dict(cfg.storage):
             raise ConfigError("credentials never go in the config; use the environment or an instance role")

@@ -40,19 +40,20 @@ STAGES = ("prepare", "train_diffusion", "baseline", "generate", "sweep", "final"
 class Progress:
     """Logs each stage's start, end, elapsed time and what was skipped; collects the per-stage record."""
 
-    def __init__(self, run: str) -> None:
+    def __init__(self, run: str, stages: tuple[str, ...] = STAGES) -> None:
         self.run = run
+        self.names = stages
         self.t0 = time.perf_counter()
         self.stages: dict[str, dict[str, Any]] = {}
 
     def stage(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Runs one stage and records ``seconds`` and ``skipped`` (when ``fn`` says so)."""
-        i = STAGES.index(name) + 1
+        i = self.names.index(name) + 1
         log.info(
             "[%s] stage %d/%d %s: starting (%.0f s into the pipeline)",
             self.run,
             i,
-            len(STAGES),
+            len(self.names),
             name,
             time.perf_counter() - self.t0,
         )
@@ -64,7 +65,7 @@ class Progress:
             "[%s] stage %d/%d %s: %s in %.1f s",
             self.run,
             i,
-            len(STAGES),
+            len(self.names),
             name,
             "skipped (already done)" if self.stages[name]["skipped"] else "done",
             seconds,

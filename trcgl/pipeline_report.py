@@ -126,6 +126,9 @@ def build_sections(
         if plots:
             blocks.append(Images(plots))
         sections.append(Section("Sweep", blocks))
+    ablation = ablation_section(storage, run)
+    if ablation is not None:
+        sections.append(ablation)
     ver = versions()
     sections.append(
         Section(
@@ -134,6 +137,25 @@ def build_sections(
         )
     )
     return sections, pictures
+
+
+def ablation_section(storage: Storage, run: str) -> Section | None:
+    """The run's ablation study (``jobs.ablation``) when it has been published: its table and pictures."""
+    out = run_dir(run, "ablation")
+    if storage.manifest(out) is None:
+        return None
+    frame = pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(out, "table.parquet"))).to_pandas()
+    shown = ["name", "seeds", "interval", "extra", "extra_rows", *METRICS, "d_mAP", "d_tail_mAP"]
+    header = storage.read_bytes(posixpath.join(out, "table.md")).decode().split("\n|", 1)[0].lstrip("# ").strip()
+    blocks: list[Any] = [Text(header), Table(frame[[c for c in shown if c in frame.columns]], caption="Ablation")]
+    pictures = [
+        Image(png, caption)
+        for name, caption in (("tail_map.png", "tail mAP per row"), ("heatmap.png", "per-class test AP"))
+        if (png := _read_png(storage, posixpath.join(out, name))) is not None
+    ]
+    if pictures:
+        blocks.append(Images(pictures))
+    return Section("Ablation and peers", blocks)
 
 
 def write_report(cfg: Config, storage: Storage, summary: dict[str, Any], sweep: dict[str, Any] | None) -> dict:

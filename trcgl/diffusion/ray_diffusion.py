@@ -27,8 +27,8 @@ from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
-from trcgl.train.devices import amp_enabled, to_device
-from trcgl.train.ray_common import run_config, scaling_config
+from trcgl.train.devices import amp_enabled, to_device, train_device
+from trcgl.train.ray_common import run_config, scaling_config, torch_config
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
         log.info("rank %d resumed diffusion training after epoch %d", rank, state["epoch"])
-    device = ray.train.torch.get_device()
-    loss_module = ray.train.torch.prepare_model(_Loss(model))
+    device = train_device("diffusion")
+    loss_module = ray.train.torch.prepare_model(_Loss(model), move_to_device=device)
     shard = ray.train.get_dataset_shard("train")
     use_amp = amp_enabled(cfg.diffusion.amp, device)
     for epoch in range(start_epoch, cfg.diffusion.epochs):
@@ -147,6 +147,7 @@ def run_train_diffusion(cfg: Config) -> dict:
         train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "vocabulary": vocabulary},
         datasets={"train": ds.randomize_block_order(seed=cfg.diffusion.seed)},
         scaling_config=scaling_config(cfg),
+        torch_config=torch_config(cfg),
         run_config=run_config(cfg, storage, STAGE),
     )
     t0 = time.perf_counter()

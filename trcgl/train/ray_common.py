@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig
 
 from trcgl.config import Config
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
+from trcgl.train.devices import dist_backend
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -17,6 +19,14 @@ def scaling_config(cfg: Config) -> ScalingConfig:
         resources["GPU"] = cfg.train.gpus_per_worker
         check_gpus(cfg.train.gpus_per_worker, cfg.ray.autoscaling, "train.gpus_per_worker")
     return ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources)
+
+
+def torch_config(cfg: Config) -> TorchConfig:
+    """The process-group backend from ``train.dist_backend`` ("auto": NCCL with GPUs where torch has it, else gloo).
+
+    The driver decides for all workers, so the driver's and the workers' torch builds must agree (one image).
+    """
+    return TorchConfig(backend=dist_backend(cfg.train.use_gpu, cfg.train.dist_backend))
 
 
 def run_config(cfg: Config, storage: Storage, stage: str, callbacks: list | None = None) -> RunConfig:

@@ -34,6 +34,7 @@ from trcgl.train.data import (
     COLUMNS,
     DatasetInfo,
     augment,
+    choose_resampled,
     choose_synthetic,
     decode_batch,
     load_dataset_info,
@@ -41,8 +42,8 @@ from trcgl.train.data import (
     resolve_dataset_name,
     synthetic_parts,
 )
-from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
-from trcgl.train.ray_common import run_config, scaling_config
+from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device, train_device
+from trcgl.train.ray_common import run_config, scaling_config, torch_config
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def train_dataset(cfg: Config, storage: Storage, info: DatasetInfo) -> tuple[ray
     """Real train rows plus the chosen synthetic rows; returns (dataset, row count, mixing summary)."""
     real = split_dataset(storage, info, "train")
     n_real = info.split_sizes["train"]
+    if cfg.train.extra_source == "real":
+        return resampled_dataset(cfg, storage, info, real)
     if not cfg.train.synthetic or (cfg.train.aug_ratio_tail <= 0 and cfg.train.aug_ratio_medium <= 0):
         return real, n_real, {"real": n_real, "synthetic": 0, "per_class": {}}
     parts = synthetic_parts(storage, cfg.train.synthetic)
@@ -88,6 +91,39 @@ def train_dataset(cfg: Config, storage: Storage, info: DatasetInfo) -> tuple[ray
     return real.union(synth), n_real + len(keep), {"real": n_real, "synthetic": len(keep), "per_class": per_class}
 
 
+def resampled_dataset(
+    cfg: Config, storage: Storage, info: DatasetInfo, real: ray.data.Dataset
+) -> tuple[ray.data.Dataset, int, dict]:
+    """Real train rows plus re-sampled copies of real tail/medium positives (``train.extra_source=real``)."""
+    n_real = info.split_sizes["train"]
+    if cfg.train.aug_ratio_tail <= 0 and cfg.train.aug_ratio_medium <= 0:
+        return real, n_real, {"real": n_real, "synthetic": 0, "resampled": 0, "per_class": {}}
+    meta = pa.concat_tables(
+        [
+            pq.read_table(storage.pyarrow_fs.open_input_file(p), columns=["image_id", "labels", "split"])
+            for p in info.parts
+        ]
+    )
+    meta = meta.filter(pc.equal(meta["split"], "train"))
+    labels = np.asarray(meta["labels"].to_pylist(), dtype=np.uint8).reshape(meta.num_rows, info.num_classes)
+    copies, per_class = choose_resampled(labels, info, cfg.train)
+    extra = {i: int(c) for i, c in zip(meta["image_id"].to_pylist(), copies, strict=True) if c > 0}
+    n_extra = int(sum(extra.values()))
+    log.info("training mix: %d real + %d re-sampled copies of real rows %s", n_real, n_extra, per_class)
+    mix = {"real": n_real, "synthetic": 0, "resampled": n_extra, "per_class": per_class}
+    if not extra:
+        return real, n_real, mix
+    ids = pa.array(sorted(extra))
+
+    def repeat_chosen(batch: pa.Table) -> pa.Table:
+        batch = batch.filter(pc.is_in(batch["image_id"], value_set=ids))
+        take = [i for i, image_id in enumerate(batch["image_id"].to_pylist()) for _ in range(extra[image_id])]
+        return batch.take(pa.array(take, type=pa.int64()))
+
+    copies_ds = real.map_batches(repeat_chosen, batch_format="pyarrow")
+    return real.union(copies_ds), n_real + n_extra, mix
+
+
 # ---------------------------------------------------------------------------------------------------- worker
 
 
@@ -111,7 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    device = ray.train.torch.get_device()
+    device = train_device("classifier")
     model = build_model(cfg.model, info.num_classes, info.cooccurrence)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = int(config["steps_per_epoch"])
@@ -133,7 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         log.info("rank %d resumed from epoch %d", rank, state["epoch"])
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
     step_model = prepare_for_speed(model, cfg.train.channels_last, cfg.train.compile, cfg.train.compile_backend)
     loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs)
     use_amp = amp_enabled(cfg.train.amp, device)
@@ -242,6 +278,7 @@ def run_training(cfg: Config, callbacks: list | None = None) -> dict:
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=scaling_config(cfg),
+        torch_config=torch_config(cfg),
         run_config=run_config(cfg, storage, STAGE, callbacks),
     )
     t0 = time.perf_counter()

@@ -60,19 +60,25 @@ def trial_run(run: str, trial_id: str) -> str:
 
 def _trial(params: dict[str, Any], base: dict[str, Any], run: str) -> None:
     """One trial's driver: the trial config, then the classifier job reporting each epoch to Tune."""
-    from trcgl.train.ray_train import run_training
-
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(from_dict(base, "sweep base"), params, trial_run(run, trial_id), run)
+    log.info("trial %s: %s", trial_id, {k: clean_value(v) for k, v in params.items()})
+    train_or_replay(cfg)
+
+
+def train_or_replay(cfg: Config) -> None:
+    """Inside a Tune trial: trains ``train.run`` reporting each epoch to Tune, or, when that run already finished
+    (its summary exists), reports its recorded epochs again instead of retraining."""
+    from trcgl.train.ray_train import run_training
+
     storage = Storage(cfg.storage.root, cfg.storage)
     classifier = run_dir(cfg.train.run, "classifier")
     if storage.exists(f"{classifier}/summary.json"):
         # finished before the sweep's driver was killed, but Tune had not recorded it: replay its epochs, don't retrain
-        log.info("trial %s already finished: reporting its recorded epochs", trial_id)
+        log.info("run %s already finished: reporting its recorded epochs", cfg.train.run)
         for epoch in storage.read_json(f"{classifier}/history.json"):
             tune.report(epoch)
         return
-    log.info("trial %s: %s", trial_id, {k: clean_value(v) for k, v in params.items()})
     run_training(cfg, callbacks=[TuneReportCallback()])
 
 

@@ -1,0 +1,149 @@
+"""The ablation study: row configs and checks (no Ray), and the job on the tiny preset, killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trcgl.ablation import check_ablation, needs_generation, row_config, row_slug, study_ratios
+from trcgl.config import ConfigError, apply_overrides, load_config
+from trcgl.storage import Storage
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_rows_build_distinct_valid_configs() -> None:
+    cfg = load_config("demo")
+    check_ablation(cfg)
+    rows = cfg.ablation.rows
+    configs = {name: row_config(cfg, name, 0, (1.5, 0.5)) for name in rows}
+    assert len({c.train.run for c in configs.values()}) == len(rows)  # a folder per row
+    parts = {
+        n: (c.model.se, c.model.class_attention, c.model.gcn, c.model.csra, c.loss.name) for n, c in configs.items()
+    }
+    assert parts["backbone + BCE"] == (False, False, False, False, "bce")
+    assert parts["TRCGL-Net (full)"] == (True, True, True, False, "bce")
+    assert parts["CSRA"][3] and parts["ML-GCN"][2] and parts["LDAM-DRW"][4] == "ldam_drw"
+    full, dup = configs["TRCGL-Net (full)"], configs["full, duplication instead of synthesis"]
+    assert full.train.synthetic == ["runs/demo/synthetic"] and full.train.extra_source == "synthetic"
+    assert dup.train.synthetic == [] and dup.train.extra_source == "real"
+    assert (dup.train.aug_ratio_tail, dup.train.aug_ratio_medium) == (1.5, 0.5)  # same extra rows as synthesis
+    base = configs["backbone + BCE"]
+    assert (base.train.aug_ratio_tail, base.train.aug_ratio_medium, base.train.synthetic) == (0.0, 0.0, [])
+    assert configs["full, fidelity-filtered synthesis"].train.synthetic == ["runs/demo/synthetic_filtered"]
+    # everything but the row's own keys is the run's: same data, split, backbone, size, epochs
+    for c in configs.values():
+        assert (c.data, c.model.backbone, c.train.epochs, c.train.seed) == (cfg.data, "resnet10t", 5, 0)
+    assert needs_generation(cfg) == ["synthetic", "synthetic_filtered"]
+    assert needs_generation(load_config("tiny")) == []
+
+
+def test_bad_studies_fail_naming_the_row() -> None:
+    cfg = load_config("tiny")
+    bad_key = apply_overrides(
+        cfg, {"ablation.rows": {"a": {"model.sse": True}, "b": {}}, "ablation.baseline": "a"}, "test"
+    )
+    with pytest.raises(ConfigError, match=r"model\.sse.*ablation\.rows\.a"):
+        check_ablation(bad_key)
+    same_folder = apply_overrides(cfg, {"ablation.rows": {"A b": {}, "a-b": {}}, "ablation.baseline": "A b"}, "test")
+    with pytest.raises(ConfigError, match="share the folder name 'a_b'"):
+        check_ablation(same_folder)
+    with pytest.raises(ConfigError, match=r"ablation\.baseline.*'nope'"):
+        apply_overrides(cfg, {"ablation.baseline": "nope"}, "test")
+    with pytest.raises(ConfigError, match=r"ablation\.rows\.x\.extra.*'synth'"):
+        apply_overrides(cfg, {"ablation.rows": {"x": {"extra": "synth"}}, "ablation.baseline": "x"}, "test")
+    filtered = apply_overrides(
+        cfg, {"ablation.rows": {"f": {"extra": "synthetic_filtered"}}, "ablation.baseline": "f"}, "test"
+    )
+    with pytest.raises(ConfigError, match=r"ablation\.rows\.f\.extra.*fidelity_threshold"):
+        check_ablation(filtered)
+    assert row_slug("+ SE + CA + GCN (full - diffusion)") == "se_ca_gcn_full_diffusion"
+
+
+def test_ratios_come_from_the_sweep_only_when_it_drew_synthetic_data(tmp_path: Path) -> None:
+    cfg = load_config("tiny", [f"storage.root={tmp_path}", "train.run=r", "ablation.aug_ratio_tail=0.7"])
+    storage = Storage(str(tmp_path))
+    assert study_ratios(cfg, storage)[:2] == (0.7, 0.0)
+    storage.write_json("runs/r/sweep/sweep_report.json", {"best_params": {"train.aug_ratio_tail": 2.0}})
+    assert study_ratios(cfg, storage)[:2] == (0.7, 0.0)  # not published yet: not a finished sweep
+    storage.publish("runs/r/sweep", {"stage": "sweep"})
+    tail, medium, source = study_ratios(cfg, storage)
+    assert (tail, medium) == (2.0, 0.0) and "sweep" in source
+    storage.write_json("runs/r/sweep/sweep_report.json", {"best_params": {"train.aug_ratio_tail": 0.0}})
+    assert study_ratios(cfg, storage)[:2] == (0.7, 0.0)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+@pytest.mark.slow
+def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], tmp_path: Path) -> None:
+    root, _ = tiny_prepared
+    cmd = [
+        sys.executable, "-m", "jobs.ablation", "--config", "tiny", "--set", f"storage.root={root}", "train.run=abl",
+        "train.epochs=1", "ablation.aug_ratio_tail=2.0",
+    ]  # fmt: skip
+    rows_dir = Path(root) / "runs" / "abl" / "ablation" / "rows"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    try:  # kill the whole study once its first row has finished
+        while not list(rows_dir.glob("*/seed0/classifier/summary.json")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "first row never finished"
+            time.sleep(1)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    done = {p: p.stat().st_mtime for p in rows_dir.glob("*/seed0/classifier/summary.json")}
+    assert not (Path(root) / "runs" / "abl" / "ablation" / "table.parquet").exists()
+
+    second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for path, mtime in done.items():  # finished rows were not trained again
+        assert path.stat().st_mtime == mtime, path
+    out = Path(root) / "runs" / "abl" / "ablation"
+    table = pd.read_parquet(out / "table.parquet")
+    assert list(table["name"]) == ["backbone + BCE", "+ re-sampling", "ML-GCN"]
+    for m in ("mAP", "mAUC", "tail_mAP"):
+        assert table[m].between(0, 1).all(), table[[m]]
+        assert (table[f"{m}_lo"] <= table[f"{m}_hi"]).all() and table[f"{m}_lo"].notna().all()
+    base = table.set_index("name").loc["backbone + BCE"]
+    assert (base["d_mAP"], base["d_mAP_lo"], base["d_mAP_hi"]) == (0.0, 0.0, 0.0)
+    others = table[table["name"] != "backbone + BCE"]
+    assert others["d_mAP_lo"].notna().all() and (others["d_mAP_lo"] <= others["d_mAP_hi"]).all()
+    resampled = table.set_index("name").loc["+ re-sampling"]
+    assert resampled["extra"] == "real" and resampled["extra_rows"] > 0 and base["extra_rows"] == 0
+    md = (out / "table.md").read_text()
+    assert all(f"| {name} |" in md for name in table["name"]) and "bootstrap" in md
+    for png in ("heatmap.png", "tail_map.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "_manifest.json").read_text())["rows"] == 3
+    # each row trained exactly once: one classifier run folder per row and seed
+    assert sorted(p.parts[-4] for p in rows_dir.glob("*/seed0/classifier/summary.json")) == sorted(
+        ["backbone_bce", "re_sampling", "ml_gcn"]
+    )
+    # the re-sampled copies are real train rows repeated, seen in the run's mix
+    mix = json.loads((rows_dir / "re_sampling" / "seed0" / "classifier" / "summary.json").read_text())["train_rows"]
+    assert mix["resampled"] == resampled["extra_rows"] and mix["synthetic"] == 0
+    from trcgl.pipeline_report import ablation_section
+    from trcgl.report_html import Table
+
+    section = ablation_section(Storage(root), "abl")  # what the run's report shows
+    shown = [b for b in section.blocks if isinstance(b, Table)][0].frame
+    assert list(shown["name"]) == list(table["name"]) and "tail_mAP" in shown
+    third = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "already finished for this grid" in third.stderr, third.stderr[-2000:]
+    assert np.isfinite(table["mAP"]).all()

@@ -1,0 +1,267 @@
+"""The ablation and peer study without Ray: row configs, the study's checks and its table, pictures and report.
+
+A study of run ``R`` (``train.run``) trains every row of ``ablation.rows`` once per seed of ``ablation.seeds`` as the
+classifier run ``R/ablation/rows/{slug}/seed{seed}`` (a deterministic name: a rerun finds finished rows and resumes
+unfinished ones from their checkpoints). Each row is the run's config with the row's overrides; its ``extra``
+pseudo-key says where extra tail/medium rows come from (see :class:`trcgl.config.AblationConfig`). Every row is
+scored on the same test images; :mod:`trcgl.ablation_table` turns the scores into the table.
+
+Outputs under ``{root}/runs/R/ablation/``: ``table.parquet``, ``table.md``, ``heatmap.png`` (per-class AP, classes by
+train frequency), ``tail_map.png`` (tail mAP per row with intervals), ``ablation_report.json`` and, last,
+``_manifest.json``. The Ray side (the grid on Ray Tune) is :mod:`trcgl.tune.ray_ablation`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trcgl import ablation_table as at
+from trcgl.config import Config, ConfigError, apply_overrides, config_hash
+from trcgl.storage import Storage, run_dir
+from trcgl.train.data import DatasetInfo
+
+log = logging.getLogger(__name__)
+
+STAGE = "ablation"
+SYNTHETIC_EXTRAS = ("synthetic", "synthetic_filtered")
+
+
+def row_slug(name: str) -> str:
+    """A path-safe name of a row: lower case, runs of other characters than [a-z0-9] as one ``_``.
+
+    >>> row_slug("+ SE + CA + GCN (full - diffusion)")
+    'se_ca_gcn_full_diffusion'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return slug or "row"
+
+
+def row_run(run: str, name: str, seed: int) -> str:
+    """The classifier run of one row and seed (deterministic: a rerun finds it)."""
+    return f"{run}/{STAGE}/rows/{row_slug(name)}/seed{seed}"
+
+
+def row_extra(row: dict[str, Any]) -> str:
+    """Where the row's extra rows come from: none, real, synthetic or synthetic_filtered."""
+    return str(row.get("extra", "none"))
+
+
+def study_ratios(cfg: Config, storage: Storage) -> tuple[float, float, str]:
+    """The per-group ratios of extra rows for rows with ``extra`` other than none, and where they came from.
+
+    With ``ablation.ratios_from_sweep`` and a finished sweep of the run whose best trial drew synthetic data
+    (``train.aug_ratio_tail`` or ``train.aug_ratio_medium`` > 0), that trial's ratios (chosen on val: no test
+    split in model selection); otherwise ``ablation.aug_ratio_tail`` / ``ablation.aug_ratio_medium``.
+
+    Returns:
+        (tail ratio, medium ratio, a sentence saying where they came from).
+    """
+    ab = cfg.ablation
+    report_rel = posixpath.join(run_dir(cfg.train.run, "sweep"), "sweep_report.json")
+    if ab.ratios_from_sweep and storage.manifest(run_dir(cfg.train.run, "sweep")) is not None:
+        best = storage.read_json(report_rel).get("best_params", {})
+        tail = float(best.get("train.aug_ratio_tail", cfg.train.aug_ratio_tail))
+        medium = float(best.get("train.aug_ratio_medium", cfg.train.aug_ratio_medium))
+        if tail > 0 or medium > 0:
+            return tail, medium, f"the sweep's best trial ({storage.uri(report_rel)})"
+        source = "ablation.aug_ratio_* (the sweep's best trial used no synthetic data)"
+    elif ab.ratios_from_sweep:
+        source = "ablation.aug_ratio_* (the run has no finished sweep)"
+    else:
+        source = "ablation.aug_ratio_*"
+    return ab.aug_ratio_tail, ab.aug_ratio_medium, source
+
+
+def row_config(base: Config, name: str, seed: int, ratios: tuple[float, float]) -> Config:
+    """The typed config of one row and seed: ``base`` (the study's config) with the row's overrides.
+
+    Args:
+        base: the study's config (dataset pinned); its ``train.run`` is the study's run.
+        name: a key of ``base.ablation.rows``.
+        seed: the row's ``train.seed``.
+        ratios: (tail, medium) ratios for rows whose ``extra`` is not none.
+
+    Raises:
+        ConfigError: an override of the row is not a config key or has the wrong type (the message names
+            ``ablation.rows.<name>``).
+    """
+    row = base.ablation.rows[name]
+    run = base.train.run
+    extra = row_extra(row)
+    values: dict[str, Any] = {k: v for k, v in row.items() if k != "extra"}
+    tail, medium = ratios if extra != "none" else (0.0, 0.0)
+    values.update(
+        {
+            "train.run": row_run(run, name, seed),
+            "train.seed": seed,
+            "train.aug_ratio_tail": tail,
+            "train.aug_ratio_medium": medium,
+            "train.extra_source": "real" if extra == "real" else "synthetic",
+            "train.synthetic": [run_dir(run, extra)] if extra in SYNTHETIC_EXTRAS else [],
+        }
+    )
+    return apply_overrides(base, values, f"ablation.rows.{name}")
+
+
+def needs_generation(cfg: Config) -> list[str]:
+    """The synthetic folders of the run that some row draws from."""
+    return sorted({row_extra(r) for r in cfg.ablation.rows.values()} & set(SYNTHETIC_EXTRAS))
+
+
+def check_ablation(cfg: Config) -> None:
+    """Checks the study before any work: row names give distinct folders, every row builds a valid config, the
+    synthetic folders rows draw from can be made.
+
+    Raises:
+        ConfigError: naming the row (``ablation.rows.<name>``) or key at fault.
+    """
+    slugs: dict[str, str] = {}
+    for name in cfg.ablation.rows:
+        slug = row_slug(name)
+        if slug in slugs:
+            raise ConfigError(
+                f"config keys 'ablation.rows.{slugs[slug]}' and 'ablation.rows.{name}' share the folder name {slug!r}: "
+                "rename one"
+            )
+        slugs[slug] = name
+        for seed in cfg.ablation.seeds:
+            row_config(cfg, name, seed, (cfg.ablation.aug_ratio_tail, cfg.ablation.aug_ratio_medium))
+    if "synthetic_filtered" in needs_generation(cfg) and cfg.generate.fidelity_threshold is None:
+        users = [n for n, r in cfg.ablation.rows.items() if row_extra(r) == "synthetic_filtered"]
+        raise ConfigError(
+            f"config key 'ablation.rows.{users[0]}.extra' is synthetic_filtered but generate.fidelity_threshold is "
+            "null, so nothing makes that folder: set a threshold or change the row"
+        )
+
+
+def grid_hash(cfg: Config, ratios: tuple[float, float]) -> str:
+    """Identity of a study's grid (rows, seeds, ratios): a changed grid starts a new Tune experiment (finished rows
+    are still found by their run folders)."""
+    return config_hash({"rows": cfg.ablation.rows, "seeds": cfg.ablation.seeds, "ratios": list(ratios)})[:8]
+
+
+def _classifier(run: str) -> str:
+    return run_dir(run, "classifier")
+
+
+def row_finished(storage: Storage, run: str) -> bool:
+    """Whether a row's classifier run wrote its summary (trained and tested)."""
+    return storage.exists(posixpath.join(_classifier(run), "summary.json"))
+
+
+def load_row(storage: Storage, cfg: Config, name: str, seed: int, info: DatasetInfo) -> dict[str, Any]:
+    """One row and seed as :func:`trcgl.ablation_table.ablation_table` takes it: test scores sorted by image id.
+
+    Raises:
+        FileNotFoundError: the row has no test predictions (not finished); the message names the run.
+    """
+    run = row_run(cfg.train.run, name, seed)
+    rel = posixpath.join(_classifier(run), "predictions.parquet")
+    if not storage.exists(rel):
+        raise FileNotFoundError(f"ablation row {name!r} seed {seed}: no test predictions at {storage.uri(rel)}")
+    table = pq.read_table(io.BytesIO(storage.read_bytes(rel))).sort_by("image_id")
+    k = info.num_classes
+    summary = storage.read_json(posixpath.join(_classifier(run), "summary.json"))
+    return {
+        "name": name,
+        "seed": seed,
+        "image_ids": np.asarray(table["image_id"].to_pylist()),
+        "scores": np.asarray(table["scores"].to_pylist(), dtype=np.float64).reshape(-1, k),  # (N, K)
+        "labels": np.asarray(table["labels"].to_pylist(), dtype=np.float64).reshape(-1, k),  # (N, K)
+        "classes": list(info.classes),
+        "groups": list(info.groups),
+        "summary": summary,
+        "run": run,
+    }
+
+
+def _extra_rows(summary: dict[str, Any]) -> int:
+    mix = summary.get("train_rows", {})
+    return int(mix.get("synthetic", 0)) + int(mix.get("resampled", 0))
+
+
+def write_outputs(
+    cfg: Config, storage: Storage, info: DatasetInfo, ratios: tuple[float, float, str], seconds: float
+) -> dict[str, Any]:
+    """Table (Parquet and Markdown), heat map, tail plot and report of a finished study; the manifest last.
+
+    Returns:
+        The study's report (also ``ablation_report.json``).
+
+    Raises:
+        RuntimeError: the baseline row has no finished seed (nothing to compare against).
+    """
+    ab = cfg.ablation
+    out = run_dir(cfg.train.run, STAGE)
+    rows, missing = [], []
+    for name in ab.rows:
+        for seed in ab.seeds:
+            try:
+                rows.append(load_row(storage, cfg, name, seed, info))
+            except FileNotFoundError as exc:
+                missing.append(str(exc))
+    if missing:
+        log.warning("ablation %s: %d row(s) without results: %s", cfg.train.run, len(missing), "; ".join(missing))
+    if not any(r["name"] == ab.baseline for r in rows):
+        raise RuntimeError(f"ablation {cfg.train.run!r}: the baseline row {ab.baseline!r} has no results")
+    frame = at.ablation_table(rows, ab.baseline, bootstrap=ab.bootstrap, seed=0)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    frame["extra"] = [row_extra(ab.rows[n]) for n in frame["name"]]
+    frame["extra_rows"] = [int(np.mean([_extra_rows(r["summary"]) for r in by_name[n]])) for n in frame["name"]]
+    seconds_of = {n: sum(float(r["summary"].get("train_seconds", 0.0)) for r in group) for n, group in by_name.items()}
+    frame["train_seconds"] = [seconds_of[n] for n in frame["name"]]
+    frame["runs"] = [[r["run"] for r in by_name[n]] for n in frame["name"]]
+    storage.write_parquet(posixpath.join(out, "table.parquet"), pa.Table.from_pandas(frame, preserve_index=False))
+    tail, medium, source = ratios
+    first = rows[0]
+    positives = np.asarray(first["labels"]).sum(axis=0)  # (K,)
+    tail_pos = [int(p) for p, g in zip(positives, first["groups"], strict=True) if g == "tail"]
+    interval = (
+        f"{len(ab.seeds)} seeds per row: mean ± seed std, 95 % interval of the seed mean over {ab.bootstrap} "
+        "bootstrap resamples of the test images"
+        if len(ab.seeds) > 1
+        else f"1 seed per row: 95 % bootstrap intervals over {ab.bootstrap} resamples of the test images"
+    )
+    header = [
+        f"# Ablation and peers: run `{cfg.train.run}`, dataset `{info.name}`",
+        "",
+        f"Test split: {len(first['image_ids'])} images; tail classes' test positives {sorted(tail_pos)}. "
+        f"Backbone {cfg.model.backbone}, {cfg.data.image_size} px, {cfg.train.epochs} epoch(s), seeds {ab.seeds}; "
+        f"{interval}. d_mAP / d_tail_mAP: difference to `{ab.baseline}` with a paired bootstrap interval. "
+        f"Extra rows at tail ratio {tail:g}, medium ratio {medium:g}, from {source}.",
+        "",
+    ]
+    markdown = "\n".join(header) + "\n" + at.table_markdown(frame)
+    if missing:
+        markdown += "\nRows without results: " + "; ".join(missing) + "\n"
+    storage.write_text(posixpath.join(out, "table.md"), markdown)
+    storage.write_bytes(posixpath.join(out, "heatmap.png"), at.per_class_heatmap(rows, list(info.train_counts)))
+    storage.write_bytes(posixpath.join(out, "tail_map.png"), at.tail_map_plot(frame))
+    report = {
+        "run": cfg.train.run,
+        "dataset": info.name,
+        "rows": list(frame["name"]),
+        "seeds": list(ab.seeds),
+        "baseline": ab.baseline,
+        "ratios": {"tail": tail, "medium": medium, "source": source},
+        "missing": missing,
+        "test_images": len(first["image_ids"]),
+        "tail_test_positives": tail_pos,
+        "seconds": round(seconds, 1),
+        "output": storage.uri(out),
+    }
+    storage.write_json(posixpath.join(out, "ablation_report.json"), report)
+    meta = {"stage": STAGE, "rows": len(frame), "missing": len(missing), "grid": grid_hash(cfg, (tail, medium))}
+    storage.publish(out, meta)
+    log.info("ablation %s: table of %d rows at %s", cfg.train.run, len(frame), storage.uri(out, "table.md"))
+    return report

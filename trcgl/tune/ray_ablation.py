@@ -1,0 +1,149 @@
+"""The ablation study on Ray Tune: a grid over (row, seed), each trial one classifier run, resumable.
+
+Stages of a study of run ``R`` (each skips work already done): ``prepare`` (render PadChest-Synth when that is the
+source, prepare the dataset); when a row draws synthetic data, ``train_diffusion``, ``reference`` (the baseline row's
+first seed, trained first because it scores the synthetic images' fidelity; the grid then finds it finished) and
+``generate``; ``grid`` (Ray Tune's ``BasicVariantGenerator`` over ``grid_search`` of rows and seeds, FIFO, at most
+``ablation.max_concurrent_trials`` at once; a rerun restores the interrupted experiment, and trials of rows that
+finished replay their recorded epochs instead of retraining); ``table`` (:func:`trcgl.ablation.write_outputs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from typing import Any
+
+from ray import tune
+
+from trcgl import ablation as ab
+from trcgl.config import Config, apply_overrides, dump_yaml, from_dict, to_dict
+from trcgl.pipeline import Progress, baseline_config, diffusion_or_skip, generate_or_skip, train_or_skip
+from trcgl.ray_runtime import check_cpu_budget, check_gpus
+from trcgl.storage import Storage, run_dir
+from trcgl.train.data import load_dataset_info, resolve_dataset_name
+from trcgl.tune.ray_sweep import train_or_replay
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prepare", "train_diffusion", "reference", "generate", "grid", "table")
+
+
+def _row_trial(params: dict[str, Any], base: dict[str, Any], ratios: list[float]) -> None:
+    """One trial's driver: the row's config for its seed, then its classifier run (or its replay when finished)."""
+    cfg = ab.row_config(from_dict(base, "ablation base"), str(params["row"]), int(params["seed"]), tuple(ratios))
+    log.info("ablation row %r seed %s: run %s", params["row"], params["seed"], cfg.train.run)
+    train_or_replay(cfg)
+
+
+def make_tuner(cfg: Config, storage: Storage, ratios: tuple[float, float]) -> tune.Tuner:
+    """The grid's Tuner: restored when an experiment of the same grid exists (``ablation/tune-{grid hash}``)."""
+    trainable = tune.with_resources(
+        tune.with_parameters(_row_trial, base=to_dict(cfg), ratios=list(ratios)), {"CPU": cfg.sweep.driver_cpus}
+    )
+    path = storage.path(run_dir(cfg.train.run, ab.STAGE))
+    name = f"tune-{ab.grid_hash(cfg, ratios)}"
+    experiment = posixpath.join(path, name)
+    if tune.Tuner.can_restore(experiment, storage_filesystem=storage.pyarrow_fs):
+        log.info("resuming the ablation grid in %s", storage.uri(run_dir(cfg.train.run, ab.STAGE), name))
+        return tune.Tuner.restore(experiment, trainable, resume_errored=True, storage_filesystem=storage.pyarrow_fs)
+    return tune.Tuner(
+        trainable,
+        param_space={"row": tune.grid_search(list(cfg.ablation.rows)), "seed": tune.grid_search(cfg.ablation.seeds)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.ablation.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=storage.pyarrow_fs,
+            failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+    )
+
+
+def run_ablation(cfg: Config) -> dict[str, Any]:
+    """Runs (or resumes, or, when finished for the same grid, reads back) the ablation study of ``train.run``.
+
+    Returns:
+        The study's report: rows, seeds, ratios and their source, rows without results, output folder.
+    """
+    from trcgl.data.ray_prepare import run_prepare
+    from trcgl.data.ray_synth import run_synthesize
+
+    ab.check_ablation(cfg)
+    storage = Storage(cfg.storage.root, cfg.storage)
+    storage.check_writable()
+    if cfg.train.use_gpu:
+        check_gpus(cfg.train.gpus_per_worker, cfg.ray.autoscaling, "train.gpus_per_worker")
+    check_cpu_budget(cfg, cfg.ablation.max_concurrent_trials, cfg.sweep.driver_cpus)
+    run = cfg.train.run
+    progress = Progress(run, STAGES)
+    t0 = time.perf_counter()
+
+    def prepare() -> dict[str, Any]:
+        if cfg.data.source == "padchest-synth" and cfg.data.images is None:
+            run_synthesize(cfg)
+        report = run_prepare(cfg)
+        return {"skipped": bool(report.get("skipped")), "record": {"dataset": report.get("name")}}
+
+    progress.stage("prepare", prepare)
+    cfg = apply_overrides(cfg, {"train.dataset": resolve_dataset_name(cfg, storage)}, "ablation")
+    info = load_dataset_info(storage, cfg.train.dataset)
+    tail, medium, source = ab.study_ratios(cfg, storage)
+    out = run_dir(run, ab.STAGE)
+    manifest = storage.manifest(out)
+    if manifest is not None and manifest.get("grid") == ab.grid_hash(cfg, (tail, medium)):
+        log.info("ablation %s already finished for this grid: %s", run, storage.uri(out, "table.md"))
+        return storage.read_json(posixpath.join(out, "ablation_report.json")) | {"skipped": True}
+    storage.write_text(posixpath.join(out, "ablation_config.yaml"), dump_yaml(cfg))
+    log.info(
+        "ablation %s: %d rows x %d seeds, extra rows at tail ratio %g / medium %g from %s",
+        run,
+        len(cfg.ablation.rows),
+        len(cfg.ablation.seeds),
+        tail,
+        medium,
+        source,
+    )
+    if ab.needs_generation(cfg):
+        progress.stage("train_diffusion", lambda: diffusion_or_skip(cfg, storage))
+        baseline_row = cfg.ablation.rows[cfg.ablation.baseline]
+        if ab.row_extra(baseline_row) in ab.SYNTHETIC_EXTRAS:  # it cannot score the data it is trained on
+            ref_cfg = baseline_config(cfg)
+        else:
+            ref_cfg = ab.row_config(cfg, cfg.ablation.baseline, cfg.ablation.seeds[0], (tail, medium))
+        reference = progress.stage("reference", lambda: train_or_skip(ref_cfg, storage))["summary"]
+        progress.stage("generate", lambda: generate_or_skip(cfg, storage, reference["best_checkpoint"]))
+
+    def grid() -> dict[str, Any]:
+        results = make_tuner(cfg, storage, (tail, medium)).fit()
+        errors = [str(results[i].error)[:300] for i in range(len(results)) if results[i].error is not None]
+        for error in errors:
+            log.warning("ablation %s: a row failed: %s", run, error)
+        return {"record": {"trials": len(results), "errored": len(errors)}}
+
+    progress.stage("grid", grid)
+    report = progress.stage(
+        "table",
+        lambda: {"report": ab.write_outputs(cfg, storage, info, (tail, medium, source), time.perf_counter() - t0)},
+    )["report"]
+    report["run_report"] = refresh_run_report(storage, run)
+    return report | {"stages": progress.stages}
+
+
+def refresh_run_report(storage: Storage, run: str) -> str | None:
+    """Rewrites the run's pipeline report (when the pipeline ran) so that it includes the ablation table."""
+    import yaml
+
+    from trcgl.pipeline_report import write_report
+
+    summary_rel, config_rel = posixpath.join(run_dir(run), "summary.json"), posixpath.join(run_dir(run), "config.yaml")
+    if not (storage.exists(summary_rel) and storage.exists(config_rel)):
+        return None
+    pipeline_cfg = from_dict(yaml.safe_load(storage.read_bytes(config_rel)), f"file {storage.uri(config_rel)}")
+    sweep = None
+    if storage.manifest(run_dir(run, "sweep")) is not None:
+        sweep = storage.read_json(posixpath.join(run_dir(run, "sweep"), "sweep_report.json"))
+    uri = write_report(pipeline_cfg, storage, storage.read_json(summary_rel), sweep)["uri"]
+    log.info("run report with the ablation table: %s", uri)
+    return uri

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from trcgl.config import Config, ConfigError, load_config
+from trcgl.config import Config, ConfigError, absolute_local_paths, load_config
 
 log = logging.getLogger("jobs")
 
@@ -42,7 +42,7 @@ def setup_logging(level: str) -> None:
 def load(args: argparse.Namespace) -> Config:
     """The validated config from ``--config`` and ``--set``."""
     overrides = [o for group in args.overrides for o in group]
-    return load_config(args.config, overrides)
+    return absolute_local_paths(load_config(args.config, overrides))
 
 
 def run(

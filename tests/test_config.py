@@ -69,3 +69,15 @@ def test_dict_round_trip_and_hash_stability():
 def test_credentials_are_not_config_keys():
     with pytest.raises(ConfigError, match="storage.secret_key"):
         load_config("tiny", ["storage.secret_key=abc"])
+
+
+def test_relative_local_paths_become_absolute_in_the_driver(tmp_path, monkeypatch):
+    from trcgl.config import absolute_local_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("tiny", ["storage.root=./runs", "data.images=s3://bucket/images", "generate.model=m/diffusion"])
+    out = absolute_local_paths(cfg)
+    assert out.storage.root == str(tmp_path / "runs")  # Ray Train workers run in another working directory
+    assert out.generate.model == str(tmp_path / "m" / "diffusion")
+    assert out.data.images == "s3://bucket/images" and out.model.label_embedding == "learned"
+    assert absolute_local_paths(out) is out  # nothing left to change

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -612,6 +613,34 @@ def config_hash(section: Any, length: int = 8) -> str:
     data = to_dict(section) if dataclasses.is_dataclass(section) else section
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+LOCAL_PATH_KEYS = (
+    "storage.root",
+    "data.metadata",
+    "data.images",
+    "model.pretrained",
+    "model.label_embedding",
+    "generate.model",
+    "generate.reference_checkpoint",
+)
+
+
+def absolute_local_paths(cfg: Config) -> Config:
+    """``cfg`` with every relative local path among :data:`LOCAL_PATH_KEYS` made absolute against this process's
+    working directory (URIs with a scheme, ``learned`` and None are left as they are).
+
+    A job resolves them once, in its driver: Ray Train runs its workers in another working directory (the run's
+    artifacts folder under Ray's session directory), where ``./runs`` would name a different folder.
+    """
+    values: dict[str, Any] = {}
+    for key in LOCAL_PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not isinstance(value, str) or "://" in value or value == "learned" or os.path.isabs(value):
+            continue
+        values[key] = os.path.abspath(os.path.expanduser(value))
+    return apply_overrides(cfg, values, "absolute paths") if values else cfg
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -28,12 +28,12 @@ from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
 from trcgl.train.devices import amp_enabled, to_device, train_device
-from trcgl.train.ray_common import run_config, scaling_config, torch_config
+from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config
 
 log = logging.getLogger(__name__)
 
 STAGE = "diffusion"
-COLUMNS = ["image", "labels", "localizations", "projection"]
+COLUMNS = ["image_id", "image", "labels", "localizations", "projection"]
 
 
 class _Loss(torch.nn.Module):
@@ -82,6 +82,11 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
         log.info("rank %d resumed diffusion training after epoch %d", rank, state["epoch"])
+    storage = Storage(cfg.storage.root, cfg.storage)
+    history_rel = posixpath.join(run_dir(cfg.train.run, STAGE), "history.json")
+    history: list[dict] = []
+    if rank == 0 and storage.exists(history_rel):  # epochs after the resumed checkpoint are trained again
+        history = [h for h in storage.read_json(history_rel) if int(h["epoch"]) < start_epoch]
     device = train_device("diffusion")
     loss_module = ray.train.torch.prepare_model(_Loss(model), move_to_device=device)
     shard = ray.train.get_dataset_shard("train")
@@ -89,7 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, cfg.diffusion.epochs):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.diffusion.seed * 1_000_003 + epoch * 101 + rank)
-        losses = []
+        losses, seen, id_sum = [], 0, 0
         for batch in shard.iter_batches(
             batch_size=cfg.diffusion.batch_size,
             batch_format="numpy",
@@ -105,10 +110,16 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.step()
             model.update_ema()
             losses.append(float(loss.detach()))
+            seen += len(batch["image_id"])
+            id_sum += id_checksum(batch["image_id"])
+        images, id_sum = all_workers_sum([seen, id_sum], device)
         metrics = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "epoch_seconds": time.perf_counter() - t0,
+            "start_epoch": start_epoch,  # where this attempt began: 0 fresh, k + 1 resumed after epoch k
+            "train_images": images,  # all workers; the same multiset every epoch (checked by the fault suite)
+            "train_id_checksum": id_sum,
         }
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
@@ -118,6 +129,8 @@ def train_loop_per_worker(config: dict) -> None:
                     os.path.join(tmp, "state.pt"),
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            history.append(metrics)
+            storage.write_json(history_rel, history)
             log.info("diffusion epoch %d: loss %.4f (%.1f s)", epoch, metrics["loss"], metrics["epoch_seconds"])
         else:
             ray.train.report(metrics, checkpoint=None)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import zlib
+from typing import Any
+
+import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
 
@@ -42,3 +46,20 @@ def run_config(cfg: Config, storage: Storage, stage: str, callbacks: list | None
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         callbacks=callbacks,
     )
+
+
+def id_checksum(image_ids: Any) -> int:
+    """Sum of the CRC-32s of image ids: equal sums over an epoch mean (with high probability) the same rows, each
+    as often, whatever the order or the split between workers."""
+    return sum(zlib.crc32(str(i).encode()) for i in image_ids)
+
+
+def all_workers_sum(values: list[int], device: torch.device) -> list[int]:
+    """Each value summed over the Train workers (an all-reduce over the process group; as is without one).
+
+    ``device``: the training device (NCCL reduces CUDA tensors only; gloo takes either)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t)
+    return [int(v) for v in t.tolist()]

@@ -43,7 +43,7 @@ from trcgl.train.data import (
     synthetic_parts,
 )
 from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device, train_device
-from trcgl.train.ray_common import run_config, scaling_config, torch_config
+from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,8 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         log.info("rank %d resumed from epoch %d", rank, state["epoch"])
+        if rank == 0:  # the history of the checkpoint, also when no epoch is left to train
+            storage.write_json(f"{run_dir(cfg.train.run, STAGE)}/history.json", history)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     step_model = prepare_for_speed(model, cfg.train.channels_last, cfg.train.compile, cfg.train.compile_backend)
     loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs)
@@ -178,7 +180,7 @@ def train_loop_per_worker(config: dict) -> None:
         t0 = time.perf_counter()
         model.train()
         gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 101 + rank)
-        losses, seen = [], 0
+        losses, seen, id_sum = [], 0, 0
         batches = shard.iter_batches(
             batch_size=cfg.train.batch_size,
             batch_format="numpy",
@@ -197,10 +199,15 @@ def train_loop_per_worker(config: dict) -> None:
             scheduler.step()
             losses.append(float(loss.detach()))
             seen += x.shape[0]
+            id_sum += id_checksum(batch["image_id"])
+        images, id_sum = all_workers_sum([seen, id_sum], device)
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "train_images_per_worker": seen,
+            "start_epoch": start_epoch,  # where this attempt began: 0 fresh, k + 1 resumed after epoch k
+            "train_images": images,  # all workers: each train row once per epoch (checked by the fault suite)
+            "train_id_checksum": id_sum,
             "lr": scheduler.get_last_lr()[0],
             "epoch_seconds": time.perf_counter() - t0,
         }

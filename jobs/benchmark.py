@@ -5,6 +5,7 @@
     python -m jobs.benchmark generate [--images 32] [--steps 10] [--batch 8]
     python -m jobs.benchmark autoscale [--workdir DIR] [--actors-max 2] [--idle-timeout-minutes M]
     python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
+    python -m jobs.benchmark faults [--workdir DIR] [--only 1 2 ...]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
 PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
@@ -19,6 +20,10 @@ then 2 actors; b/a with 1 actor (target >= 0.9) and the 1 -> 2 actor scaling.
 gpu: on a CUDA GPU, diffusion sampling images/s at fp32 vs bf16 for several batch sizes and classifier training
 images/s with AMP off/on and torch.compile off/on, with achieved TFLOP/s against the card's dense bf16 peak. Without
 CUDA (or with --dry-run) a small CPU run that only shows the code paths work.
+
+faults: the fault-injection scenarios of tests/faults/ (worker, driver and generation kills, a killed sweep,
+corrupt inputs, S3 outages behind a cut TCP proxy, token auth and a credential scan, bad configuration), one line of
+figures each.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging("WARNING")
         return run_autoscale(args_in[1:])
+    if args_in[:1] == ["faults"]:  # its own options (trcgl.benchmarks.ray_faults_bench.py)
+        from trcgl.benchmarks.ray_faults_bench import run as run_faults
+
+        setup_logging("WARNING")
+        return run_faults(args_in[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="which", required=True)
     prep = sub.add_parser("prepare", help="Ray Data prepare vs PC_Dataset + DataLoader")
@@ -64,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--train-batch", type=int, default=64)
     gpu.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile in the CPU dry run")
     sub.add_parser("autoscale", help="GPU nodes from 0 and back on the local autoscaling cluster (--help for options)")
+    sub.add_parser("faults", help="the fault-injection scenarios, one line of figures each (--help for options)")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)

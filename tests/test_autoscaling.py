@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 IDLE_TIMEOUT_MINUTES = 0.25  # the GPU nodes go 15 s after their last task (plus the autoscaler's period)
 FALLBACK = "CUDA is not available on this node: sampling on the CPU"  # trcgl/diffusion/plan.py Generator
-TRAIN_FALLBACK = "CUDA is not available on this node: training on the CPU"  # trcgl/train/devices.py train_device
+TRAIN_FALLBACK = "CUDA is not available on this node: training on the CPU"  # trcgl/train/ray_common.py train_device
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,12 @@
-"""End to end: a sweep that resumes after its driver is killed, and the whole pipeline submitted as a Ray job to a
-token-auth head with storage on a loopback S3 server, read back with jobs.results and opened in a real browser."""
+"""End to end: the whole pipeline submitted as a Ray job to a token-auth head with storage on a loopback S3 server,
+read back with jobs.results and opened in a real browser (the killed-and-resumed sweep is in tests/faults)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,45 +29,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(extra)
     return env
-
-
-def test_sweep_resumes_after_its_driver_is_killed(tiny_prepared, tmp_path):
-    root, _ = tiny_prepared
-    cmd = [
-        sys.executable, "-m", "jobs.sweep", "--config", "tiny", "--set", f"storage.root={root}", "train.run=resume",
-        "sweep.num_samples=2", "train.epochs=2", "sweep.scheduler=asha", SWEEP_SPACE,
-    ]  # fmt: skip
-    trials = Path(root) / "runs" / "resume" / "sweep" / "trials"
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 300
-    try:  # kill the whole driver process group once the first trial has finished
-        while not list(trials.glob("*/classifier/summary.json")):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "first trial never finished"
-            time.sleep(1)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    done_before = {p.parts[-3] for p in trials.glob("*/classifier/summary.json")}
-    stamp = {t: (trials / t / "classifier" / "summary.json").stat().st_mtime for t in done_before}
-    assert not (Path(root) / "runs" / "resume" / "sweep" / "leaderboard.parquet").exists()
-
-    second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming the sweep" in second.stderr
-    board = pd.read_parquet(Path(root) / "runs" / "resume" / "sweep" / "leaderboard.parquet")
-    assert len(board) == 2 and board["trial_id"].is_unique
-    assert done_before <= set(board["trial_id"])
-    for t in done_before:  # the finished trial was not trained again
-        assert (trials / t / "classifier" / "summary.json").stat().st_mtime == stamp[t]
-    params = board[["param.train.lr", "param.model.gcn"]].astype(str).agg("|".join, axis=1)
-    assert params.is_unique  # no configuration sampled twice
-    report = json.loads((Path(root) / "runs" / "resume" / "sweep" / "sweep_report.json").read_text())
-    assert report["trials"] == 2 and report["best_trial"] in set(board["trial_id"])
-    assert (Path(root) / "runs" / "resume" / "sweep" / "best_config.yaml").exists()
 
 
 @pytest.fixture()
@@ -160,7 +119,7 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
         f"{root}/runs/tiny/sweep/leaderboard.parquet",
         storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}},
     )
-    assert len(board) == 1  # a 1-trial sweep keeps CI short; the 2-trial sweep is the resume test above
+    assert len(board) == 1  # a 1-trial sweep keeps CI short; tests/faults kills and resumes a 2-trial sweep
     assert storage.manifest("runs/tiny/synthetic") is not None
     assert storage.manifest("runs/tiny/synthetic_filtered") is not None
 

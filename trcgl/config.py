@@ -560,7 +560,10 @@ def validate(cfg: Config) -> None:
     from trcgl.data.labelsets import TOP_N, load_file
 
     if not TOP_N.match(d.label_set):
-        load_file(d.label_set)  # raises ConfigError naming the unknown set and the known ones
+        try:
+            load_file(d.label_set)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'data.label_set': {exc}") from None
     if cfg.synth.layout not in ("dirs", "flat"):
         raise ConfigError(f"config key 'synth.layout' must be dirs or flat, got {cfg.synth.layout!r}")
     if cfg.storage.s3_client not in ("s3fs", "pyarrow"):

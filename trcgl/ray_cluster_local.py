@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from trcgl.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "cluster" / "local-autoscaling.yaml"
@@ -174,7 +176,7 @@ def check_gpus_feasible(per_worker: float, key: str, config_path: str | Path | N
         config_path: the cluster config to read instead of the one found in the environment.
 
     Raises:
-        ValueError: naming the key, the request and the largest GPU node type.
+        ConfigError: naming the key, the request and the largest GPU node type.
     """
     if per_worker <= 0:
         return
@@ -188,7 +190,7 @@ def check_gpus_feasible(per_worker: float, key: str, config_path: str | Path | N
     name, gpus = largest_gpu_node_type(config)
     if per_worker > gpus + 1e-9:
         largest = f"the largest GPU node type, {name!r}, has {gpus:g}" if name else "no node type has any"
-        raise ValueError(
+        raise ConfigError(
             f"config key {key!r} asks for {per_worker:g} GPU(s) per worker but {largest} GPU(s) (autoscaler config "
             f"{path}): the autoscaler can never add a node that holds one worker and the job would wait forever. "
             f"Set {key} to at most {gpus:g}, or add a node type with more GPUs"

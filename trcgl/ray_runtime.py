@@ -63,7 +63,7 @@ def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
     autoscaler is trusted to add GPU nodes and the job waits for them.
 
     Raises:
-        ValueError: naming the config key, the request and what the cluster has.
+        ConfigError: naming the config key, the request and what the cluster has.
     """
     if per_worker <= 0:
         return
@@ -74,7 +74,7 @@ def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
         return
     have = ray.cluster_resources().get("GPU", 0.0)
     if have < per_worker:
-        raise ValueError(
+        raise ConfigError(
             f"config key {key!r} asks for {per_worker} GPU(s) per worker but the Ray cluster has {have:g} GPUs and "
             "ray.autoscaling is false; run on a GPU cluster, set ray.autoscaling=true where an autoscaler adds GPU "
             f"nodes, or set {key}=0"

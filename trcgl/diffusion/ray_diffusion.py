@@ -27,8 +27,8 @@ from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
-from trcgl.train.devices import amp_enabled, to_device, train_device
-from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config
+from trcgl.train.devices import amp_enabled, to_device
+from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config, train_device
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def amp_enabled(wanted: bool, device: torch.device) -> bool:
@@ -46,25 +42,6 @@ def prepare_for_speed(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return torch.compile(model, backend=backend) if compile_model else model
-
-
-def train_device(stage: str) -> torch.device:
-    """The device a Ray Train worker trains on: Ray's choice, or the CPU where Ray assigned a GPU that has no CUDA.
-
-    A worker given a GPU by Ray (``train.use_gpu``) on a node whose GPUs are declared but not usable from torch (a
-    fake GPU node of the local autoscaling cluster, a CPU-only torch build, a broken driver) would fail moving the
-    model; it trains on the CPU instead and says so once in its log.
-
-    Args:
-        stage: what trains, for the log line ("classifier", "diffusion").
-    """
-    import ray.train.torch
-
-    device = ray.train.torch.get_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        log.warning("%s: Ray assigned a GPU but CUDA is not available on this node: training on the CPU", stage)
-        return torch.device("cpu")
-    return device
 
 
 def dist_backend(use_gpu: bool, wanted: str = "auto") -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from typing import Any
 
+import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
@@ -13,6 +15,8 @@ from trcgl.config import Config
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
 from trcgl.train.devices import dist_backend
+
+log = logging.getLogger(__name__)
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -63,3 +67,20 @@ def all_workers_sum(values: list[int], device: torch.device) -> list[int]:
     t = torch.tensor(values, dtype=torch.int64, device=device)
     torch.distributed.all_reduce(t)
     return [int(v) for v in t.tolist()]
+
+
+def train_device(stage: str) -> torch.device:
+    """The device a Ray Train worker trains on: Ray's choice, or the CPU where Ray assigned a GPU that has no CUDA.
+
+    A worker given a GPU by Ray (``train.use_gpu``) on a node whose GPUs are declared but not usable from torch (a
+    fake GPU node of the local autoscaling cluster, a CPU-only torch build, a broken driver) would fail moving the
+    model; it trains on the CPU instead and says so once in its log.
+
+    Args:
+        stage: what trains, for the log line ("classifier", "diffusion").
+    """
+    device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        log.warning("%s: Ray assigned a GPU but CUDA is not available on this node: training on the CPU", stage)
+        return torch.device("cpu")
+    return device

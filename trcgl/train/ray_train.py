@@ -42,8 +42,8 @@ from trcgl.train.data import (
     resolve_dataset_name,
     synthetic_parts,
 )
-from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device, train_device
-from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config
+from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
+from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config, train_device
 
 log = logging.getLogger(__name__)
 

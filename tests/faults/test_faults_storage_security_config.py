@@ -1,0 +1,181 @@
+"""Fault scenarios "Storage", "Security" and "Config", with real parts only.
+
+S3 outages go through a switchable loopback TCP proxy in front of the session's moto server; the security scenario
+runs a real token-auth Ray head and one real job with a fake AWS secret in the head's environment; bad configurations
+go to the real entry points. The figures come from :mod:`trcgl.faults.scenarios`, which a benchmark can call too.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from trcgl.faults.proxy import TcpProxy
+from trcgl.faults.scenarios import (
+    OPS,
+    bad_configs,
+    cluster_start_commands_without_token,
+    s3_outage_matrix,
+    scan_for_secrets,
+    security,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+SHORT_OUTAGES = (2.0, 8.0)
+LONG_OUTAGE = ("checkpoint", 30.0)
+# 2 s and 8 s for every op; the 30 s outage only once, for the checkpoint (the op whose failure could leave a partial
+# publish), because it costs about 35 s. All seven cases run at once, each through its own proxy and prefix.
+OUTAGE_CASES = [(op, s) for s in SHORT_OUTAGES for op in OPS] + [LONG_OUTAGE]
+
+
+def _bucket(endpoint: str) -> str:
+    import boto3
+
+    name = f"trcgl-faults-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+def _wait(predicate: Any, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ the proxy
+
+
+def test_proxy_cut_drops_open_connections_refuses_new_ones_and_restores(s3_endpoint: str) -> None:
+    target = urlparse(s3_endpoint)
+    with TcpProxy(target.hostname, target.port) as proxy:
+        assert urllib.request.urlopen(proxy.url, timeout=5).status == 200
+        held = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        held.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # an unfinished request keeps the connection open
+        assert _wait(lambda: proxy.accepted >= 2)
+        proxy.cut()
+        assert proxy.dropped >= 1 and proxy.is_cut  # the held connection (and any other still open)
+        try:
+            assert held.recv(1024) == b""
+        except ConnectionResetError:
+            pass
+        held.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+        proxy.restore()
+        assert urllib.request.urlopen(proxy.url, timeout=5).status == 200
+        timer = proxy.outage(0.5)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+        timer.join(timeout=5)
+        assert not proxy.is_cut and urllib.request.urlopen(proxy.url, timeout=5).status == 200
+    with pytest.raises(ConnectionRefusedError):  # closed: nothing listens any more
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+
+
+def test_proxy_reset_mode_accepts_then_resets(s3_endpoint: str) -> None:
+    target = urlparse(s3_endpoint)
+    with TcpProxy(target.hostname, target.port, mode="reset") as proxy:
+        proxy.cut()
+        try:  # the port still accepts (no ConnectionRefusedError), but resets before any answer: on loopback the
+            # reset may even beat connect() returning
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert conn.recv(1024) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert _wait(lambda: proxy.rejected == 1)
+        proxy.restore()
+        assert urllib.request.urlopen(proxy.url, timeout=5).status == 200
+
+
+# ------------------------------------------------------------------------------------------------ storage
+
+
+@pytest.fixture(scope="module")
+def outages(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], dict[str, Any]]:
+    """Every outage case, measured once with the project's StorageConfig defaults (s3fs client)."""
+    results = s3_outage_matrix(s3_endpoint, _bucket(s3_endpoint), OUTAGE_CASES, tmp_path_factory.mktemp("outage"))
+    return {(r["op"], r["outage_s"]): r for r in results}
+
+
+@pytest.mark.parametrize("outage_s", SHORT_OUTAGES)
+@pytest.mark.parametrize("op", OPS)
+def test_short_outage_is_ridden_out_by_the_configured_retries(
+    outages: dict[tuple[str, float], dict[str, Any]], op: str, outage_s: float
+) -> None:
+    f = outages[(op, outage_s)]
+    assert f["survived"] and f["error"] is None, f
+    assert not f["partial_published"], f
+    # it did wait the outage out (nothing reached the endpoint while cut), and not much longer
+    assert outage_s - 0.5 <= f["seconds"] < outage_s + 20, f
+    if op == "checkpoint":
+        assert f["later_stage_sees"] == "complete", f
+
+
+def test_long_outage_fails_loudly_naming_the_endpoint_and_publishes_nothing(
+    outages: dict[tuple[str, float], dict[str, Any]],
+) -> None:
+    f = outages[LONG_OUTAGE]
+    assert not f["survived"], f
+    assert f["loud"] and f["error_names_endpoint"], f["error"]  # a StorageError naming the proxy's host:port
+    assert not f["partial_published"] and f["later_stage_sees"] == "unfinished", f
+    assert f["seconds"] < 60, f  # bounded: retries give up, the job does not hang
+
+
+# ------------------------------------------------------------------------------------------------ security
+
+
+def test_secret_scanner_finds_what_it_is_given(tmp_path: Path) -> None:
+    secret = f"fake-{uuid.uuid4().hex}"
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "leak.log").write_text(f"env: AWS_SECRET_ACCESS_KEY={secret}\n")
+    (tmp_path / "a" / "clean.yaml").write_text("storage:\n  root: s3://bucket/trcgl\n")
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "a" / "b" / "leak.log")
+    assert scan_for_secrets([tmp_path / "a", tmp_path / "missing"], [secret]) == [str(tmp_path / "a/b/leak.log")]
+    assert scan_for_secrets([tmp_path], ["not-there"]) == []
+
+
+def test_token_auth_refuses_and_no_secret_in_anything_a_job_leaves(s3_endpoint: str, tmp_path: Path) -> None:
+    f = security(s3_endpoint, _bucket(s3_endpoint), tmp_path, job_overrides=["synth.rows=120"])
+    auth = f["token_auth"]
+    assert (auth["http_no_token"], auth["http_wrong_token"], auth["http_with_token"]) == (401, 403, 200), auth
+    for case in ("submit_no_token", "submit_wrong_token"):
+        assert auth[case]["refused"] and auth[case]["says_why"], auth[case]
+    assert auth["jobs_created"] == 0, auth  # nothing slipped in
+    job = f["job"]
+    assert job["succeeded"], job["log_tail"]
+    assert job["saved_configs"], job  # the run's saved config.yaml files were among the scanned files
+    assert f["secret_in_node_env"] is not False, f  # the job ran with the secret in its node's environment
+    assert f["control_found"], f  # the scan does find the secret where it is
+    assert f["secret_found_in"] == [], f["secret_found_in"]
+
+
+def test_every_ray_start_in_the_cluster_files_uses_token_auth() -> None:
+    # The catch-all over every cluster/*.yaml; tests/test_cluster_files.py checks each file's auth set-up in depth.
+    f = cluster_start_commands_without_token()
+    assert f["ray_start_commands"] >= 2 and f["without_token"] == [], f
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_bad_configs_fail_before_any_work_naming_the_problem(s3_endpoint: str) -> None:
+    cases = {c["case"]: c for c in bad_configs(s3_endpoint)}
+    assert len(cases) == 9, sorted(cases)
+    for name, c in cases.items():
+        assert c["error_type"] is not None, f"{name}: nothing was raised"
+        assert c["names_problem"], c  # for the job CLI cases also: exit code, no Ray / no file written
+        assert c["seconds"] < (120 if "job CLI" in name else 10), c
+    assert cases["missing bucket"]["error_type"] == "StorageError"
+    assert cases["unwritable local root"]["error_type"] == "StorageError"

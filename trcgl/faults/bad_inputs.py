@@ -1,0 +1,71 @@
+"""Fault scenario 5: corrupt images and malformed metadata rows in a prepare run (needs a running Ray)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from trcgl.config import load_config
+from trcgl.faults.inputs import BAD_IMAGE_REASONS, BAD_ROW_REASONS, make_padchest_like
+from trcgl.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def corrupt_inputs(workdir: Path) -> dict[str, Any]:
+    """Prepares a PadChest-format folder holding every kind of bad input next to good ones (the real prepare job on
+    the current Ray), and compares what the job kept and reported with what was planted.
+
+    Args:
+        workdir: an empty folder for the source files and the storage root.
+
+    Returns:
+        Figures: ``ok`` (the job succeeded), ``good`` planted / ``kept`` / ``good_lost`` (good rows missing from the
+        dataset), ``bad_planted`` / ``bad_reported`` / ``bad_unreported`` / ``wrong_reason`` over bad images and
+        metadata rows, ``duplicates`` (rows written twice) and ``seconds``.
+    """
+    from trcgl.data.prepare import read_dataset
+    from trcgl.data.ray_prepare import run_prepare
+
+    source, root = workdir / "src", workdir / "root"
+    ids = make_padchest_like(source)
+    cfg = load_config(
+        "tiny",
+        [
+            f"storage.root={root}",
+            "data.source=padchest",
+            f"data.metadata={source}/meta.csv",
+            f"data.images={source}/images",
+            "data.shard_rows=6",
+            "data.image_size=24",
+            "data.split.val_fraction=0.2",
+            "data.split.test_fraction=0.2",
+        ],
+    )
+    t0 = time.perf_counter()
+    report = run_prepare(cfg)
+    seconds = time.perf_counter() - t0
+    kept = read_dataset(Storage(str(root)), report["dataset"])["image_id"].to_pylist()
+    by_image = {r["image_id"]: r["reason"] for r in report["rejected_image_list"]}
+    by_row = dict(report["dropped_metadata_by_reason"])
+    planted = len(BAD_IMAGE_REASONS) + sum(BAD_ROW_REASONS.values())
+    reported_images = sum(1 for iid in BAD_IMAGE_REASONS if iid in by_image)
+    reported_rows = sum(min(by_row.get(reason, 0), n) for reason, n in BAD_ROW_REASONS.items())
+    wrong = [iid for iid, reason in BAD_IMAGE_REASONS.items() if by_image.get(iid) not in (None, reason)]
+    figures = {
+        "ok": True,
+        "good": len(ids["good"]),
+        "kept": len(set(kept)),
+        "good_lost": len(set(ids["good"]) - set(kept)),
+        "bad_planted": planted,
+        "bad_reported": reported_images + reported_rows,
+        "bad_unreported": planted - reported_images - reported_rows,
+        "wrong_reason": wrong,
+        "bad_kept": sorted(set(kept) & set(ids["bad_images"])),
+        "duplicates": len(kept) - len(set(kept)),
+        "seconds": round(seconds, 1),
+    }
+    log.info("corrupt inputs: %s", figures)
+    return figures

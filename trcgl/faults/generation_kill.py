@@ -1,0 +1,90 @@
+"""Fault scenario 3: tail-class generation killed after K of N images, then the same command run twice.
+
+One tiny diffusion model (``train_diffusion``, 1 epoch) serves every run through ``generate.model``. The reference is
+an uninterrupted run with 1 actor and batch size 4; a second uninterrupted run uses 2 actors and batch size 16; the
+faulted run (``python -m jobs.generate`` in its own process group, with its own local Ray) is SIGKILLed once its
+first Parquet parts exist and before it published its manifest, then rerun twice. Images are compared byte for byte
+by image id.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from trcgl.config import load_config
+
+log = logging.getLogger(__name__)
+
+RUN = "gen-fault"
+
+
+def _images(folder: Path) -> dict[str, list[bytes]]:
+    """image id -> every stored copy of its PNG bytes (more than one copy would be a duplicate)."""
+    out: dict[str, list[bytes]] = {}
+    for part in sorted(folder.glob("part-*.parquet")):
+        table = pq.read_table(part, columns=["image_id", "image"])
+        for image_id, image in zip(table["image_id"].to_pylist(), table["image"].to_pylist(), strict=True):
+            out.setdefault(image_id, []).append(image)
+    return out
+
+
+def generation_kill(root: Path, dataset: str, workdir: Path, per_class_max: int = 6) -> dict[str, Any]:
+    """Runs scenario 3 on the current Ray (the model and the uninterrupted runs) and in subprocesses (the kill).
+
+    Returns:
+        Figures: ``planned`` (N), ``killed_after_images`` (K), ``images`` after the reruns, ``duplicates``,
+        ``missing``, ``identical_to_uninterrupted`` (bytes equal to the 1-actor batch-4 run),
+        ``identical_actors_batch`` (the 2-actor batch-16 run equals the 1-actor batch-4 run), ``second_rerun_wrote``
+        (parts the second rerun wrote: 0 expected) and ``seconds``.
+    """
+    from trcgl.diffusion.ray_diffusion import run_train_diffusion
+    from trcgl.diffusion.ray_generate import run_generate
+    from trcgl.faults.kills import kill_when, run_job
+
+    t0 = time.perf_counter()
+    base = [f"storage.root={root}", f"train.dataset={dataset}", f"generate.per_class_max={per_class_max}"]
+    model = run_train_diffusion(load_config("tiny", [*base, f"train.run={RUN}-model", "diffusion.epochs=1"]))["model"]
+    base.append(f"generate.model={model}")
+    run_generate(load_config("tiny", [*base, f"train.run={RUN}-a", "generate.actors_max=1", "generate.batch_size=4"]))
+    run_generate(load_config("tiny", [*base, f"train.run={RUN}-b", "generate.actors_max=2", "generate.batch_size=16"]))
+    ref = _images(root / "runs" / f"{RUN}-a" / "synthetic")
+    other = _images(root / "runs" / f"{RUN}-b" / "synthetic")
+
+    out = root / "runs" / f"{RUN}-k" / "synthetic"
+    cmd = [sys.executable, "-m", "jobs.generate", "--config", "tiny", "--set", *base, f"train.run={RUN}-k",
+           "generate.actors_max=2", "generate.batch_size=4"]  # fmt: skip
+    kill_when(
+        cmd,
+        lambda: bool(list(out.glob("part-*.parquet"))) and not (out / "_manifest.json").exists(),
+        workdir / "generate-killed.log",
+        poll_s=0.05,
+    )
+    killed_after = sum(len(v) for v in _images(out).values())
+    first = run_job(cmd)
+    parts_after_first = {p.name: p.stat().st_mtime for p in out.glob("part-*.parquet")}
+    second = run_job(cmd)
+    rewritten = sum(p.stat().st_mtime != parts_after_first.get(p.name) for p in out.glob("part-*.parquet"))
+    got = _images(out)
+    figures = {
+        "planned": len(ref),
+        "killed_after_images": killed_after,
+        "reruns_rc": [first.returncode, second.returncode],
+        "images": sum(len(v) for v in got.values()),
+        "duplicates": sum(len(v) - 1 for v in got.values()),
+        "missing": len(set(ref) - set(got)),
+        "identical_to_uninterrupted": set(got) == set(ref) and all(got[i][0] == ref[i][0] for i in ref),
+        "identical_actors_batch": set(other) == set(ref) and all(other[i][0] == ref[i][0] for i in ref),
+        "differing_actors_batch": sorted(i for i in ref if i in other and other[i][0] != ref[i][0])[:5],
+        "second_rerun_wrote": rewritten,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if first.returncode or second.returncode:
+        figures["rerun_log"] = (first.stderr + second.stderr)[-1500:]
+    log.info("generation kill: %s", figures)
+    return figures

@@ -34,8 +34,17 @@ def init_ray(cfg: Config) -> bool:
         ray.init(address=address, log_to_driver=True)
     else:
         log.info("starting a local Ray (num_cpus=%s)", cfg.ray.num_cpus)
-        # address="local": always a new instance, never a stray cluster found on the host
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, log_to_driver=True, **local_dashboard())
+        for attempt in (1, 2):
+            try:
+                # address="local": always a new instance, never a stray cluster found on the host
+                ray.init(address="local", num_cpus=cfg.ray.num_cpus, log_to_driver=True, **local_dashboard())
+                break
+            except Exception as exc:
+                # Ray waits a fixed 30 s for its raylet to register; on a loaded machine that was seen to run out
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
+                log.warning("the local Ray did not come up in time (%s): starting it once more", exc)
+                ray.shutdown()
     return True
 
 

@@ -12,9 +12,9 @@ from trcgl.faults.kills import classifier_driver_kill, sweep_driver_kill
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
-def test_killed_classifier_driver_resumes_and_other_run_starts_fresh(tiny_prepared, tmp_path: Path) -> None:
+def test_killed_classifier_driver_resumes_and_other_run_starts_fresh(tiny_prepared, tmp_path: Path, record) -> None:
     root, dataset = tiny_prepared
-    f = classifier_driver_kill(Path(root), dataset, tmp_path, epochs=3)
+    f = record(classifier_driver_kill(Path(root), dataset, tmp_path, epochs=3))
     assert f["rerun_rc"] == 0, f["rerun_log"]
     assert f["resumed_at_or_after_checkpoint"], f  # not from scratch: at or after the last registered checkpoint
     assert f["epochs"] == 3 and f["epochs_unique"], f  # every epoch once, none repeated after the resume
@@ -22,9 +22,9 @@ def test_killed_classifier_driver_resumes_and_other_run_starts_fresh(tiny_prepar
     assert f["fresh_rc"] == 0 and f["fresh_start_epoch"] == 0, f  # another run name does not pick it up
 
 
-def test_killed_sweep_resumes_without_duplicates(tiny_prepared, tmp_path: Path) -> None:
+def test_killed_sweep_resumes_without_duplicates(tiny_prepared, tmp_path: Path, record) -> None:
     root, _ = tiny_prepared
-    f = sweep_driver_kill(Path(root), tmp_path, trials=2)
+    f = record(sweep_driver_kill(Path(root), tmp_path, trials=2))
     assert f["rerun_rc"] == 0, f.get("rerun_log")
     assert f["resumed"] and f["finished_before_kill"] >= 1, f
     assert f["retrained"] == 0 and f["finished_kept"], f  # a finished trial is neither trained again nor lost
@@ -32,8 +32,8 @@ def test_killed_sweep_resumes_without_duplicates(tiny_prepared, tmp_path: Path) 
     assert f["configs_sampled_twice"] == 0, f
 
 
-def test_corrupt_inputs_keep_every_good_row_and_report_every_bad_one(ray_local, tmp_path: Path) -> None:
-    f = corrupt_inputs(tmp_path)
+def test_corrupt_inputs_keep_every_good_row_and_report_every_bad_one(ray_local, tmp_path: Path, record) -> None:
+    f = record(corrupt_inputs(tmp_path))
     assert f["ok"] and f["good_lost"] == 0 and f["kept"] == f["good"], f  # none lost as collateral
     assert f["bad_unreported"] == 0 and f["wrong_reason"] == [] and f["bad_kept"] == [], f
     assert f["duplicates"] == 0, f

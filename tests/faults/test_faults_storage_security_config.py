@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from trcgl.faults import record_figures
 from trcgl.faults.proxy import TcpProxy
 from trcgl.faults.scenarios import (
     OPS,
@@ -106,6 +107,7 @@ def test_proxy_reset_mode_accepts_then_resets(s3_endpoint: str) -> None:
 def outages(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], dict[str, Any]]:
     """Every outage case, measured once with the project's StorageConfig defaults (s3fs client)."""
     results = s3_outage_matrix(s3_endpoint, _bucket(s3_endpoint), OUTAGE_CASES, tmp_path_factory.mktemp("outage"))
+    record_figures("s3 outages", results)
     return {(r["op"], r["outage_s"]): r for r in results}
 
 
@@ -147,7 +149,9 @@ def test_secret_scanner_finds_what_it_is_given(tmp_path: Path) -> None:
 
 
 def test_token_auth_refuses_and_no_secret_in_anything_a_job_leaves(s3_endpoint: str, tmp_path: Path) -> None:
-    f = security(s3_endpoint, _bucket(s3_endpoint), tmp_path, job_overrides=["synth.rows=120"])
+    f = record_figures(
+        "security", security(s3_endpoint, _bucket(s3_endpoint), tmp_path, job_overrides=["synth.rows=120"])
+    )
     auth = f["token_auth"]
     assert (auth["http_no_token"], auth["http_wrong_token"], auth["http_with_token"]) == (401, 403, 200), auth
     for case in ("submit_no_token", "submit_wrong_token"):
@@ -171,7 +175,7 @@ def test_every_ray_start_in_the_cluster_files_uses_token_auth() -> None:
 
 
 def test_bad_configs_fail_before_any_work_naming_the_problem(s3_endpoint: str) -> None:
-    cases = {c["case"]: c for c in bad_configs(s3_endpoint)}
+    cases = {c["case"]: c for c in record_figures("bad configs", bad_configs(s3_endpoint))}
     assert len(cases) == 9, sorted(cases)
     for name, c in cases.items():
         assert c["error_type"] is not None, f"{name}: nothing was raised"

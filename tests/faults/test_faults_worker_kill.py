@@ -12,9 +12,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
 @pytest.mark.parametrize("stage", ["classifier", "diffusion"])
-def test_killed_train_worker_recovers_from_a_registered_checkpoint(tiny_prepared, stage: str) -> None:
+def test_killed_train_worker_recovers_from_a_registered_checkpoint(tiny_prepared, stage: str, record) -> None:
     root, dataset = tiny_prepared
-    f = train_worker_kill(Path(root), dataset, stage, epochs=2)
+    f = record(train_worker_kill(Path(root), dataset, stage, epochs=2))
     assert f["completed"] and f["error"] is None, f
     assert f["recovery_s"] is not None, f  # a new worker group came up
     # resumed from at least the last registered checkpoint (whether that was the latest reported epoch is a figure:

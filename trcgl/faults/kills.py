@@ -27,7 +27,7 @@ def job_env() -> dict[str, str]:
 
 
 def kill_when(
-    cmd: list[str], ready: Callable[[], bool], log_path: Path, timeout_s: float = 300.0, poll_s: float = 0.5
+    cmd: list[str], ready: Callable[[], bool], log_path: Path, timeout_s: float = 600.0, poll_s: float = 0.5
 ) -> float:
     """Starts ``cmd`` in its own process group and SIGKILLs the group once ``ready()`` holds.
 

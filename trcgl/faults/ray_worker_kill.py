@@ -68,7 +68,7 @@ def _final(stage: str, out: dict[str, Any]) -> float | None:
 
 
 def train_worker_kill(
-    root: Path, dataset: str, stage: str, epochs: int = 3, kill_delay_s: float = 1.0, timeout_s: float = 420.0
+    root: Path, dataset: str, stage: str, epochs: int = 3, kill_delay_s: float = 1.0, timeout_s: float = 600.0
 ) -> dict[str, Any]:
     """Kills one Train worker mid-epoch in ``stage`` ("classifier" or "diffusion") training; trains the same config
     without a fault under another run name for comparison.

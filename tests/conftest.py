@@ -13,8 +13,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,12 @@ def tiny_prepared(tiny_synth: dict) -> tuple[str, str]:
 
     report = run_prepare(tiny_synth["cfg"])
     return tiny_synth["root"], report["dataset"]
+
+
+@pytest.fixture()
+def record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
+    """``record(figures)``: the fault suite keeps a scenario's figures under the test's id (in the file named by
+    ``$TRCGL_FAULT_FIGURES`` when set; see trcgl.faults.record_figures) and gets them back unchanged."""
+    from trcgl.faults import record_figures
+
+    return lambda figures: record_figures(request.node.nodeid, figures)

@@ -81,17 +81,43 @@ def _history(classifier: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def train_ids_checksum(root: Path, dataset: str) -> tuple[int, int]:
-    """(rows, CRC-32 checksum of image ids) of a prepared dataset's train split, as the training loop sums them."""
+def train_ids(root: Path, dataset: str, diffusion_weights: dict[str, float] | None = None) -> list[str]:
+    """Image ids of a prepared dataset's train split as an epoch feeds them: once each for the classifier; repeated
+    by group weight for diffusion training (``diffusion_weights``, as ``repeat_by_group`` does)."""
     import pyarrow.compute as pc
 
     from trcgl.data.prepare import read_dataset
     from trcgl.storage import Storage
-    from trcgl.train.ray_train import id_checksum
 
     table = read_dataset(Storage(str(root)), dataset)
-    ids = table.filter(pc.equal(table["split"], "train"))["image_id"].to_pylist()
-    return len(ids), id_checksum(ids)
+    train = table.filter(pc.equal(table["split"], "train")).select(["image_id", "labels"])
+    if diffusion_weights is None:
+        return train["image_id"].to_pylist()
+    from trcgl.diffusion.ray_diffusion import repeat_by_group
+    from trcgl.train.data import load_dataset_info
+
+    info = load_dataset_info(Storage(str(root)), dataset)
+    return repeat_by_group(train.to_pandas(), info.groups, diffusion_weights)["image_id"].tolist()
+
+
+def epochs_saw_each_row_once(history: list[dict[str, Any]], ids: list[str], workers: int) -> bool:
+    """Whether every epoch in ``history`` saw each of ``ids`` once, over all workers (count and id checksum).
+
+    Ray Train splits a dataset into equal shards (DDP needs the same number of batches on every worker), which
+    leaves out ``len(ids) % workers`` rows per epoch, different ones each epoch. So the count must be
+    ``len(ids) - len(ids) % workers`` and the checksum the full one less at most that many rows' CRC-32s.
+    """
+    from trcgl.train.ray_common import id_checksum
+
+    dropped = len(ids) % workers
+    full = id_checksum(ids)
+    for h in history:
+        if h.get("train_images") != len(ids) - dropped:
+            return False
+        missing = full - int(h.get("train_id_checksum", -1))
+        if not (missing == 0 if dropped == 0 else 0 < missing < dropped * 2**32):
+            return False
+    return bool(history)
 
 
 def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int = 3) -> dict[str, Any]:
@@ -102,7 +128,7 @@ def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int 
         Figures: ``killed_at_s``, ``last_registered`` (epoch of the newest registered checkpoint at the kill),
         ``reported`` (epochs rank 0 had reported), ``resumed_from`` (first epoch the rerun trained; -1 if it did
         not train), ``resumed_at_or_after_checkpoint``, ``epochs`` (epochs in the final history, each once?
-        ``epochs_unique``), ``rows_ok`` (every epoch saw each train row once: count and id checksum),
+        ``epochs_unique``), ``rows_ok`` (every epoch saw each train row once: :func:`epochs_saw_each_row_once`),
         ``rerun_rc``, ``fresh_start_epoch`` (the other run name's first epoch: 0 = started fresh).
     """
     run = "kill-driver"
@@ -117,8 +143,7 @@ def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int 
     epochs_seen = [int(h["epoch"]) for h in history]
     resumed = [int(h.get("start_epoch", 0)) for h in history if int(h.get("start_epoch", 0)) > 0]
     resumed_from = min(resumed) if resumed else (0 if history else -1)
-    n_rows, checksum = train_ids_checksum(root, dataset)
-    rows_ok = all(h.get("train_images") == n_rows and h.get("train_id_checksum") == checksum for h in history)
+    rows_ok = epochs_saw_each_row_once(history, train_ids(root, dataset), 2)  # tiny: 2 Train workers
     fresh = run_job([*base, "train.run=kill-driver-other", "train.epochs=1"])
     fresh_history = _history(root / "runs" / "kill-driver-other" / "classifier")
     figures = {

@@ -79,10 +79,11 @@ def train_worker_kill(
         ``resumed_from`` (first epoch of the attempt after the kill; 0 = from scratch),
         ``resumed_from_registered`` (resumed_from >= killed_after_epoch + 1), ``resumed_from_latest``
         (resumed_from == reported_before_kill), ``epochs_unique`` (every epoch once in the final history),
-        ``rows_ok`` (every epoch saw each row once: classifier against the dataset, diffusion the same multiset every
-        epoch), ``final`` / ``final_no_fault`` (test mAUC or last loss) and ``seconds``.
+        ``rows_ok`` (every epoch saw each row once, as :func:`trcgl.faults.kills.epochs_saw_each_row_once`
+        checks: diffusion's rows repeated by group weight), ``final`` / ``final_no_fault`` (test mAUC or last loss)
+        and ``seconds``.
     """
-    from trcgl.faults.kills import train_ids_checksum
+    from trcgl.faults.kills import epochs_saw_each_row_once, train_ids
 
     if stage not in ("classifier", "diffusion"):
         raise ValueError(f"stage must be classifier or diffusion, got {stage!r}")
@@ -128,14 +129,9 @@ def train_worker_kill(
     starts = [int(h.get("start_epoch", 0)) for h in history]
     after = [s for e, s in zip(epochs_seen, starts, strict=True) if e > killed_after]
     resumed_from = min(after) if after else (max(starts) if starts else 0)
-    if stage == "classifier":
-        n_rows, checksum = train_ids_checksum(root, dataset)
-        rows_ok = bool(history) and all(
-            h.get("train_images") == n_rows and h.get("train_id_checksum") == checksum for h in history
-        )
-    else:
-        seen = {(h.get("train_images"), h.get("train_id_checksum")) for h in history}
-        rows_ok = len(seen) == 1 and next(iter(seen))[0] > 0
+    cfg = load_config("tiny", [*common, f"train.run={run}"])
+    weights = None if stage == "classifier" else dict(cfg.diffusion.group_weights)
+    rows_ok = epochs_saw_each_row_once(history, train_ids(root, dataset, weights), cfg.train.num_workers)
     reference = _run(stage, [*common, f"train.run={run}-no-fault"])
     figures = {
         "stage": stage,

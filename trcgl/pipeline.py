@@ -192,14 +192,24 @@ def row_of(name: str, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def prepare_or_skip(cfg: Config) -> dict[str, Any]:
+    """Renders PadChest-Synth when that is the source (no images given), then prepares the dataset; each job skips
+    what is already done for the same config."""
+    from trcgl.data.ray_prepare import run_prepare
+    from trcgl.data.ray_synth import run_synthesize
+
+    if cfg.data.source == "padchest-synth" and cfg.data.images is None:
+        run_synthesize(cfg)
+    report = run_prepare(cfg)
+    return {"skipped": bool(report.get("skipped")), "record": {"dataset": report.get("dataset")}}
+
+
 def run_pipeline(cfg: Config) -> dict[str, Any]:
     """Runs every stage of ``train.run`` in order (skipping finished ones) and writes the summary and report.
 
     Returns:
         The pipeline summary (also ``{root}/runs/{run}/summary.json``): stages, the summary rows, the report URI.
     """
-    from trcgl.data.ray_prepare import run_prepare
-    from trcgl.data.ray_synth import run_synthesize
     from trcgl.pipeline_report import write_report
 
     check_pipeline(cfg)
@@ -209,13 +219,7 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     progress = Progress(run)
     storage.write_text(posixpath.join(run_dir(run), "config.yaml"), dump_yaml(cfg))
 
-    def prepare() -> dict[str, Any]:
-        if cfg.data.source == "padchest-synth" and cfg.data.images is None:
-            run_synthesize(cfg)
-        report = run_prepare(cfg)
-        return {"skipped": bool(report.get("skipped")), "record": {"dataset": report.get("name")}}
-
-    progress.stage("prepare", prepare)
+    progress.stage("prepare", lambda: prepare_or_skip(cfg))
     dataset = resolve_dataset_name(cfg, storage)
     cfg = apply_overrides(cfg, {"train.dataset": dataset}, "pipeline")
     if cfg.pipeline.diffusion:

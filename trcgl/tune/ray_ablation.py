@@ -19,7 +19,14 @@ from ray import tune
 
 from trcgl import ablation as ab
 from trcgl.config import Config, apply_overrides, dump_yaml, from_dict, to_dict
-from trcgl.pipeline import Progress, baseline_config, diffusion_or_skip, generate_or_skip, train_or_skip
+from trcgl.pipeline import (
+    Progress,
+    baseline_config,
+    diffusion_or_skip,
+    generate_or_skip,
+    prepare_or_skip,
+    train_or_skip,
+)
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import load_dataset_info, resolve_dataset_name
@@ -67,9 +74,6 @@ def run_ablation(cfg: Config) -> dict[str, Any]:
     Returns:
         The study's report: rows, seeds, ratios and their source, rows without results, output folder.
     """
-    from trcgl.data.ray_prepare import run_prepare
-    from trcgl.data.ray_synth import run_synthesize
-
     ab.check_ablation(cfg)
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
@@ -80,13 +84,7 @@ def run_ablation(cfg: Config) -> dict[str, Any]:
     progress = Progress(run, STAGES)
     t0 = time.perf_counter()
 
-    def prepare() -> dict[str, Any]:
-        if cfg.data.source == "padchest-synth" and cfg.data.images is None:
-            run_synthesize(cfg)
-        report = run_prepare(cfg)
-        return {"skipped": bool(report.get("skipped")), "record": {"dataset": report.get("name")}}
-
-    progress.stage("prepare", prepare)
+    progress.stage("prepare", lambda: prepare_or_skip(cfg))
     cfg = apply_overrides(cfg, {"train.dataset": resolve_dataset_name(cfg, storage)}, "ablation")
     info = load_dataset_info(storage, cfg.train.dataset)
     tail, medium, source = ab.study_ratios(cfg, storage)

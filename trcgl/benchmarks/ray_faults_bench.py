@@ -14,52 +14,16 @@ and a checkpoint upload, and for 30 s during a write;  7. token auth and a crede
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A moto S3 server on a free loopback port (stopped by pid); yields its endpoint URL."""
-    from trcgl.faults.scenarios import _free_port
-
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto server did not start on {url}") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _bucket(endpoint: str, name: str) -> str:
@@ -154,6 +118,8 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
                   f"{f['bad_reported']}/{f['bad_planted']} reported with their reason ({len(f['wrong_reason'])} "
                   f"wrong reasons); duplicates {f['duplicates']}; {f['seconds']} s"))  # fmt: skip
     if only & {6, 7, 8}:
+        from trcgl.faults.s3 import moto_server
+
         with moto_server() as endpoint:
             if 6 in only:
                 from trcgl.faults.scenarios import s3_outage_matrix

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -117,13 +119,16 @@ def test_train_diffusion_then_generate_then_score_fidelity(tiny_prepared):
                 f"train.dataset={dataset}",
                 f"generate.reference_checkpoint={storage.uri('reference')}",
                 "generate.fidelity_threshold=0.0",
+                "generate.fidelity_keep_fraction=0.5",
             ],
         )
     )
     assert {r["class"] for r in scored["fidelity"]} == set(first["per_class"])
     assert all(r["auroc"] is None or 0.0 <= r["auroc"] <= 1.0 for r in scored["fidelity"])
-    assert scored["filtered"]["kept"] == scored["filtered"]["of"] == first["images"]  # threshold 0 keeps all
-    assert storage.manifest(run_dir("gen", "synthetic_filtered")) is not None
+    # threshold 0 passes every image; the keep fraction then keeps the better-scoring half of each class
+    assert scored["filtered"]["of"] == first["images"]
+    assert scored["filtered"]["kept"] == sum(math.ceil(n / 2) for n in first["per_class"].values())
+    assert storage.manifest(run_dir("gen", "synthetic_filtered"))["fidelity_keep_fraction"] == 0.5
 
 
 @pytest.mark.slow
@@ -136,6 +141,34 @@ def test_generate_fails_fast_without_gpus(tiny_prepared):
     )
     with pytest.raises(ValueError, match=r"generate.num_gpus.*0 GPUs.*ray.autoscaling"):
         run_generate(cfg)
+
+
+def test_fidelity_keep_threshold_fraction_and_both():
+    from trcgl.diffusion.fidelity import fidelity_keep
+
+    scores = np.array([0.30, 0.01, 0.20, 0.02, 0.03, 0.50, 0.40])
+    targets = ["a", "a", "a", "b", "b", "b", "c"]
+    assert fidelity_keep(scores, targets).all()
+    assert fidelity_keep(scores, targets, threshold=0.1).tolist() == [1, 0, 1, 0, 0, 1, 1]
+    # half of 3 rounds up to 2 (the two best of a and of b); c's single image is kept
+    assert fidelity_keep(scores, targets, keep_fraction=0.5).tolist() == [1, 0, 1, 0, 1, 1, 1]
+    # both bars: b's second-best (0.03) is in its top half but under the threshold
+    assert fidelity_keep(scores, targets, threshold=0.1, keep_fraction=0.5).tolist() == [1, 0, 1, 0, 0, 1, 1]
+    assert fidelity_keep(scores, targets, keep_fraction=1.0).all()
+    # ties keep the earlier image
+    assert fidelity_keep(np.array([0.1, 0.1]), ["a", "a"], keep_fraction=0.5).tolist() == [1, 0]
+
+
+def test_fidelity_keep_fraction_is_checked_and_makes_the_filtered_folder():
+    from trcgl.ablation import check_ablation
+    from trcgl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generate\.fidelity_keep_fraction.*got 1\.5"):
+        load_config("tiny", ["generate.fidelity_keep_fraction=1.5"])
+    overrides = ["ablation.rows={f: {extra: synthetic_filtered}}", "ablation.baseline=f"]
+    with pytest.raises(ConfigError, match="fidelity_keep_fraction"):
+        check_ablation(load_config("tiny", overrides + ["generate.fidelity_threshold=null"]))
+    check_ablation(load_config("tiny", overrides + ["generate.fidelity_keep_fraction=0.5"]))
 
 
 def test_fidelity_table_auroc():

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trcgl import ablation_table as at
-from trcgl.config import Config, ConfigError, apply_overrides, config_hash
+from trcgl.config import Config, ConfigError, apply_overrides, config_hash, filters_fidelity
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo
 
@@ -134,11 +134,11 @@ def check_ablation(cfg: Config) -> None:
         slugs[slug] = name
         for seed in cfg.ablation.seeds:
             row_config(cfg, name, seed, (cfg.ablation.aug_ratio_tail, cfg.ablation.aug_ratio_medium))
-    if "synthetic_filtered" in needs_generation(cfg) and cfg.generate.fidelity_threshold is None:
+    if "synthetic_filtered" in needs_generation(cfg) and not filters_fidelity(cfg):
         users = [n for n, r in cfg.ablation.rows.items() if row_extra(r) == "synthetic_filtered"]
         raise ConfigError(
-            f"config key 'ablation.rows.{users[0]}.extra' is synthetic_filtered but generate.fidelity_threshold is "
-            "null, so nothing makes that folder: set a threshold or change the row"
+            f"config key 'ablation.rows.{users[0]}.extra' is synthetic_filtered but generate.fidelity_threshold and "
+            "generate.fidelity_keep_fraction are null, so nothing makes that folder: set one or change the row"
         )
 
 

@@ -234,6 +234,9 @@ class GenerateConfig:
     seed: int = 0
     reference_checkpoint: str | None = None  # classifier checkpoint scoring fidelity; None: the run's classifier/best
     fidelity_threshold: float | None = None  # keep synthetic images whose target-class score reaches this
+    # keep this fraction of each class's synthetic images, the highest-scoring ones (relative, so it never keeps none
+    # when the reference scores a rare class low); with fidelity_threshold as well, both apply
+    fidelity_keep_fraction: float | None = None
     grid_examples: int = 8  # synthetic and real examples per class in the sample grids
 
 
@@ -534,6 +537,11 @@ def apply_overrides(cfg: Config, values: dict[str, Any], origin: str) -> Config:
     return out
 
 
+def filters_fidelity(cfg: Config) -> bool:
+    """Whether ``jobs.generate`` also writes ``synthetic_filtered/`` (a fidelity threshold or keep fraction is set)."""
+    return cfg.generate.fidelity_threshold is not None or cfg.generate.fidelity_keep_fraction is not None
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     d = cfg.data
@@ -570,6 +578,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'storage.s3_client' must be s3fs or pyarrow, got {cfg.storage.s3_client!r}")
     if cfg.storage.retries < 1:
         raise ConfigError(f"config key 'storage.retries' must be >= 1, got {cfg.storage.retries}")
+    kf = cfg.generate.fidelity_keep_fraction
+    if kf is not None and not 0 < kf <= 1:
+        raise ConfigError(f"config key 'generate.fidelity_keep_fraction' must be in (0, 1] or null, got {kf}")
     sw = cfg.sweep
     if cfg.train.extra_source not in ("synthetic", "real"):
         raise ConfigError(f"config key 'train.extra_source' must be synthetic or real, got {cfg.train.extra_source!r}")

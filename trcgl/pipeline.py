@@ -7,7 +7,8 @@ Stages of run ``R`` (``train.run``), all under ``{root}/runs/R/``:
 3. ``baseline`` → ``baseline/classifier/``: the plain reference (``pipeline.baseline`` overrides: no synthetic data,
    no GCN), trained the same way as the best config. Trained before generation because it is also the reference
    classifier that scores the synthetic images' fidelity.
-4. ``generate`` → ``synthetic/`` (and ``synthetic_filtered/`` with ``generate.fidelity_threshold``).
+4. ``generate`` → ``synthetic/`` (and ``synthetic_filtered/`` with ``generate.fidelity_threshold`` or
+   ``generate.fidelity_keep_fraction``).
 5. ``sweep`` → ``sweep/`` (Ray Tune + Optuna + ASHA); with ``sweep.enabled=false`` the config is trained as is.
 6. ``final`` → ``final/classifier/``: the best config trained for ``pipeline.final_epochs`` (the best trial itself is
    reused when it already ran those epochs to the end: retraining it with the same seed would repeat it).
@@ -26,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from trcgl.config import Config, ConfigError, apply_overrides, config_hash, dump_yaml, from_dict
+from trcgl.config import Config, ConfigError, apply_overrides, config_hash, dump_yaml, filters_fidelity, from_dict
 from trcgl.pipeline_report import METRICS
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import resolve_dataset_name
@@ -87,10 +88,11 @@ def check_pipeline(cfg: Config) -> None:
             draws synthetic data while diffusion is off.
     """
     folders = searched_folders(cfg.sweep.space) if cfg.sweep.enabled else []
-    if "synthetic_filtered" in folders and cfg.generate.fidelity_threshold is None:
+    if "synthetic_filtered" in folders and not filters_fidelity(cfg):
         raise ConfigError(
             "config key 'sweep.space.synthetic_set' draws from synthetic_filtered but generate.fidelity_threshold "
-            "is null, so nothing makes it: set a threshold or drop synthetic_filtered from the space"
+            "and generate.fidelity_keep_fraction are null, so nothing makes it: set one or drop synthetic_filtered "
+            "from the space"
         )
     if folders and not cfg.pipeline.diffusion:
         raise ConfigError(

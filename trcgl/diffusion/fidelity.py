@@ -62,6 +62,39 @@ def fidelity_table(
     return pd.DataFrame(rows)
 
 
+def fidelity_keep(
+    target_scores: np.ndarray,
+    targets: Sequence[str],
+    threshold: float | None = None,
+    keep_fraction: float | None = None,
+) -> np.ndarray:
+    """Which synthetic images pass the fidelity filter.
+
+    Args:
+        target_scores: (M,) the reference classifier's score of each image for the class it was made for.
+        targets: (M,) that class.
+        threshold: keep images scoring at least this (None: no absolute bar).
+        keep_fraction: keep the ceil(fraction * n) highest-scoring of each class's n images, ties broken by order
+            (None: no relative bar). With both, an image must pass both.
+
+    Returns:
+        (M,) bool mask.
+    """
+    scores = np.asarray(target_scores, dtype=np.float64)
+    keep = np.ones(len(scores), dtype=bool)
+    if threshold is not None:
+        keep &= scores >= threshold
+    if keep_fraction is not None:
+        targets = np.asarray(targets)
+        top = np.zeros(len(scores), dtype=bool)
+        for cls in set(targets.tolist()):
+            idx = np.flatnonzero(targets == cls)
+            n = int(np.ceil(keep_fraction * len(idx) - 1e-9))
+            top[idx[np.argsort(-scores[idx], kind="stable")[:n]]] = True
+        keep &= top
+    return keep
+
+
 def sample_grid(cls: str, synthetic: Sequence[np.ndarray], real: Sequence[np.ndarray]) -> bytes:
     """PNG bytes: a row of synthetic images for ``cls`` above a row of real positives of ``cls``."""
     buf = io.BytesIO()

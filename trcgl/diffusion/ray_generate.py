@@ -19,7 +19,7 @@ import ray
 
 from trcgl.config import Config, to_dict
 from trcgl.data.images import decode_prepared
-from trcgl.diffusion.fidelity import fidelity_table, sample_grid
+from trcgl.diffusion.fidelity import fidelity_keep, fidelity_table, sample_grid
 from trcgl.diffusion.plan import Generator, make_plan, output_schema, part_payloads, read_train_rows
 from trcgl.ray_runtime import check_gpus
 from trcgl.storage import Storage, run_dir
@@ -120,7 +120,8 @@ def _real_positives(storage: Storage, info: DatasetInfo, k: int, n: int) -> list
 def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir: str) -> dict:
     """Writes a sample grid per generated class and, with a reference classifier, the fidelity table.
 
-    With ``generate.fidelity_threshold`` the rows whose target-class score reaches it are also written, as a
+    With ``generate.fidelity_threshold`` (rows whose target-class score reaches it) and/or
+    ``generate.fidelity_keep_fraction`` (each class's highest-scoring fraction) the rows passing are also written, as a
     published folder, to ``{root}/runs/{run}/synthetic_filtered/``.
     """
     parts = [storage.path(p) for p in storage.list_files(out_dir) if "/part-" in p]
@@ -159,11 +160,12 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
     )
     records = table.astype(object).where(table.notna(), None).to_dict(orient="records")  # None, never NaN
     result = {"grids": grids, "fidelity": records, "reference": reference}
-    thr = cfg.generate.fidelity_threshold
-    if thr is not None:
+    thr, frac = cfg.generate.fidelity_threshold, cfg.generate.fidelity_keep_fraction
+    if thr is not None or frac is not None:
         target_idx = [info.classes.index(c) for c in syn["target_class"]]
         score = np.stack(syn_scored["scores"].to_numpy())[np.arange(len(syn)), target_idx]
-        keep = syn[score >= thr].drop(columns=[c for c in ("__index_level_0__",) if c in syn])
+        mask = fidelity_keep(score, syn["target_class"].to_numpy(), thr, frac)
+        keep = syn[mask].drop(columns=[c for c in ("__index_level_0__",) if c in syn])
         filtered = run_dir(cfg.train.run, "synthetic_filtered")
         storage.write_parquet(
             posixpath.join(filtered, "part-00000.parquet"),
@@ -171,6 +173,9 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
                 keep.reset_index(drop=True), schema=output_schema(info.num_classes), preserve_index=False
             ),
         )
-        storage.publish(filtered, {"stage": "generate", "fidelity_threshold": thr, "reference": reference})
+        storage.publish(
+            filtered,
+            {"stage": "generate", "fidelity_threshold": thr, "fidelity_keep_fraction": frac, "reference": reference},
+        )
         result["filtered"] = {"kept": int(len(keep)), "of": int(len(syn)), "folder": storage.uri(filtered)}
     return result

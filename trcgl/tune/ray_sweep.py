@@ -98,7 +98,9 @@ def sweep_base(cfg: Config, storage: Storage) -> Config:
     for folder in searched_folders(cfg.sweep.space):
         rel = run_dir(cfg.train.run, folder)
         if storage.manifest(rel) is None:
-            hint = " with generate.fidelity_threshold set" if folder == "synthetic_filtered" else ""
+            hint = ""
+            if folder == "synthetic_filtered":
+                hint = " with generate.fidelity_threshold or fidelity_keep_fraction set"
             raise ConfigError(
                 f"config key 'sweep.space.{SYNTHETIC_SET}' draws from {storage.uri(rel)!r}, which has no manifest: "
                 f"run jobs.generate for run {cfg.train.run!r}{hint} first, or drop {folder!r} from the space"

@@ -94,6 +94,29 @@ def tiny_prepared(tiny_synth: dict) -> tuple[str, str]:
     return tiny_synth["root"], report["dataset"]
 
 
+@pytest.fixture(scope="session")
+def tiny_diffusion(tiny_prepared: tuple[str, str]) -> dict[str, Any]:
+    """A tiny diffusion model trained once per session, for the tests that need a trained one: the fault-free
+    reference of fault scenario 1 (its configuration, :func:`trcgl.faults.ray_worker_kill.fault_overrides`), also the
+    generator of scenario 3, the generate and fidelity test and the autoscaling tests.
+
+    Returns:
+        root, dataset, result (``run_train_diffusion``'s) and model (its URI, for ``generate.model``).
+    """
+    from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
+
+    root, dataset = tiny_prepared
+    result = reference_run(Path(root), dataset, "diffusion", REFERENCE_EPOCHS)
+    return {"root": root, "dataset": dataset, "result": result, "model": result["model"]}
+
+
+@pytest.fixture(scope="session")
+def fault_runs() -> dict[str, Any]:
+    """Runs one fault scenario leaves for another to reuse (scenario 2's fresh classifier run is scenario 1's
+    fault-free reference); a scenario that finds nothing here trains its own."""
+    return {}
+
+
 @pytest.fixture()
 def record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
     """``record(figures)``: the fault suite keeps a scenario's figures under the test's id (in the file named by

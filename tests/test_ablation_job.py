@@ -116,7 +116,7 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
         assert path.stat().st_mtime == mtime, path
     out = Path(root) / "runs" / "abl" / "ablation"
     table = pd.read_parquet(out / "table.parquet")
-    assert list(table["name"]) == ["backbone + BCE", "+ re-sampling", "ML-GCN"]
+    assert list(table["name"]) == ["backbone + BCE", "+ re-sampling + GCN"]
     for m in ("mAP", "mAUC", "tail_mAP"):
         assert table[m].between(0, 1).all(), table[[m]]
         assert (table[f"{m}_lo"] <= table[f"{m}_hi"]).all() and table[f"{m}_lo"].notna().all()
@@ -124,19 +124,19 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     assert (base["d_mAP"], base["d_mAP_lo"], base["d_mAP_hi"]) == (0.0, 0.0, 0.0)
     others = table[table["name"] != "backbone + BCE"]
     assert others["d_mAP_lo"].notna().all() and (others["d_mAP_lo"] <= others["d_mAP_hi"]).all()
-    resampled = table.set_index("name").loc["+ re-sampling"]
+    resampled = table.set_index("name").loc["+ re-sampling + GCN"]
     assert resampled["extra"] == "real" and resampled["extra_rows"] > 0 and base["extra_rows"] == 0
     md = (out / "table.md").read_text()
     assert all(f"| {name} |" in md for name in table["name"]) and "bootstrap" in md
     for png in ("heatmap.png", "tail_map.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "_manifest.json").read_text())["rows"] == 3
+    assert json.loads((out / "_manifest.json").read_text())["rows"] == 2
     # each row trained exactly once: one classifier run folder per row and seed
     assert sorted(p.parts[-4] for p in rows_dir.glob("*/seed0/classifier/summary.json")) == sorted(
-        ["backbone_bce", "re_sampling", "ml_gcn"]
+        ["backbone_bce", "re_sampling_gcn"]
     )
     # the re-sampled copies are real train rows repeated, seen in the run's mix
-    mix = json.loads((rows_dir / "re_sampling" / "seed0" / "classifier" / "summary.json").read_text())["train_rows"]
+    mix = json.loads((rows_dir / "re_sampling_gcn" / "seed0" / "classifier" / "summary.json").read_text())["train_rows"]
     assert mix["resampled"] == resampled["extra_rows"] and mix["synthetic"] == 0
     from trcgl.pipeline_report import ablation_section
     from trcgl.report_html import Table

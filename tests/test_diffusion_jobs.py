@@ -11,6 +11,7 @@ import pytest
 
 from trcgl.config import GenerateConfig, load_config
 from trcgl.diffusion.plan import Generator, make_plan, part_payloads
+from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo
 
@@ -77,16 +78,27 @@ def test_generator_class_called_directly(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_diffusion_then_generate_then_score_fidelity(tiny_prepared):
-    from trcgl.diffusion.ray_diffusion import run_train_diffusion
+def test_train_diffusion_then_generate_then_score_fidelity(tiny_diffusion):
     from trcgl.diffusion.ray_generate import run_generate
 
-    root, dataset = tiny_prepared
-    cfg = load_config("tiny", [f"storage.root={root}", "train.run=gen", f"train.dataset={dataset}"])
-    trained = run_train_diffusion(cfg)
+    root, dataset, trained = tiny_diffusion["root"], tiny_diffusion["dataset"], tiny_diffusion["result"]
     storage = Storage(root)
-    assert storage.manifest(f"{run_dir('gen', 'diffusion')}/model") is not None
+    # the session's diffusion model (run_train_diffusion, 2 epochs): published, finite loss, one entry per epoch
+    assert storage.manifest(f"{run_dir(trained['run'], 'diffusion')}/model") is not None
     assert trained["last_loss"] is not None and np.isfinite(trained["last_loss"])
+    history = storage.read_json(f"{run_dir(trained['run'], 'diffusion')}/history.json")
+    assert [h["epoch"] for h in history] == list(range(REFERENCE_EPOCHS)) and all(
+        np.isfinite(h["loss"]) for h in history
+    )
+    cfg = load_config(
+        "tiny",
+        [
+            f"storage.root={root}",
+            "train.run=gen",
+            f"train.dataset={dataset}",
+            f"generate.model={tiny_diffusion['model']}",
+        ],
+    )
     first = run_generate(cfg)
     out = run_dir("gen", "synthetic")
     parts = [f for f in storage.list_files(out) if "/part-" in f]
@@ -117,6 +129,7 @@ def test_train_diffusion_then_generate_then_score_fidelity(tiny_prepared):
                 f"storage.root={root}",
                 "train.run=gen",
                 f"train.dataset={dataset}",
+                f"generate.model={tiny_diffusion['model']}",
                 f"generate.reference_checkpoint={storage.uri('reference')}",
                 "generate.fidelity_threshold=0.0",
                 "generate.fidelity_keep_fraction=0.5",

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from trcgl.config import StorageConfig
 from trcgl.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -47,21 +46,6 @@ def test_prepare_command_renders_and_prepares_in_its_own_ray(tmp_path):
     assert any(
         f.startswith("sources/padchest-synth") and f.endswith("_manifest.json") for f in storage.list_files("sources")
     )
-
-
-def test_prepare_command_on_s3(ray_local, s3_endpoint, s3_bucket):
-    from jobs.prepare import main
-
-    root = f"s3://{s3_bucket}/trcgl"
-    code = main(["--config", "tiny", "--set", f"storage.root={root}", f"storage.endpoint_url={s3_endpoint}"])
-    assert code == 0
-    storage = Storage(root, StorageConfig(endpoint_url=s3_endpoint))
-    datasets = [f for f in storage.list_files("datasets") if f.endswith("_manifest.json")]
-    assert len(datasets) == 1
-    manifest = storage.read_json(datasets[0])
-    assert {"labels.json", "cooccurrence.parquet", "prepare_report.json"} <= set(manifest["files"])
-    config_text = storage.read_bytes(datasets[0].replace("_manifest.json", "config.yaml")).decode()
-    assert "testing" not in config_text  # credentials from the environment never reach saved configs
 
 
 def test_config_error_exits_2_naming_the_key(caplog):

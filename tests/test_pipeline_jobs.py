@@ -122,6 +122,17 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
     assert len(board) == 1  # a 1-trial sweep keeps CI short; tests/faults kills and resumes a 2-trial sweep
     assert storage.manifest("runs/tiny/synthetic") is not None
     assert storage.manifest("runs/tiny/synthetic_filtered") is not None
+    # prepare and training on S3 (what the separate prepare-on-S3 and train-on-S3 tests checked before)
+    datasets = [f for f in storage.list_files("datasets") if f.endswith("_manifest.json")]
+    assert len(datasets) == 1
+    assert {"labels.json", "cooccurrence.parquet", "prepare_report.json"} <= set(
+        storage.read_json(datasets[0])["files"]
+    )
+    config_text = storage.read_bytes(datasets[0].replace("_manifest.json", "config.yaml")).decode()
+    assert "testing" not in config_text  # credentials from the environment never reach saved configs
+    baseline = storage.list_files("runs/tiny/baseline/classifier")
+    assert "runs/tiny/baseline/classifier/best/model.pt" in baseline
+    assert any(f.startswith("runs/tiny/baseline/classifier/checkpoint_") and f.endswith("model.pt") for f in baseline)
 
     html = dest / "report.html"
     assert html.exists()

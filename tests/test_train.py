@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from trcgl.config import AugmentConfig, StorageConfig, TrainConfig, load_config
+from trcgl.config import AugmentConfig, TrainConfig, load_config
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, augment, choose_resampled, choose_synthetic, lr_factor
 
@@ -137,29 +137,3 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     assert again["mAUC"] == pytest.approx(metrics["mAUC"], abs=1e-9)
     table = pa.parquet.read_table(storage.path(f"{run_dir('t1', 'classifier')}/per_class.parquet")).to_pandas()
     assert set(table["status"]) <= {"ok", "no_positives", "no_negatives"}
-
-
-@pytest.mark.slow
-def test_train_on_s3(tiny_prepared, s3_endpoint, s3_bucket):
-    from trcgl.train.ray_train import run_training
-
-    root, dataset = tiny_prepared
-    local, s3_root = Storage(root), f"s3://{s3_bucket}/trcgl"
-    remote = Storage(s3_root, StorageConfig(endpoint_url=s3_endpoint))
-    for f in local.list_files(f"datasets/{dataset}"):  # the prepared dataset, copied to the S3 server
-        remote.write_bytes(f, local.read_bytes(f))
-    cfg = load_config(
-        "tiny",
-        [
-            f"storage.root={s3_root}",
-            f"storage.endpoint_url={s3_endpoint}",
-            "train.run=s3",
-            f"train.dataset={dataset}",
-            "train.epochs=1",
-        ],
-    )
-    summary = run_training(cfg)
-    assert summary["best_checkpoint"].startswith("s3://")
-    files = remote.list_files("runs/s3")
-    assert "runs/s3/classifier/metrics.json" in files and "runs/s3/classifier/best/model.pt" in files
-    assert any(f.startswith("runs/s3/classifier/checkpoint_") and f.endswith("model.pt") for f in files)

@@ -12,10 +12,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
 def test_killed_generation_ends_with_exactly_the_planned_images_byte_identical(
-    tiny_prepared, tmp_path: Path, record
+    tiny_diffusion: dict, tmp_path: Path, record
 ) -> None:
-    root, dataset = tiny_prepared
-    f = record(generation_kill(Path(root), dataset, tmp_path))
+    root, dataset = tiny_diffusion["root"], tiny_diffusion["dataset"]
+    f = record(generation_kill(Path(root), dataset, tmp_path, model=tiny_diffusion["model"]))
     assert f["reruns_rc"] == [0, 0], f.get("rerun_log")
     assert 0 < f["killed_after_images"] < f["planned"], f  # killed part-way
     assert f["images"] == f["planned"] and f["duplicates"] == 0 and f["missing"] == 0, f

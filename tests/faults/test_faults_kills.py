@@ -8,18 +8,24 @@ import pytest
 
 from trcgl.faults.bad_inputs import corrupt_inputs
 from trcgl.faults.kills import classifier_driver_kill, sweep_driver_kill
+from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
-def test_killed_classifier_driver_resumes_and_other_run_starts_fresh(tiny_prepared, tmp_path: Path, record) -> None:
+def test_killed_classifier_driver_resumes_and_other_run_starts_fresh(
+    tiny_prepared, tmp_path: Path, record, fault_runs: dict
+) -> None:
     root, dataset = tiny_prepared
-    f = record(classifier_driver_kill(Path(root), dataset, tmp_path, epochs=3))
+    figures = classifier_driver_kill(Path(root), dataset, tmp_path, epochs=REFERENCE_EPOCHS)
+    fault_runs["classifier_reference"] = figures.pop("fresh_result")  # scenario 1's fault-free reference
+    f = record(figures)
     assert f["rerun_rc"] == 0, f["rerun_log"]
     assert f["resumed_at_or_after_checkpoint"], f  # not from scratch: at or after the last registered checkpoint
-    assert f["epochs"] == 3 and f["epochs_unique"], f  # every epoch once, none repeated after the resume
+    assert f["epochs"] == REFERENCE_EPOCHS and f["epochs_unique"], f  # every epoch once, none repeated after resume
     assert f["rows_ok"], f  # each epoch saw each train row exactly once (count and id checksum over workers)
-    assert f["fresh_rc"] == 0 and f["fresh_start_epoch"] == 0, f  # another run name does not pick it up
+    # another run name does not pick the killed run up: it starts at epoch 0 and trains every epoch
+    assert f["fresh_start_epoch"] == 0 and f["fresh_epochs"] == list(range(REFERENCE_EPOCHS)), f
 
 
 def test_killed_sweep_resumes_without_duplicates(tiny_prepared, tmp_path: Path, record) -> None:

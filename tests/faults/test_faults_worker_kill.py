@@ -6,15 +6,24 @@ from pathlib import Path
 
 import pytest
 
-from trcgl.faults.ray_worker_kill import train_worker_kill
+from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS, train_worker_kill
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
 @pytest.mark.parametrize("stage", ["classifier", "diffusion"])
-def test_killed_train_worker_recovers_from_a_registered_checkpoint(tiny_prepared, stage: str, record) -> None:
+def test_killed_train_worker_recovers_from_a_registered_checkpoint(
+    tiny_prepared, stage: str, record, request: pytest.FixtureRequest, fault_runs: dict
+) -> None:
     root, dataset = tiny_prepared
-    f = record(train_worker_kill(Path(root), dataset, stage, epochs=2))
+    # the fault-free reference: the session's shared diffusion model, or scenario 2's fresh classifier run when it
+    # ran first (same configuration by construction); else train_worker_kill trains one
+    reference = (
+        request.getfixturevalue("tiny_diffusion")["result"]
+        if stage == "diffusion"
+        else fault_runs.get("classifier_reference")
+    )
+    f = record(train_worker_kill(Path(root), dataset, stage, epochs=REFERENCE_EPOCHS, reference=reference))
     assert f["completed"] and f["error"] is None, f
     assert f["recovery_s"] is not None, f  # a new worker group came up
     # resumed from at least the last registered checkpoint (whether that was the latest reported epoch is a figure:

@@ -76,24 +76,36 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
         ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
     dataset = _prepare_tiny(root)
     log.info("tiny dataset %s ready in %.0f s", dataset, time.perf_counter() - t0)
-    if 1 in only:
-        from trcgl.faults.ray_worker_kill import train_worker_kill
+    from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
 
-        for stage in ("classifier", "diffusion"):
-            say(_line(1, f"train worker kill/{stage[:4]}", _fmt_worker(train_worker_kill(root, dataset, stage, 2))))
-    if 2 in only:
+    # one fault-free diffusion model: scenario 1's reference and scenario 3's generator (as in the test suite)
+    diffusion = reference_run(root, dataset, "diffusion", REFERENCE_EPOCHS) if only & {1, 3} else None
+    classifier_reference = None
+    if 2 in only:  # before 1: its fresh run under another name is scenario 1's classifier reference
         from trcgl.faults.kills import classifier_driver_kill
 
-        f = classifier_driver_kill(root, dataset, workdir / "s2", epochs=3) if _mk(workdir / "s2") else {}
+        f = (
+            classifier_driver_kill(root, dataset, workdir / "s2", epochs=REFERENCE_EPOCHS)
+            if _mk(workdir / "s2")
+            else {}
+        )
+        classifier_reference = f.pop("fresh_result")
         say(_line(2, "classifier driver kill",
                   f"killed at {f['killed_at_s']} s (registered checkpoint: epoch {f['last_registered']}, reported "
                   f"{f['reported']}); rerun rc {f['rerun_rc']} resumed at epoch {f['resumed_from']} (at/after the "
                   f"checkpoint: {f['resumed_at_or_after_checkpoint']}); epochs once: {f['epochs_unique']}; rows once: "
                   f"{f['rows_ok']}; another run name starts at epoch {f['fresh_start_epoch']}"))  # fmt: skip
+    if 1 in only:
+        from trcgl.faults.ray_worker_kill import train_worker_kill
+
+        for stage, ref in (("classifier", classifier_reference), ("diffusion", diffusion)):
+            f = train_worker_kill(root, dataset, stage, REFERENCE_EPOCHS, reference=ref)
+            say(_line(1, f"train worker kill/{stage[:4]}", _fmt_worker(f)))
     if 3 in only:
         from trcgl.faults.generation_kill import generation_kill
 
-        f = generation_kill(root, dataset, workdir / "s3") if _mk(workdir / "s3") else {}
+        model = diffusion["model"] if diffusion else None
+        f = generation_kill(root, dataset, workdir / "s3", model=model) if _mk(workdir / "s3") else {}
         say(_line(3, "generation kill",
                   f"killed after {f['killed_after_images']} of {f['planned']} images; after 2 reruns (rc "
                   f"{f['reruns_rc']}): {f['images']} images, {f['duplicates']} duplicates, {f['missing']} missing; "

@@ -120,17 +120,23 @@ def epochs_saw_each_row_once(history: list[dict[str, Any]], ids: list[str], work
     return bool(history)
 
 
-def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int = 3) -> dict[str, Any]:
+def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int = 2) -> dict[str, Any]:
     """Scenario 2: ``jobs.train_classifier`` killed (driver and its local Ray) after its first registered
-    checkpoint, the same command run again, then a different run name.
+    checkpoint, the same command run again, then a different run name trained on the current Ray.
+
+    The different run has the configuration of scenario 1's fault-free classifier reference
+    (:func:`trcgl.faults.ray_worker_kill.reference_run`, same ``epochs``), so that scenario can reuse it: its result
+    is ``fresh_result`` (callers pop it before recording the figures).
 
     Returns:
         Figures: ``killed_at_s``, ``last_registered`` (epoch of the newest registered checkpoint at the kill),
         ``reported`` (epochs rank 0 had reported), ``resumed_from`` (first epoch the rerun trained; -1 if it did
         not train), ``resumed_at_or_after_checkpoint``, ``epochs`` (epochs in the final history, each once?
         ``epochs_unique``), ``rows_ok`` (every epoch saw each train row once: :func:`epochs_saw_each_row_once`),
-        ``rerun_rc``, ``fresh_start_epoch`` (the other run name's first epoch: 0 = started fresh).
+        ``rerun_rc``, ``fresh_start_epoch`` (the other run's first epoch: 0 = started fresh), ``fresh_epochs``.
     """
+    from trcgl.faults.ray_worker_kill import reference_run
+
     run = "kill-driver"
     base = [sys.executable, "-m", "jobs.train_classifier", "--config", "tiny", "--set", f"storage.root={root}",
             f"train.dataset={dataset}", f"train.epochs={epochs}", "train.bootstrap=10"]  # fmt: skip
@@ -144,8 +150,9 @@ def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int 
     resumed = [int(h.get("start_epoch", 0)) for h in history if int(h.get("start_epoch", 0)) > 0]
     resumed_from = min(resumed) if resumed else (0 if history else -1)
     rows_ok = epochs_saw_each_row_once(history, train_ids(root, dataset), 2)  # tiny: 2 Train workers
-    fresh = run_job([*base, "train.run=kill-driver-other", "train.epochs=1"])
-    fresh_history = _history(root / "runs" / "kill-driver-other" / "classifier")
+    fresh_run = "kill-driver-other"
+    fresh = reference_run(root, dataset, "classifier", epochs, run=fresh_run)
+    fresh_history = _history(root / "runs" / fresh_run / "classifier")
     figures = {
         "killed_at_s": round(killed_at, 1),
         "last_registered": last_registered,
@@ -158,10 +165,11 @@ def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int 
         "rows_ok": rows_ok,
         "rerun_rc": rerun.returncode,
         "rerun_log": (rerun.stdout + rerun.stderr)[-1500:] if rerun.returncode else "",
-        "fresh_rc": fresh.returncode,
         "fresh_start_epoch": int(fresh_history[0].get("start_epoch", -1)) if fresh_history else -1,
+        "fresh_epochs": [int(h["epoch"]) for h in fresh_history],
+        "fresh_result": fresh,
     }
-    log.info("classifier driver kill: %s", {k: v for k, v in figures.items() if k != "rerun_log"})
+    log.info("classifier driver kill: %s", {k: v for k, v in figures.items() if k not in ("rerun_log", "fresh_result")})
     return figures
 
 
@@ -178,7 +186,7 @@ def sweep_driver_kill(root: Path, workdir: Path, trials: int = 2) -> dict[str, A
     space = ("sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
              "model.gcn: {type: choice, values: [true, false]}}")  # fmt: skip
     cmd = [sys.executable, "-m", "jobs.sweep", "--config", "tiny", "--set", f"storage.root={root}",
-           "train.run=kill-sweep", f"sweep.num_samples={trials}", "train.epochs=2", "sweep.scheduler=asha",
+           "train.run=kill-sweep", f"sweep.num_samples={trials}", "train.epochs=1", "sweep.scheduler=asha",
            "train.bootstrap=10", space]  # fmt: skip
     folder = root / "runs" / "kill-sweep" / "sweep"
     killed_at = kill_when(

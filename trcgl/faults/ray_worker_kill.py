@@ -23,6 +23,8 @@ from trcgl.config import load_config
 
 log = logging.getLogger(__name__)
 
+REFERENCE_EPOCHS = 2  # epochs of the suite's and the benchmark's scenario 1 runs (and so of shared references)
+
 
 def _registered(folder: Path) -> list[int]:
     snapshot = folder / "checkpoint_manager_snapshot.json"
@@ -67,11 +69,34 @@ def _final(stage: str, out: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
+def fault_overrides(root: Path, dataset: str, stage: str, epochs: int) -> list[str]:
+    """The config overrides (run name aside) of the faulted run and of its fault-free reference: one function, so a
+    reference trained elsewhere (a test fixture's) is the same configuration by construction."""
+    common = [f"storage.root={root}", f"train.dataset={dataset}", "train.max_failures=2", "train.bootstrap=10"]
+    common.append(f"train.epochs={epochs}" if stage == "classifier" else f"diffusion.epochs={epochs}")
+    return common
+
+
+def reference_run(root: Path, dataset: str, stage: str, epochs: int, run: str | None = None) -> dict[str, Any]:
+    """Trains the fault-free reference of :func:`train_worker_kill` (run ``worker-kill-{stage}-no-fault`` unless
+    ``run`` names another) and returns the training job's result."""
+    return _run(
+        stage, [*fault_overrides(root, dataset, stage, epochs), f"train.run={run or f'worker-kill-{stage}-no-fault'}"]
+    )
+
+
 def train_worker_kill(
-    root: Path, dataset: str, stage: str, epochs: int = 3, kill_delay_s: float = 1.0, timeout_s: float = 600.0
+    root: Path,
+    dataset: str,
+    stage: str,
+    epochs: int = 3,
+    kill_delay_s: float = 1.0,
+    timeout_s: float = 600.0,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Kills one Train worker mid-epoch in ``stage`` ("classifier" or "diffusion") training; trains the same config
-    without a fault under another run name for comparison.
+    """Kills one Train worker mid-epoch in ``stage`` ("classifier" or "diffusion") training; compares with the same
+    config trained without a fault under another run name (``reference``: that run's result when it was already
+    trained with :func:`fault_overrides`' config, else trained here).
 
     Returns:
         Figures: ``completed``, ``error``, ``killed_after_epoch`` (the newest registered checkpoint's epoch at the
@@ -88,8 +113,7 @@ def train_worker_kill(
     if stage not in ("classifier", "diffusion"):
         raise ValueError(f"stage must be classifier or diffusion, got {stage!r}")
     run = f"worker-kill-{stage}"
-    common = [f"storage.root={root}", f"train.dataset={dataset}", "train.max_failures=2", "train.bootstrap=10"]
-    common.append(f"train.epochs={epochs}" if stage == "classifier" else f"diffusion.epochs={epochs}")
+    common = fault_overrides(root, dataset, stage, epochs)
     folder = root / "runs" / run / stage
     out: dict[str, Any] = {}
 
@@ -132,7 +156,9 @@ def train_worker_kill(
     cfg = load_config("tiny", [*common, f"train.run={run}"])
     weights = None if stage == "classifier" else dict(cfg.diffusion.group_weights)
     rows_ok = epochs_saw_each_row_once(history, train_ids(root, dataset, weights), cfg.train.num_workers)
-    reference = _run(stage, [*common, f"train.run={run}-no-fault"])
+    reference_shared = reference is not None
+    if reference is None:
+        reference = reference_run(root, dataset, stage, epochs)
     figures = {
         "stage": stage,
         "completed": "result" in out and not thread.is_alive(),
@@ -147,6 +173,7 @@ def train_worker_kill(
         "rows_ok": rows_ok,
         "final": _final(stage, out["result"]) if "result" in out else None,
         "final_no_fault": _final(stage, reference),
+        "reference_shared": reference_shared,
         "seconds": round(seconds, 1),
     }
     log.info("train worker kill: %s", figures)

@@ -146,7 +146,7 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
         )
         return {"grids": grids, "fidelity": None}
     ds = ray.data.read_parquet(parts, filesystem=storage.pyarrow_fs, columns=["image_id", "image", "labels"])
-    syn_scored = score_rows(cfg, reference, ds).set_index("image_id").loc[syn["image_id"]]
+    syn_scored = score_rows(cfg, reference, ds, rows=len(syn)).set_index("image_id").loc[syn["image_id"]]
     real = predict_split(cfg, reference, info, "val")
     table = fidelity_table(
         info.classes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 
 import numpy as np
@@ -20,16 +21,26 @@ from trcgl.train.predict import Predictor
 log = logging.getLogger(__name__)
 
 
-def score_rows(cfg: Config, checkpoint_uri: str, ds: ray.data.Dataset) -> pd.DataFrame:
+ROWS_PER_ACTOR = 512  # a predictor actor loads the model once: not worth it for fewer rows than this
+
+
+def score_rows(cfg: Config, checkpoint_uri: str, ds: ray.data.Dataset, rows: int | None = None) -> pd.DataFrame:
     """Scores a dataset of prepared-format rows (image_id, image, labels) with a checkpoint on an actor pool.
+
+    Args:
+        rows: how many rows ``ds`` holds, when known: the pool then grows to at most one actor per
+            ``ROWS_PER_ACTOR`` rows (never past ``train.num_workers``), so a small split loads the model once.
 
     Returns:
         image_id, scores (K floats), labels (K ints), ordered by image_id.
     """
+    actors = max(1, cfg.train.num_workers)
+    if rows is not None:
+        actors = max(1, min(actors, math.ceil(rows / ROWS_PER_ACTOR)))
     scored = ds.select_columns(COLUMNS).map_batches(
         Predictor,
         fn_constructor_kwargs={"checkpoint": checkpoint_uri, "storage": to_dict(cfg.storage)},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.train.num_workers)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         batch_size=64,
         batch_format="numpy",
         num_gpus=1 if cfg.train.use_gpu else 0,
@@ -42,7 +53,7 @@ def predict_split(cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: st
     """Scores every row of one split of a prepared dataset (see :func:`score_rows`)."""
     storage = Storage(cfg.storage.root, cfg.storage)
     ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
-    out = score_rows(cfg, checkpoint_uri, ds.filter(expr=f"split == '{split}'"))
+    out = score_rows(cfg, checkpoint_uri, ds.filter(expr=f"split == '{split}'"), rows=info.split_sizes.get(split))
     if out.empty:
         raise ValueError(f"split {split!r} of dataset {info.name!r} has no rows")
     return out

@@ -17,9 +17,10 @@ import pytest
 
 # Test-only credentials for the loopback S3 server, from the environment as in production (never from config).
 # Set before Ray starts so its workers inherit them.
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+from trcgl.faults.s3 import FAKE_CREDENTIALS
+
+for _key, _value in FAKE_CREDENTIALS.items():
+    os.environ.setdefault(_key, _value)
 os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)

@@ -137,3 +137,27 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     assert again["mAUC"] == pytest.approx(metrics["mAUC"], abs=1e-9)
     table = pa.parquet.read_table(storage.path(f"{run_dir('t1', 'classifier')}/per_class.parquet")).to_pandas()
     assert set(table["status"]) <= {"ok", "no_positives", "no_negatives"}
+
+
+@pytest.mark.slow
+def test_driver_and_actor_pool_scoring_agree(tiny_prepared):
+    """A small split scored in the driver (train.eval_local_rows) gives the actor pool's predictions."""
+    from trcgl.models import build_model
+    from trcgl.train import checkpoint as ckpt
+    from trcgl.train.data import load_dataset_info
+    from trcgl.train.ray_evaluate import predict_local, predict_split
+
+    root, dataset = tiny_prepared
+    storage = Storage(root)
+    info = load_dataset_info(storage, dataset)
+    cfg = load_config("tiny", [f"storage.root={root}", f"train.dataset={dataset}", "train.eval_local_rows=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, info.num_classes, info.cooccurrence)
+    ckpt.write_storage(storage, "eval-compare", ckpt.checkpoint_files(model, cfg, info, 0, {}))
+    uri = storage.uri("eval-compare")
+    pool = predict_split(cfg, uri, info, "val")  # eval_local_rows=0: always the actor pool
+    local = predict_local(cfg, uri, info, "val", batch_size=7)  # other batch boundaries too
+    assert len(local) == info.split_sizes["val"] and local["image_id"].is_unique
+    assert local["image_id"].tolist() == pool["image_id"].tolist()
+    np.testing.assert_allclose(np.stack(local["scores"]), np.stack(pool["scores"]), atol=1e-5)
+    np.testing.assert_array_equal(np.stack(local["labels"]), np.stack(pool["labels"]))

@@ -182,6 +182,9 @@ class TrainConfig:
     # positives drawn with replacement: class-balanced re-sampling, the control for synthesis)
     extra_source: str = "synthetic"
     bootstrap: int = 200  # bootstrap resamples for 95 % intervals
+    # a CPU run scores a split of at most this many images in the driver rather than on a Ray Data actor pool
+    # (starting actors that each load the model costs more than scoring a few hundred images); 0: always the pool
+    eval_local_rows: int = 512
     report_attention_classes: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -584,6 +587,8 @@ def validate(cfg: Config) -> None:
     sw = cfg.sweep
     if cfg.train.extra_source not in ("synthetic", "real"):
         raise ConfigError(f"config key 'train.extra_source' must be synthetic or real, got {cfg.train.extra_source!r}")
+    if cfg.train.eval_local_rows < 0:
+        raise ConfigError(f"config key 'train.eval_local_rows' must be >= 0, got {cfg.train.eval_local_rows}")
     if cfg.train.dist_backend not in ("auto", "nccl", "gloo"):
         raise ConfigError(f"config key 'train.dist_backend' must be auto, nccl or gloo, got {cfg.train.dist_backend!r}")
     if sw.scheduler not in ("asha", "fifo"):

@@ -188,8 +188,11 @@ def run(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="trcgl-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    from trcgl.faults.s3 import fake_credentials
+
     try:
-        run_scenarios(workdir, set(args.only))
+        with fake_credentials():  # before Ray starts: its workers talk to the loopback S3 server too
+            run_scenarios(workdir, set(args.only))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import ray
 
 from trcgl.config import Config, to_dict
+from trcgl.data.prepare import read_dataset
 from trcgl.metrics import evaluate_scores, per_class_frame
 from trcgl.storage import Storage
 from trcgl.train import report
@@ -49,8 +50,40 @@ def score_rows(cfg: Config, checkpoint_uri: str, ds: ray.data.Dataset, rows: int
     return scored.to_pandas().sort_values("image_id").reset_index(drop=True)
 
 
+def predict_local(
+    cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: str, batch_size: int = 64
+) -> pd.DataFrame:
+    """Scores every row of one split in this process (the same :class:`Predictor` the actor pool runs).
+
+    Returns:
+        image_id, scores (K floats), labels (K ints), ordered by image_id, as :func:`score_rows`.
+    """
+    storage = Storage(cfg.storage.root, cfg.storage)
+    table = read_dataset(storage, info.name, split, columns=list(COLUMNS))
+    predictor = Predictor(checkpoint_uri, to_dict(cfg.storage), device="cpu")
+    out: list[pd.DataFrame] = []
+    for batch in table.select(list(COLUMNS)).to_batches(max_chunksize=batch_size):
+        cols = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in COLUMNS}
+        scored = predictor(cols)
+        out.append(
+            pd.DataFrame(
+                {"image_id": scored["image_id"], "scores": list(scored["scores"]), "labels": list(scored["labels"])}
+            )
+        )
+    if not out:
+        return pd.DataFrame(columns=["image_id", "scores", "labels"])
+    return pd.concat(out).sort_values("image_id").reset_index(drop=True)
+
+
 def predict_split(cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: str) -> pd.DataFrame:
-    """Scores every row of one split of a prepared dataset (see :func:`score_rows`)."""
+    """Scores every row of one split of a prepared dataset: on a Ray Data actor pool (see :func:`score_rows`), or,
+    for a CPU run and a split of at most ``train.eval_local_rows`` images, here (:func:`predict_local`)."""
+    rows = info.split_sizes.get(split)
+    if rows is not None and rows <= cfg.train.eval_local_rows and not cfg.train.use_gpu:
+        out = predict_local(cfg, checkpoint_uri, info, split)
+        if out.empty:
+            raise ValueError(f"split {split!r} of dataset {info.name!r} has no rows")
+        return out
     storage = Storage(cfg.storage.root, cfg.storage)
     ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
     out = score_rows(cfg, checkpoint_uri, ds.filter(expr=f"split == '{split}'"), rows=info.split_sizes.get(split))

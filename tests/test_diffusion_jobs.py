@@ -197,3 +197,19 @@ def test_fidelity_table_auroc():
     assert table.loc["a", "mean_score_synthetic"] == pytest.approx(0.85)
     assert table.loc["a", "mean_score_real_positive"] == pytest.approx(0.95)
     assert table.loc["a", "real_negatives"] == 2 and table.loc["b", "synthetic"] == 1
+
+
+def test_repeat_by_group_weights_rows_and_its_module_stays_light():
+    """Ray Data task workers import the module of a function they run: this one must not pull in torch."""
+    import subprocess
+    import sys
+
+    from trcgl.diffusion.grouping import repeat_by_group
+
+    batch = pd.DataFrame({"image_id": ["h", "t", "m", "n"], "labels": [[1, 0, 0], [0, 0, 1], [0, 1, 1], [0, 0, 0]]})
+    out = repeat_by_group(batch, ["head", "medium", "tail"], {"head": 1.0, "medium": 1.5, "tail": 4.0})
+    # tail x4; a row with medium and tail takes the larger weight; no finding: the head weight
+    assert out["image_id"].tolist() == ["h", "t", "t", "t", "t", "m", "m", "m", "m", "n"]
+    code = "import sys, trcgl.diffusion.grouping; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

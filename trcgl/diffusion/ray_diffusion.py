@@ -15,13 +15,13 @@ import tempfile
 import time
 
 import numpy as np
-import pandas as pd
 import ray
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
 from trcgl.config import Config, config_hash, dump_yaml, from_dict, to_dict
+from trcgl.diffusion.grouping import repeat_by_group
 from trcgl.diffusion.model import TextToXray
 from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
@@ -45,15 +45,6 @@ class _Loss(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
         return self.model.training_loss(images, prompts, generator)
-
-
-def repeat_by_group(batch: pd.DataFrame, groups: list[str], weights: dict[str, float]) -> pd.DataFrame:
-    """Repeats each row round(max weight of its positive classes' groups) times (head weight for no class)."""
-    w = np.asarray([weights.get(g, 1.0) for g in groups])  # (K,)
-    labels = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["labels"]])  # (B, K)
-    row_w = np.where(labels.any(axis=1), (labels * w).max(axis=1), weights.get("head", 1.0))  # (B,)
-    repeats = np.maximum(1, np.round(row_w)).astype(int)
-    return batch.loc[batch.index.repeat(repeats)].reset_index(drop=True)
 
 
 def prompts_of(batch: dict, classes: list[str]) -> list[str]:

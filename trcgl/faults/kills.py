@@ -93,7 +93,7 @@ def train_ids(root: Path, dataset: str, diffusion_weights: dict[str, float] | No
     train = table.filter(pc.equal(table["split"], "train")).select(["image_id", "labels"])
     if diffusion_weights is None:
         return train["image_id"].to_pylist()
-    from trcgl.diffusion.ray_diffusion import repeat_by_group
+    from trcgl.diffusion.grouping import repeat_by_group
     from trcgl.train.data import load_dataset_info
 
     info = load_dataset_info(Storage(str(root)), dataset)

@@ -2,7 +2,7 @@
 
 Its own light module because Ray Data pickles module-level functions by reference: every task worker that runs
 :func:`repeat_by_group` imports its module, and ``trcgl.diffusion.ray_diffusion`` pulls in torch, diffusers and
-transformers (about 10 s of CPU per worker on 2 cores, paid in every run's first epoch).
+transformers (about 10 s of imports per worker on 2 cores).
 """
 
 from __future__ import annotations

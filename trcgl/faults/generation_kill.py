@@ -62,8 +62,8 @@ def generation_kill(
     other = _images(root / "runs" / f"{RUN}-b" / "synthetic")
 
     out = root / "runs" / f"{RUN}-k" / "synthetic"
-    cmd = [sys.executable, "-m", "jobs.generate", "--config", "tiny", "--set", *base, f"train.run={RUN}-k",
-           "generate.actors_max=2", "generate.batch_size=4"]  # fmt: skip
+    faulted = [*base, f"train.run={RUN}-k", "generate.actors_max=2", "generate.batch_size=4"]
+    cmd = [sys.executable, "-m", "jobs.generate", "--config", "tiny", "--set", *faulted]
     kill_when(
         cmd,
         lambda: bool(list(out.glob("part-*.parquet"))) and not (out / "_manifest.json").exists(),
@@ -76,9 +76,7 @@ def generation_kill(
     # the same configuration again, here: what matters now is what storage holds, not the process
     try:
         second_rc, second_log = 0, ""
-        run_generate(
-            load_config("tiny", [*base, f"train.run={RUN}-k", "generate.actors_max=2", "generate.batch_size=4"])
-        )
+        run_generate(load_config("tiny", faulted))
     except Exception as exc:  # a figure, not a crash of the benchmark
         second_rc, second_log = 1, f"{type(exc).__name__}: {exc}"
     rewritten = sum(p.stat().st_mtime != parts_after_first.get(p.name) for p in out.glob("part-*.parquet"))

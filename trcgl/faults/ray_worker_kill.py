@@ -89,7 +89,7 @@ def train_worker_kill(
     root: Path,
     dataset: str,
     stage: str,
-    epochs: int = 3,
+    epochs: int = REFERENCE_EPOCHS,
     kill_delay_s: float = 1.0,
     timeout_s: float = 600.0,
     reference: dict[str, Any] | None = None,

@@ -81,12 +81,10 @@ def predict_split(cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: st
     rows = info.split_sizes.get(split)
     if rows is not None and rows <= cfg.train.eval_local_rows and not cfg.train.use_gpu:
         out = predict_local(cfg, checkpoint_uri, info, split)
-        if out.empty:
-            raise ValueError(f"split {split!r} of dataset {info.name!r} has no rows")
-        return out
-    storage = Storage(cfg.storage.root, cfg.storage)
-    ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
-    out = score_rows(cfg, checkpoint_uri, ds.filter(expr=f"split == '{split}'"), rows=info.split_sizes.get(split))
+    else:
+        storage = Storage(cfg.storage.root, cfg.storage)
+        ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
+        out = score_rows(cfg, checkpoint_uri, ds.filter(expr=f"split == '{split}'"), rows=rows)
     if out.empty:
         raise ValueError(f"split {split!r} of dataset {info.name!r} has no rows")
     return out

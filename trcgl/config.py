@@ -185,6 +185,9 @@ class TrainConfig:
     # a CPU run scores a split of at most this many images in the driver rather than on a Ray Data actor pool
     # (starting actors that each load the model costs more than scoring a few hundred images); 0: always the pool
     eval_local_rows: int = 512
+    # train and val data estimated at most this many MB are read once and held in Ray's object store for every epoch
+    # (classifier and diffusion training); larger data streams from storage each epoch; 0: always stream
+    cache_mb: float = 1024.0
     report_attention_classes: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -587,6 +590,8 @@ def validate(cfg: Config) -> None:
     sw = cfg.sweep
     if cfg.train.extra_source not in ("synthetic", "real"):
         raise ConfigError(f"config key 'train.extra_source' must be synthetic or real, got {cfg.train.extra_source!r}")
+    if cfg.train.cache_mb < 0:
+        raise ConfigError(f"config key 'train.cache_mb' must be >= 0, got {cfg.train.cache_mb}")
     if cfg.train.eval_local_rows < 0:
         raise ConfigError(f"config key 'train.eval_local_rows' must be >= 0, got {cfg.train.eval_local_rows}")
     if cfg.train.dist_backend not in ("auto", "nccl", "gloo"):

@@ -28,7 +28,15 @@ from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
 from trcgl.train.devices import amp_enabled, to_device
-from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config, train_device
+from trcgl.train.ray_common import (
+    all_workers_sum,
+    hold_if_small,
+    id_checksum,
+    run_config,
+    scaling_config,
+    torch_config,
+    train_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +154,8 @@ def run_train_diffusion(cfg: Config) -> dict:
             fn_kwargs={"groups": info.groups, "weights": dict(cfg.diffusion.group_weights)},
         )
     )
+    repeated = len(repeat_by_group(rows, info.groups, dict(cfg.diffusion.group_weights)))  # rows of an epoch
+    ds = hold_if_small(ds, info.estimated_bytes(repeated), cfg.train.cache_mb, "diffusion train rows")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "vocabulary": vocabulary},

@@ -43,10 +43,16 @@ class DatasetInfo:
     image_size: int
     parts: list[str]  # Parquet part paths on the storage filesystem (manifest-listed)
     split_sizes: dict[str, int]  # images per split
+    parts_bytes: int = 0  # bytes of all Parquet parts (the manifest's sizes); 0: unknown
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def estimated_bytes(self, rows: int) -> int:
+        """Bytes of ``rows`` rows at the dataset's mean bytes per row (0 when the part sizes are unknown)."""
+        total = sum(self.split_sizes.values())
+        return int(self.parts_bytes * rows / total) if total else 0
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +64,7 @@ class DatasetInfo:
             "image_size": self.image_size,
             "parts": self.parts,
             "split_sizes": self.split_sizes,
+            "parts_bytes": self.parts_bytes,
         }
 
     @classmethod
@@ -71,6 +78,7 @@ class DatasetInfo:
             image_size=int(d["image_size"]),
             parts=list(d["parts"]),
             split_sizes={k: int(v) for k, v in d.get("split_sizes", {}).items()},  # absent in older checkpoints
+            parts_bytes=int(d.get("parts_bytes", 0)),
         )
 
 
@@ -81,7 +89,8 @@ def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
         FileNotFoundError: when the dataset is not prepared (names the path and the command that makes it).
     """
     base = dataset_dir(name)
-    if storage.manifest(base) is None:
+    manifest = storage.manifest(base)
+    if manifest is None:
         raise FileNotFoundError(
             f"dataset {name!r} is not prepared at {storage.uri(base)!r}: "
             "run python -m jobs.prepare with the same config"
@@ -93,7 +102,8 @@ def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
     k = len(classes)
     cooc = np.zeros((k, k), dtype=np.int64)
     cooc[co["i"].to_numpy(), co["j"].to_numpy()] = co["count"].to_numpy()
-    parts = [storage.path(p) for p in storage.iter_manifest_files(base, ".parquet") if "/part-" in p]
+    sizes = {posixpath.join(base, n): int(b) for n, b in manifest["files"].items()}  # rel path -> bytes
+    part_rels = sorted(p for p in sizes if p.endswith(".parquet") and "/part-" in p)
     return DatasetInfo(
         name=name,
         classes=classes,
@@ -101,8 +111,9 @@ def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
         train_counts=np.asarray([labels["counts"]["train"][c] for c in classes], dtype=np.int64),
         cooccurrence=cooc,
         image_size=int(labels["image_size"]),
-        parts=parts,
+        parts=[storage.path(p) for p in part_rels],
         split_sizes={k: int(v) for k, v in labels["images"].items()},
+        parts_bytes=sum(sizes.get(p, 0) for p in part_rels),
     )
 
 

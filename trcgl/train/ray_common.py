@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from typing import Any
 
+import ray.data
 import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -50,6 +52,24 @@ def run_config(cfg: Config, storage: Storage, stage: str, callbacks: list | None
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         callbacks=callbacks,
     )
+
+
+def hold_if_small(ds: ray.data.Dataset, nbytes: int, cache_mb: float, what: str) -> ray.data.Dataset:
+    """``ds`` read once and held in Ray's object store when its estimated size ``nbytes`` is within ``cache_mb``
+    (``train.cache_mb``); else ``ds`` as it is, which Ray Train executes again (read, filter, map tasks) every epoch.
+
+    On small data those per-epoch tasks cost more than the training: the tiny config's classifier epoch takes 9 s
+    streamed and 2.5 s held, on 2 CPUs. The held blocks belong to the driver, so they outlive a Train worker restart.
+    """
+    if nbytes > cache_mb * 2**20 or nbytes <= 0:
+        mb = nbytes / 2**20
+        log.info("%s: about %.0f MB, streamed from storage each epoch (train.cache_mb=%g)", what, mb, cache_mb)
+        return ds
+    t0 = time.perf_counter()
+    held = ds.materialize()
+    log.info("%s: read once and held in the object store, about %.1f MB (%.1f s)", what, nbytes / 2**20,
+             time.perf_counter() - t0)  # fmt: skip
+    return held
 
 
 def id_checksum(image_ids: Any) -> int:

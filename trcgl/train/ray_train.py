@@ -43,7 +43,15 @@ from trcgl.train.data import (
     synthetic_parts,
 )
 from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
-from trcgl.train.ray_common import all_workers_sum, id_checksum, run_config, scaling_config, torch_config, train_device
+from trcgl.train.ray_common import (
+    all_workers_sum,
+    hold_if_small,
+    id_checksum,
+    run_config,
+    scaling_config,
+    torch_config,
+    train_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +282,11 @@ def run_training(cfg: Config, callbacks: list | None = None) -> dict:
     info = load_dataset_info(storage, dataset)
     storage.write_text(f"{run_dir(cfg.train.run)}/config.yaml", dump_yaml(cfg))
     train_ds, n_train, mix = train_dataset(cfg, storage, info)
+    train_ds = hold_if_small(train_ds, info.estimated_bytes(n_train), cfg.train.cache_mb, "train rows")
+    val_rows = info.split_sizes.get("val", 0)
+    val_ds = hold_if_small(
+        split_dataset(storage, info, "val"), info.estimated_bytes(val_rows), cfg.train.cache_mb, "val rows"
+    )
     per_worker = n_train // max(1, cfg.train.num_workers)
     steps_per_epoch = max(1, -(-per_worker // cfg.train.batch_size))
     trainer = TorchTrainer(
@@ -281,7 +294,7 @@ def run_training(cfg: Config, callbacks: list | None = None) -> dict:
         train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "steps_per_epoch": steps_per_epoch},
         datasets={
             "train": train_ds.randomize_block_order(seed=cfg.train.seed),
-            "val": split_dataset(storage, info, "val"),
+            "val": val_ds,
         },
         dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=scaling_config(cfg),

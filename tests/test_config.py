@@ -46,6 +46,8 @@ def test_range_errors_name_key():
         load_config("tiny", ["data.source=chexpert"])
     with pytest.raises(ConfigError, match="val_fraction"):
         load_config("tiny", ["data.split.val_fraction=0.6", "data.split.test_fraction=0.5"])
+    with pytest.raises(ConfigError, match=r"'train.cache_mb'.*-1"):
+        load_config("tiny", ["train.cache_mb=-1"])
 
 
 def test_unknown_preset_lists_known():

@@ -140,6 +140,35 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
 
 
 @pytest.mark.slow
+def test_small_data_is_held_in_the_object_store_and_large_data_streams(tiny_prepared):
+    """train.cache_mb: a split estimated within it is read once (materialized); above it, or at 0, it streams."""
+    import os
+
+    from ray.data import MaterializedDataset
+
+    from trcgl.train.data import load_dataset_info
+    from trcgl.train.ray_common import hold_if_small
+    from trcgl.train.ray_train import split_dataset
+
+    root, dataset = tiny_prepared
+    storage = Storage(root)
+    info = load_dataset_info(storage, dataset)
+    assert info.parts_bytes == sum(os.path.getsize(p) for p in info.parts)  # the manifest's sizes, every part
+    assert DatasetInfo.from_dict(info.to_dict()).parts_bytes == info.parts_bytes  # travels to the workers
+    rows = info.split_sizes["train"]
+    nbytes = info.estimated_bytes(rows)
+    assert info.estimated_bytes(sum(info.split_sizes.values())) == info.parts_bytes
+    assert 0 < nbytes < info.parts_bytes
+    ds = split_dataset(storage, info, "train")
+    held = hold_if_small(ds, nbytes, 1024, "train rows")
+    assert isinstance(held, MaterializedDataset) and held.count() == rows
+    assert sorted(r["image_id"] for r in held.take_all()) == sorted(r["image_id"] for r in ds.take_all())
+    assert hold_if_small(ds, nbytes, nbytes / 2**20 * 0.99, "train rows") is ds  # just over the limit: streamed
+    assert hold_if_small(ds, nbytes, 0, "train rows") is ds  # 0: always stream
+    assert hold_if_small(ds, 0, 1024, "train rows") is ds  # size unknown: streamed
+
+
+@pytest.mark.slow
 def test_driver_and_actor_pool_scoring_agree(tiny_prepared):
     """A small split scored in the driver (train.eval_local_rows) gives the actor pool's predictions."""
     from trcgl.models import build_model

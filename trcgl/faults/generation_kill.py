@@ -2,9 +2,10 @@
 
 One tiny diffusion model (given, or trained here for 1 epoch) serves every run through ``generate.model``. The
 reference is an uninterrupted run with 1 actor and batch size 4; a second uninterrupted run uses 2 actors and batch
-size 16; the faulted run (``python -m jobs.generate`` in its own process group, with its own local Ray) is
-SIGKILLed once its first Parquet parts exist and before it published its manifest, then rerun twice: the same
-command, then the same configuration on the current Ray. Images are compared byte for byte by image id.
+size 16; the faulted run (``python -m jobs.generate`` in its own process group, a driver on the current Ray: see
+:func:`trcgl.faults.kills.job_env`) is SIGKILLed once its first Parquet parts exist and before it published its
+manifest, then rerun twice: the same command, then the same configuration in this process. Images are compared byte
+for byte by image id.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Fault scenarios that kill a job's driver process (its whole process group, SIGKILL) and run the same command
-again: the classifier job (scenario 2) and the sweep (scenario 4). Each job runs as ``python -m jobs.X`` with its own
-local Ray, as a user would run it; the figures come from what the jobs left in storage.
+again: the classifier job (scenario 2) and the sweep (scenario 4). Each job runs as ``python -m jobs.X``, as a user
+would run it: a driver on the Ray the caller is connected to (the cluster outlives the killed driver, as under ``ray
+job submit``), or with its own local Ray when the caller has none. The figures come from what the jobs left in
+storage.
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def job_env() -> dict[str, str]:
-    """The environment of a job started by a scenario: ours, without RAY_ADDRESS (each job starts its own Ray)."""
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """The environment of a job a scenario starts: ours, with ``RAY_ADDRESS`` naming the Ray this process is
+    connected to, if any. The job is then one more driver on that cluster, as under ``ray job submit``: killing it
+    leaves the cluster up, and Ray ends the dead driver's actors, tasks and placement groups, which the rerun must
+    not trip over. Without a connected Ray the job starts its own local one (and the kill takes it down too)."""
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if ray.is_initialized():
+        env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return env
 
 
 def kill_when(

@@ -6,6 +6,7 @@
     python -m jobs.benchmark autoscale [--workdir DIR] [--actors-max 2] [--idle-timeout-minutes M]
     python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
     python -m jobs.benchmark faults [--workdir DIR] [--only 1 2 ...]
+    python -m jobs.benchmark cache [--workdir DIR] [--epochs 3] [--stages classifier diffusion]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
 PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
@@ -24,6 +25,10 @@ CUDA (or with --dry-run) a small CPU run that only shows the code paths work.
 faults: the fault-injection scenarios of tests/faults/ (worker, driver and generation kills, a killed sweep,
 corrupt inputs, S3 outages behind a cut TCP proxy, token auth and a credential scan, bad configuration), one line of
 figures each.
+
+cache: the tiny classifier and diffusion training jobs with their data streamed from storage every epoch
+(train.cache_mb=0) vs read once and held in Ray's object store (the default); seconds per epoch and per run, and
+held/streamed ratios (below 1.0: holding is faster).
 """
 
 from __future__ import annotations
@@ -75,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile in the CPU dry run")
     sub.add_parser("autoscale", help="GPU nodes from 0 and back on the local autoscaling cluster (--help for options)")
     sub.add_parser("faults", help="the fault-injection scenarios, one line of figures each (--help for options)")
+    from trcgl.benchmarks.ray_cache_bench import add_arguments as cache_arguments
+
+    cache_arguments(sub.add_parser("cache", help="training epochs: data streamed each epoch vs held in memory"))
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -98,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl.benchmarks.ray_generate_bench import run as run_generate
 
         result = run_generate(args.images, args.steps, args.batch, args.preset)
+    elif args.which == "cache":
+        from trcgl.benchmarks.ray_cache_bench import run as run_cache
+
+        result = run_cache(args.workdir, args.epochs, tuple(args.stages))
     else:
         from trcgl.benchmarks.ray_train_bench import run as run_train
 

@@ -144,7 +144,7 @@ def test_small_data_is_held_in_the_object_store_and_large_data_streams(tiny_prep
     """train.cache_mb: a split estimated within it is read once (materialized); above it, or at 0, it streams."""
     import os
 
-    from ray.data import MaterializedDataset
+    from ray.data.dataset import MaterializedDataset
 
     from trcgl.train.data import load_dataset_info
     from trcgl.train.ray_common import hold_if_small

@@ -48,6 +48,11 @@ def init_ray(cfg: Config) -> bool:
     return True
 
 
+def connected_address() -> str | None:
+    """The GCS address of the Ray this process is connected to, or None when it is not connected."""
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+
+
 def free_port() -> int:
     """A TCP port free on loopback now."""
     with socket.socket() as sock:

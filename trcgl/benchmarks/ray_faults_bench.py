@@ -1,7 +1,7 @@
 """``python -m jobs.benchmark faults``: every fault scenario of ``tests/faults/`` once, one line of figures each.
 
-The scenarios run real components on this machine: a local Ray (started here, 2 CPUs, for the in-process
-scenarios; the driver-kill scenarios start jobs with their own), a moto S3 server on a free loopback port behind a
+The scenarios run real components on this machine: a local Ray (started here, 2 CPUs; the driver-kill scenarios
+start their jobs as further drivers on it), a moto S3 server on a free loopback port behind a
 TCP proxy that is cut, a token-auth Ray head, real PNG files. The tiny PadChest-Synth is rendered and prepared once
 under ``--workdir``. Scenarios (numbers as in the issue):
 

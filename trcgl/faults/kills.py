@@ -28,11 +28,12 @@ def job_env() -> dict[str, str]:
     connected to, if any. The job is then one more driver on that cluster, as under ``ray job submit``: killing it
     leaves the cluster up, and Ray ends the dead driver's actors, tasks and placement groups, which the rerun must
     not trip over. Without a connected Ray the job starts its own local one (and the kill takes it down too)."""
-    import ray
+    from trcgl.ray_runtime import connected_address
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    if ray.is_initialized():
-        env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    address = connected_address()
+    if address:
+        env["RAY_ADDRESS"] = address
     return env
 
 

@@ -30,7 +30,8 @@ def test_killed_train_worker_recovers_from_a_registered_checkpoint(
     # RELIABILITY_NOTES.md saw restarts from an older one)
     assert f["resumed_from_registered"], f
     assert f["epochs_unique"] and f["rows_ok"], f  # each epoch once in the history, each row once per epoch
-    if stage == "classifier":  # test mAUC of a fault-free run of the same config, data order aside
-        assert abs(f["final"] - f["final_no_fault"]) <= 0.1, f
-    else:  # last epoch's denoising loss
-        assert abs(f["final"] - f["final_no_fault"]) <= 0.25 * f["final_no_fault"], f
+    # the last epoch's loss against a fault-free run of the same config, data order aside. Classifier: fault-free
+    # runs spread 0.16-0.21 after two epochs (rank 0's half of the rows), one epoch lost would read about 0.33.
+    # Diffusion: the denoising loss is steady (0.806-0.807 seen).
+    tolerance = 0.35 if stage == "classifier" else 0.25
+    assert abs(f["final"] - f["final_no_fault"]) <= tolerance * f["final_no_fault"], f

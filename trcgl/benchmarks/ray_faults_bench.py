@@ -48,13 +48,14 @@ def _prepare_tiny(root: Path) -> str:
 
 
 def _fmt_worker(f: dict[str, Any]) -> str:
-    what = "test mAUC" if f["stage"] == "classifier" else "last loss"
+    mauc = (f"; test mAUC {f['test_mAUC']:.3f} vs {f['test_mAUC_no_fault']:.3f}"
+            if f.get("test_mAUC") is not None else "")  # fmt: skip
     return (
         f"{'completed' if f['completed'] else 'FAILED ' + str(f['error'])}; recovery {f['recovery_s']} s; "
         f"resumed at epoch {f['resumed_from']} (last registered checkpoint: epoch {f['killed_after_epoch']}, "
         f"latest reported: {f['reported_before_kill']} epoch(s) -> resumed from the latest: "
         f"{f['resumed_from_latest']}); epochs once: {f['epochs_unique']}; rows once per epoch: {f['rows_ok']}; "
-        f"{what} {f['final']:.3f} vs {f['final_no_fault']:.3f} without the fault"
+        f"last epoch's loss {f['final']:.3f} vs {f['final_no_fault']:.3f} without the fault{mauc}"
     )
 
 

@@ -63,9 +63,19 @@ def _run(stage: str, overrides: list[str]) -> dict[str, Any]:
     return run_training(cfg) if stage == "classifier" else run_train_diffusion(cfg)
 
 
-def _final(stage: str, out: dict[str, Any]) -> float | None:
-    """The figure compared with the fault-free run: test mAUC (classifier), last epoch's loss (diffusion)."""
-    value = out["test"]["mAUC"] if stage == "classifier" else out.get("last_loss")
+def _final(stage: str, out: dict[str, Any], root: Path) -> float | None:
+    """The figure compared with the fault-free run: the last epoch's training loss.
+
+    For the classifier that is rank 0's mean loss in the run's ``history.json``, not the test mAUC: two epochs of the
+    tiny model score near chance (test mAUC 0.47-0.59 over this session's fault-free runs, one epoch or two alike),
+    so mAUC could not tell a run that lost an epoch from one that did not; the loss can (about 0.33 after one epoch,
+    0.16-0.21 after two).
+    """
+    if stage == "diffusion":
+        value = out.get("last_loss")
+    else:
+        history = _history(root / "runs" / out["run"] / stage)
+        value = history[-1]["train_loss"] if history else None
     return None if value is None else float(value)
 
 
@@ -105,8 +115,8 @@ def train_worker_kill(
         ``resumed_from_registered`` (resumed_from >= killed_after_epoch + 1), ``resumed_from_latest``
         (resumed_from == reported_before_kill), ``epochs_unique`` (every epoch once in the final history),
         ``rows_ok`` (every epoch saw each row once, as :func:`trcgl.faults.kills.epochs_saw_each_row_once`
-        checks: diffusion's rows repeated by group weight), ``final`` / ``final_no_fault`` (test mAUC or last loss)
-        and ``seconds``.
+        checks: diffusion's rows repeated by group weight), ``final`` / ``final_no_fault`` (the last epoch's loss,
+        see :func:`_final`), ``test_mAUC`` / ``test_mAUC_no_fault`` (classifier) and ``seconds``.
     """
     from trcgl.faults.kills import epochs_saw_each_row_once, train_ids
 
@@ -171,8 +181,10 @@ def train_worker_kill(
         "resumed_from_latest": resumed_from == reported,
         "epochs_unique": epochs_seen == list(range(epochs)),
         "rows_ok": rows_ok,
-        "final": _final(stage, out["result"]) if "result" in out else None,
-        "final_no_fault": _final(stage, reference),
+        "final": _final(stage, out["result"], root) if "result" in out else None,
+        "final_no_fault": _final(stage, reference, root),
+        "test_mAUC": out["result"]["test"]["mAUC"] if stage == "classifier" and "result" in out else None,
+        "test_mAUC_no_fault": reference["test"]["mAUC"] if stage == "classifier" else None,
         "reference_shared": reference_shared,
         "seconds": round(seconds, 1),
     }

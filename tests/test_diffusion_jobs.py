@@ -204,12 +204,19 @@ def test_repeat_by_group_weights_rows_and_its_module_stays_light():
     import subprocess
     import sys
 
-    from trcgl.diffusion.grouping import repeat_by_group
+    from trcgl.diffusion.grouping import group_repeats, repeat_by_group
 
     batch = pd.DataFrame({"image_id": ["h", "t", "m", "n"], "labels": [[1, 0, 0], [0, 0, 1], [0, 1, 1], [0, 0, 0]]})
     out = repeat_by_group(batch, ["head", "medium", "tail"], {"head": 1.0, "medium": 1.5, "tail": 4.0})
     # tail x4; a row with medium and tail takes the larger weight; no finding: the head weight
     assert out["image_id"].tolist() == ["h", "t", "t", "t", "t", "m", "m", "m", "m", "n"]
+    # the driver sizes an epoch from the copies alone (train.cache_mb), without building the repeated frame
+    assert group_repeats(batch, ["head", "medium", "tail"], {"head": 1.0, "medium": 1.5, "tail": 4.0}).tolist() == [
+        1,
+        4,
+        4,
+        1,
+    ]
     code = "import sys, trcgl.diffusion.grouping; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout

@@ -68,7 +68,7 @@ def run(workdir: str | None = None, epochs: int = 3, stages: tuple[str, ...] = (
     """Renders and prepares the tiny dataset, then times each stage streamed and held (see the module docstring)."""
     import ray
 
-    from trcgl.benchmarks.ray_faults_bench import _prepare_tiny
+    from trcgl.benchmarks.ray_faults_bench import prepare_tiny
     from trcgl.config import load_config
     from trcgl.diffusion.ray_diffusion import run_train_diffusion
     from trcgl.ray_runtime import local_dashboard
@@ -82,7 +82,7 @@ def run(workdir: str | None = None, epochs: int = 3, stages: tuple[str, ...] = (
     if started:
         ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
     try:
-        dataset = _prepare_tiny(root)
+        dataset = prepare_tiny(root)
         result = CacheBenchResult(rows=load_dataset_info(Storage(str(root)), dataset).split_sizes)
         tag = time.strftime("%H%M%S")
         for stage in stages:

@@ -37,7 +37,9 @@ def _line(number: int, name: str, text: str) -> str:
     return f"faults  {number} {name:<22} {text}"
 
 
-def _prepare_tiny(root: Path) -> str:
+def prepare_tiny(root: Path) -> str:
+    """Renders and prepares the tiny PadChest-Synth under ``root`` (each step skips work already done); returns the
+    dataset's name."""
     from trcgl.config import load_config
     from trcgl.data.ray_prepare import run_prepare
     from trcgl.data.ray_synth import run_synthesize
@@ -75,7 +77,7 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
     t0 = time.perf_counter()
     if not ray.is_initialized():
         ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
-    dataset = _prepare_tiny(root)
+    dataset = prepare_tiny(root)
     log.info("tiny dataset %s ready in %.0f s", dataset, time.perf_counter() - t0)
     from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
 

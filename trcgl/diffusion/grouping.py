@@ -11,10 +11,14 @@ import numpy as np
 import pandas as pd
 
 
-def repeat_by_group(batch: pd.DataFrame, groups: list[str], weights: dict[str, float]) -> pd.DataFrame:
-    """Repeats each row round(max weight of its positive classes' groups) times (head weight for no class)."""
+def group_repeats(batch: pd.DataFrame, groups: list[str], weights: dict[str, float]) -> np.ndarray:
+    """(B,) copies of each row: round(max weight of its positive classes' groups), the head weight for no class."""
     w = np.asarray([weights.get(g, 1.0) for g in groups])  # (K,)
     labels = np.stack([np.asarray(v, dtype=np.uint8) for v in batch["labels"]])  # (B, K)
     row_w = np.where(labels.any(axis=1), (labels * w).max(axis=1), weights.get("head", 1.0))  # (B,)
-    repeats = np.maximum(1, np.round(row_w)).astype(int)
-    return batch.loc[batch.index.repeat(repeats)].reset_index(drop=True)
+    return np.maximum(1, np.round(row_w)).astype(int)
+
+
+def repeat_by_group(batch: pd.DataFrame, groups: list[str], weights: dict[str, float]) -> pd.DataFrame:
+    """Repeats each row :func:`group_repeats` times."""
+    return batch.loc[batch.index.repeat(group_repeats(batch, groups, weights))].reset_index(drop=True)

@@ -21,7 +21,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from trcgl.config import Config, config_hash, dump_yaml, from_dict, to_dict
-from trcgl.diffusion.grouping import repeat_by_group
+from trcgl.diffusion.grouping import group_repeats, repeat_by_group
 from trcgl.diffusion.model import TextToXray
 from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
@@ -154,7 +154,7 @@ def run_train_diffusion(cfg: Config) -> dict:
             fn_kwargs={"groups": info.groups, "weights": dict(cfg.diffusion.group_weights)},
         )
     )
-    repeated = len(repeat_by_group(rows, info.groups, dict(cfg.diffusion.group_weights)))  # rows of an epoch
+    repeated = int(group_repeats(rows, info.groups, dict(cfg.diffusion.group_weights)).sum())  # rows of an epoch
     ds = hold_if_small(ds, info.estimated_bytes(repeated), cfg.train.cache_mb, "diffusion train rows")
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -113,7 +113,7 @@ def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
         image_size=int(labels["image_size"]),
         parts=[storage.path(p) for p in part_rels],
         split_sizes={k: int(v) for k, v in labels["images"].items()},
-        parts_bytes=sum(sizes.get(p, 0) for p in part_rels),
+        parts_bytes=sum(sizes[p] for p in part_rels),
     )
 
 

@@ -61,7 +61,10 @@ def hold_if_small(ds: ray.data.Dataset, nbytes: int, cache_mb: float, what: str)
     On small data those per-epoch tasks cost more than the training: the tiny config's classifier epoch takes 9 s
     streamed and 2.5 s held, on 2 CPUs. The held blocks belong to the driver, so they outlive a Train worker restart.
     """
-    if nbytes > cache_mb * 2**20 or nbytes <= 0:
+    if nbytes <= 0:
+        log.info("%s: size unknown, streamed from storage each epoch", what)
+        return ds
+    if nbytes > cache_mb * 2**20:
         mb = nbytes / 2**20
         log.info("%s: about %.0f MB, streamed from storage each epoch (train.cache_mb=%g)", what, mb, cache_mb)
         return ds

@@ -67,7 +67,7 @@ def _final(stage: str, out: dict[str, Any], root: Path) -> float | None:
     """The figure compared with the fault-free run: the last epoch's training loss.
 
     For the classifier that is rank 0's mean loss in the run's ``history.json``, not the test mAUC: two epochs of the
-    tiny model score near chance (test mAUC 0.47-0.59 over this session's fault-free runs, one epoch or two alike),
+    tiny model score near chance (test mAUC 0.47-0.59 over fault-free runs of 2026-11-28, one epoch or two alike),
     so mAUC could not tell a run that lost an epoch from one that did not; the loss can (about 0.33 after one epoch,
     0.16-0.21 after two).
     """

@@ -23,7 +23,7 @@ from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trcgl.tune.ray_ablation import run_ablation
+    from trcgl.study.ray_ablation import run_ablation
 
     return _cli.run(lambda cfg, args: run_ablation(cfg), __doc__, argv)
 

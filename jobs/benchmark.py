@@ -42,12 +42,12 @@ from jobs._cli import setup_logging
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["autoscale"]:  # its own options (trcgl/benchmarks/ray_autoscale_bench.py)
-        from trcgl.benchmarks.ray_autoscale_bench import run as run_autoscale
+        from trcgl_dev.benchmarks.ray_autoscale_bench import run as run_autoscale
 
         setup_logging("WARNING")
         return run_autoscale(args_in[1:])
-    if args_in[:1] == ["faults"]:  # its own options (trcgl.benchmarks.ray_faults_bench.py)
-        from trcgl.benchmarks.ray_faults_bench import run as run_faults
+    if args_in[:1] == ["faults"]:  # its own options (trcgl_dev.benchmarks.ray_faults_bench.py)
+        from trcgl_dev.benchmarks.ray_faults_bench import run as run_faults
 
         setup_logging("WARNING")
         return run_faults(args_in[1:])
@@ -80,18 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile in the CPU dry run")
     sub.add_parser("autoscale", help="GPU nodes from 0 and back on the local autoscaling cluster (--help for options)")
     sub.add_parser("faults", help="the fault-injection scenarios, one line of figures each (--help for options)")
-    from trcgl.benchmarks.ray_cache_bench import add_arguments as cache_arguments
+    from trcgl_dev.benchmarks.ray_cache_bench import add_arguments as cache_arguments
 
     cache_arguments(sub.add_parser("cache", help="training epochs: data streamed each epoch vs held in memory"))
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     if args.which == "prepare":
-        from trcgl.benchmarks.ray_prepare_bench import run
+        from trcgl_dev.benchmarks.ray_prepare_bench import run
 
         result = run(args.rows, args.render_size, args.size, args.scale, args.workdir)
     elif args.which == "gpu":
-        from trcgl.benchmarks.gpu_bench import run as run_gpu
+        from trcgl_dev.benchmarks.gpu_bench import run as run_gpu
 
         result = run_gpu(
             args.preset,
@@ -103,15 +103,15 @@ def main(argv: list[str] | None = None) -> int:
             compile_on_cpu=args.compile_on_cpu,
         )
     elif args.which == "generate":
-        from trcgl.benchmarks.ray_generate_bench import run as run_generate
+        from trcgl_dev.benchmarks.ray_generate_bench import run as run_generate
 
         result = run_generate(args.images, args.steps, args.batch, args.preset)
     elif args.which == "cache":
-        from trcgl.benchmarks.ray_cache_bench import run as run_cache
+        from trcgl_dev.benchmarks.ray_cache_bench import run as run_cache
 
         result = run_cache(args.workdir, args.epochs, tuple(args.stages))
     else:
-        from trcgl.benchmarks.ray_train_bench import run as run_train
+        from trcgl_dev.benchmarks.ray_train_bench import run as run_train
 
         result = run_train(args.backbone, args.size, args.batch, args.steps, threads=args.threads)
     for line in result.lines():

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    from trcgl import ray_cluster_local as rcl
+    from trcgl_dev import local_cluster as rcl
 
     if args.command != "up" and not rcl.state_file(args.state_dir).exists():
         sys.stderr.write(f"no cluster recorded in {args.state_dir} (start one with `up`)\n")

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     def job(cfg, args):
         import json
 
+        from trcgl.metrics import TABLE_METRICS
         from trcgl.train.checkpoint import META_FILE, read_files
         from trcgl.train.ray_evaluate import evaluate_checkpoint
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = known.dataset or meta["dataset"]["name"]
         out = known.out or f"runs/{meta['config']['train']['run']}/classifier/eval-{known.split}"
         result = evaluate_checkpoint(cfg, known.checkpoint, dataset, known.split, out)
-        keys = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP", "n_images")
+        keys = (*TABLE_METRICS, "n_images")
         return {
             "dataset": dataset,
             "split": known.split,

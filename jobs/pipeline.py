@@ -23,7 +23,7 @@ from jobs import _cli
 
 def summary_text(summary: dict[str, Any]) -> str:
     """The final summary as a plain-text table with the report's location."""
-    from trcgl.pipeline_report import summary_table
+    from trcgl.pipeline.report import summary_table
 
     table = summary_table(summary["rows"]).to_string(index=False)
     stages = ", ".join(
@@ -36,7 +36,7 @@ def summary_text(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trcgl.pipeline import run_pipeline
+    from trcgl.pipeline.ray_pipeline import run_pipeline
 
     def job(cfg, args):
         summary = run_pipeline(cfg)

@@ -38,7 +38,8 @@ import pandas as pd
 from jobs._cli import setup_logging
 from trcgl import results
 from trcgl.config import ConfigError, StorageConfig
-from trcgl.storage import Storage, StorageError
+from trcgl.errors import StorageError
+from trcgl.storage import Storage
 
 log = logging.getLogger("jobs.results")
 

@@ -21,7 +21,7 @@ from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trcgl.tune.ray_sweep import run_sweep
+    from trcgl.sweep.ray_sweep import run_sweep
 
     return _cli.run(lambda cfg, args: run_sweep(cfg), __doc__, argv)
 

@@ -17,7 +17,7 @@ import pytest
 
 # Test-only credentials for the loopback S3 server, from the environment as in production (never from config).
 # Set before Ray starts so its workers inherit them.
-from trcgl.faults.s3 import FAKE_CREDENTIALS
+from trcgl_dev.faults.s3 import FAKE_CREDENTIALS
 
 for _key, _value in FAKE_CREDENTIALS.items():
     os.environ.setdefault(_key, _value)
@@ -54,7 +54,7 @@ def ray_local() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free loopback port; yields its endpoint URL; stopped by pid at the end."""
-    from trcgl.faults.s3 import moto_server
+    from trcgl_dev.faults.s3 import moto_server
 
     with moto_server() as url:
         yield url
@@ -98,13 +98,13 @@ def tiny_prepared(tiny_synth: dict) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def tiny_diffusion(tiny_prepared: tuple[str, str]) -> dict[str, Any]:
     """A tiny diffusion model trained once per session, for the tests that need a trained one: the fault-free
-    reference of fault scenario 1 (its configuration, :func:`trcgl.faults.ray_worker_kill.fault_overrides`), also the
-    generator of scenario 3, the generate and fidelity test and the autoscaling tests.
+    reference of fault scenario 1 (its configuration, :func:`trcgl_dev.faults.ray_worker_kill.fault_overrides`),
+    also the generator of scenario 3, the generate and fidelity test and the autoscaling tests.
 
     Returns:
         root, dataset, result (``run_train_diffusion``'s) and model (its URI, for ``generate.model``).
     """
-    from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
+    from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
 
     root, dataset = tiny_prepared
     result = reference_run(Path(root), dataset, "diffusion", REFERENCE_EPOCHS)
@@ -121,7 +121,7 @@ def fault_runs() -> dict[str, Any]:
 @pytest.fixture()
 def record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
     """``record(figures)``: the fault suite keeps a scenario's figures under the test's id (in the file named by
-    ``$TRCGL_FAULT_FIGURES`` when set; see trcgl.faults.record_figures) and gets them back unchanged."""
-    from trcgl.faults import record_figures
+    ``$TRCGL_FAULT_FIGURES`` when set; see trcgl_dev.faults.record_figures) and gets them back unchanged."""
+    from trcgl_dev.faults import record_figures
 
     return lambda figures: record_figures(request.node.nodeid, figures)

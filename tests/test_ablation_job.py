@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trcgl.ablation import check_ablation, needs_generation, row_config, row_slug, study_ratios
 from trcgl.config import ConfigError, apply_overrides, load_config
 from trcgl.storage import Storage
+from trcgl.study.rows import check_ablation, needs_generation, row_config, row_slug, study_ratios
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,14 +138,14 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     # the re-sampled copies are real train rows repeated, seen in the run's mix
     mix = json.loads((rows_dir / "re_sampling_gcn" / "seed0" / "classifier" / "summary.json").read_text())["train_rows"]
     assert mix["resampled"] == resampled["extra_rows"] and mix["synthetic"] == 0
-    from trcgl.pipeline_report import ablation_section
-    from trcgl.report_html import Table
+    from trcgl.pipeline.html import Table
+    from trcgl.pipeline.report import ablation_section
 
     section = ablation_section(Storage(root), "abl")  # what the run's report shows
     shown = [b for b in section.blocks if isinstance(b, Table)][0].frame
     assert list(shown["name"]) == list(table["name"]) and "tail_mAP" in shown
     # the same study again finds it finished for this grid and reads it back (in-process: no new Ray needed)
-    from trcgl.tune.ray_ablation import run_ablation
+    from trcgl.study.ray_ablation import run_ablation
 
     again = run_ablation(load_config("tiny", [f"storage.root={root}", "train.run=abl", "train.epochs=1",
                                               "ablation.aug_ratio_tail=2.0"]))  # fmt: skip

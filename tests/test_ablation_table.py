@@ -10,7 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trcgl.ablation_table import (
+from trcgl.config import GroupConfig
+from trcgl.data.splits import group_of
+from trcgl.metrics import evaluate_scores, per_class_ap_auc, summarise
+from trcgl.study.table import (
     MINUS,
     ablation_table,
     paired_bootstrap,
@@ -18,9 +21,6 @@ from trcgl.ablation_table import (
     table_markdown,
     tail_map_plot,
 )
-from trcgl.config import GroupConfig
-from trcgl.data.splits import group_of
-from trcgl.metrics import evaluate_scores, per_class_ap_auc, summarise
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from trcgl import ray_cluster_local as rcl
-from trcgl.benchmarks.ray_autoscale_bench import RUN, generate_command
+from trcgl import ray_runtime
+from trcgl_dev import local_cluster as rcl
+from trcgl_dev.benchmarks.ray_autoscale_bench import RUN, generate_command
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def test_generate_scales_gpu_nodes_from_zero_and_back(
     tiny_diffusion: dict, local_cluster: rcl.LocalCluster, tmp_path: Path
 ) -> None:
     root, dataset = tiny_diffusion["root"], tiny_diffusion["dataset"]
-    config = rcl.load_config(local_cluster.config)
+    config = ray_runtime.load_cluster_config(local_cluster.config)
     start = rcl.node_counts(local_cluster.dashboard_url, config, local_cluster.token())
     assert start == {"ray.head.default": 1, "gpu_worker": 0, "cpu_worker": 0}, start
 
@@ -90,7 +91,7 @@ def test_sweep_with_one_gpu_per_trial_scales_gpu_nodes(
     import sys
 
     root, dataset = tiny_prepared
-    config = rcl.load_config(local_cluster.config)
+    config = ray_runtime.load_cluster_config(local_cluster.config)
     # the generate test (same module) may have left GPU nodes that are still idling out
     rcl.wait_for_gpu_nodes(local_cluster, 0, timeout_s=IDLE_TIMEOUT_MINUTES * 60 + 60)
     cmd = [
@@ -118,18 +119,18 @@ def test_sweep_with_one_gpu_per_trial_scales_gpu_nodes(
 
 def test_gpu_request_no_node_type_can_hold_fails_fast(local_cluster: rcl.LocalCluster, monkeypatch) -> None:
     """4 GPUs per actor when the largest GPU node type has 1: waiting would be forever, so fail at once."""
-    monkeypatch.setenv(rcl.CONFIG_ENV, local_cluster.config)  # what LocalCluster.env() gives every job
+    monkeypatch.setenv(ray_runtime.CONFIG_ENV, local_cluster.config)  # what LocalCluster.env() gives every job
     with pytest.raises(ValueError, match=r"'generate.num_gpus' asks for 4 GPU.*'gpu_worker', has 1 GPU") as err:
-        rcl.check_gpus_feasible(4, "generate.num_gpus")
+        ray_runtime.check_gpus_feasible(4, "generate.num_gpus")
     assert local_cluster.config in str(err.value)
-    rcl.check_gpus_feasible(1, "generate.num_gpus")  # fits a gpu_worker: the autoscaler will add one
-    rcl.check_gpus_feasible(0, "generate.num_gpus")
-    monkeypatch.delenv(rcl.CONFIG_ENV)
+    ray_runtime.check_gpus_feasible(1, "generate.num_gpus")  # fits a gpu_worker: the autoscaler will add one
+    ray_runtime.check_gpus_feasible(0, "generate.num_gpus")
+    monkeypatch.delenv(ray_runtime.CONFIG_ENV)
     cpu_only = {
         "head_node_type": "h",
         "available_node_types": {"h": {"resources": {"CPU": 0}}, "w": {"resources": {"CPU": 8}, "max_workers": 4}},
     }
-    assert rcl.largest_gpu_node_type(cpu_only) == (None, 0.0)
+    assert ray_runtime.largest_gpu_node_type(cpu_only) == (None, 0.0)
 
 
 def test_local_cluster_config_passes_the_launchers_validation() -> None:
@@ -142,7 +143,7 @@ def test_local_cluster_config_passes_the_launchers_validation() -> None:
     config = rcl.resolve_config("127.0.0.1:6379")
     validate_config(copy.deepcopy(config))
     assert config["provider"]["type"] == "fake_multinode" and config["provider"]["gcs_address"] == "127.0.0.1:6379"
-    types = rcl.node_types(config)
+    types = ray_runtime.node_types(config)
     assert rcl.head_resources(config) == {"CPU": 0, "GPU": 0}, "the head runs no work"
     assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["max_workers"] == 2
     assert types["cpu_worker"]["resources"].get("GPU", 0) == 0

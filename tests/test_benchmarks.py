@@ -29,7 +29,7 @@ def test_generate_benchmark_runs(ray_local, capsys):
 def test_cache_benchmark_ratios(epochs):
     """The cache benchmark's arithmetic (its runs, two training jobs per stage, are left to the benchmark itself:
     about 70 s even at one epoch)."""
-    from trcgl.benchmarks.ray_cache_bench import CacheBenchResult, CacheRun
+    from trcgl_dev.benchmarks.ray_cache_bench import CacheBenchResult, CacheRun
 
     streamed = CacheRun("classifier", "streamed", [e * 2 for e in epochs], 80.0)
     held = CacheRun("classifier", "held", epochs, 40.0)

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from trcgl.config import GenerateConfig, load_config
+from trcgl.data.dataset import DatasetInfo
 from trcgl.diffusion.plan import Generator, make_plan, part_payloads
-from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import DatasetInfo
+from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS
 
 
 def _info_rows():
@@ -114,9 +114,9 @@ def test_train_diffusion_then_generate_then_score_fidelity(tiny_diffusion):
     assert len(grids) == len(first["per_class"]) and first["fidelity"] is None  # no reference classifier yet
 
     # fidelity with a reference classifier (an untrained one: this checks the mechanics, not the figures)
+    from trcgl.data.dataset import load_dataset_info
     from trcgl.models import build_model
     from trcgl.train import checkpoint as ckpt
-    from trcgl.train.data import load_dataset_info
 
     info = load_dataset_info(storage, dataset)
     reference = build_model(cfg.model, info.num_classes, info.cooccurrence)
@@ -173,8 +173,8 @@ def test_fidelity_keep_threshold_fraction_and_both():
 
 
 def test_fidelity_keep_fraction_is_checked_and_makes_the_filtered_folder():
-    from trcgl.ablation import check_ablation
     from trcgl.config import ConfigError
+    from trcgl.study.rows import check_ablation
 
     with pytest.raises(ConfigError, match=r"generate\.fidelity_keep_fraction.*got 1\.5"):
         load_config("tiny", ["generate.fidelity_keep_fraction=1.5"])

@@ -89,7 +89,7 @@ def test_gpu_benchmark_dry_run_prints_every_path(capsys):
 
 
 def test_peak_lookup_prefers_the_longest_name():
-    from trcgl.benchmarks.gpu_bench import peak_tflops
+    from trcgl_dev.benchmarks.gpu_bench import peak_tflops
 
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trcgl.config import ConfigError, dump_yaml, load_config
-from trcgl.pipeline import baseline_config, check_pipeline, final_config, row_of
-from trcgl.pipeline_report import summary_table
+from trcgl.pipeline.ray_pipeline import baseline_config, check_pipeline, final_config, row_of
+from trcgl.pipeline.report import summary_table
 from trcgl.storage import Storage
 
 

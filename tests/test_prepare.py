@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from trcgl.config import StorageConfig, load_config
+from trcgl.data.dataset import read_dataset
 from trcgl.data.images import decode_prepared
-from trcgl.data.prepare import read_dataset
 from trcgl.data.ray_prepare import run_prepare
-from trcgl.faults.inputs import BAD_IMAGE_REASONS, BAD_ROW_REASONS, make_padchest_like
 from trcgl.storage import Storage, dataset_dir
+from trcgl_dev.faults.inputs import BAD_IMAGE_REASONS, BAD_ROW_REASONS, make_padchest_like
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import pytest
 from _browser import find_browser, inspect_page, skip_reason
 from PIL import Image as PILImage
 
-from trcgl.report_html import PNG_SIGNATURE, Code, Image, Images, Section, Table, Text, render, versions
+from trcgl.pipeline.html import PNG_SIGNATURE, Code, Image, Images, Section, Table, Text, render, versions
 
 # ---------------------------------------------------------------------------------------------------------------
 # fixtures: real PNGs

@@ -4,7 +4,8 @@ import pyarrow as pa
 import pytest
 
 from trcgl.config import ConfigError, StorageConfig
-from trcgl.storage import Storage, StorageError, dataset_dir, parse_uri
+from trcgl.errors import StorageError
+from trcgl.storage import Storage, dataset_dir, parse_uri
 
 
 def test_parse_uri():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trcgl.config import ConfigError, load_config
-from trcgl.tune import leaderboard as lb
-from trcgl.tune.space import check_space, trial_config
+from trcgl.config import ConfigError, check_space, load_config
+from trcgl.sweep import leaderboard as lb
+from trcgl.sweep.space import trial_config
 
 
 def test_default_space_covers_the_mission_and_is_valid():

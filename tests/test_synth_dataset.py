@@ -15,7 +15,7 @@ from trcgl.data import labelsets
 from trcgl.data.padchest import FRONTAL, clean_metadata, read_metadata
 from trcgl.data.ray_prepare import run_prepare
 from trcgl.data.ray_synth import run_synthesize
-from trcgl.data.synth_source import CSV_FILE, select_subset, source_name
+from trcgl.data.synth.source import CSV_FILE, select_subset, source_name
 from trcgl.storage import Storage, source_dir
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def test_subset_keeps_every_class_with_a_floor(tmp_path):
     cfg = load_config("demo", ["synth.rows=300", "synth.tail_floor=3", "synth.lateral_fraction=0.1"])
-    from trcgl.data.synth_source import read_full_csv
+    from trcgl.data.synth.source import read_full_csv
 
     subset = select_subset(cfg, read_full_csv())
     assert len(subset) >= 300 and subset["ImageID"].is_unique

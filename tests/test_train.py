@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from trcgl.config import AugmentConfig, TrainConfig, load_config
+from trcgl.data.dataset import DatasetInfo
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import DatasetInfo, augment, choose_resampled, choose_synthetic, lr_factor
+from trcgl.train.data import augment, choose_resampled, choose_synthetic, lr_factor
 
 
 def make_synthetic_folder(storage: Storage, dataset: str) -> str:
     """A synthetic folder built from real tail-positive train images (what the generation job writes)."""
-    from trcgl.data.prepare import read_dataset
+    from trcgl.data.dataset import read_dataset
 
     labels = storage.read_json(f"datasets/{dataset}/labels.json")
     tail = [i for i, g in enumerate(labels["groups"]) if g == "tail"]
@@ -146,7 +147,7 @@ def test_small_data_is_held_in_the_object_store_and_large_data_streams(tiny_prep
 
     from ray.data.dataset import MaterializedDataset
 
-    from trcgl.train.data import load_dataset_info
+    from trcgl.data.dataset import load_dataset_info
     from trcgl.train.ray_common import hold_if_small
     from trcgl.train.ray_train import split_dataset
 
@@ -171,9 +172,9 @@ def test_small_data_is_held_in_the_object_store_and_large_data_streams(tiny_prep
 @pytest.mark.slow
 def test_driver_and_actor_pool_scoring_agree(tiny_prepared):
     """A small split scored in the driver (train.eval_local_rows) gives the actor pool's predictions."""
+    from trcgl.data.dataset import load_dataset_info
     from trcgl.models import build_model
     from trcgl.train import checkpoint as ckpt
-    from trcgl.train.data import load_dataset_info
     from trcgl.train.ray_evaluate import predict_local, predict_split
 
     root, dataset = tiny_prepared

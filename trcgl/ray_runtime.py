@@ -1,16 +1,23 @@
-"""Connecting a job to Ray: a cluster when one is named (``ray.address`` or ``$RAY_ADDRESS``), else a local Ray."""
+"""Connecting a job to Ray (a cluster when one is named by ``ray.address`` or ``$RAY_ADDRESS``, else a local Ray), and
+the checks that fail fast where Ray would wait forever: GPUs no node has or can get, CPUs left to Ray Data."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from pathlib import Path
+from typing import Any
 
 import ray
+import yaml
 
 from trcgl.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
+
+CONFIG_ENV = "TRCGL_AUTOSCALER_CONFIG"  # path of the autoscaler's cluster config, for check_gpus_feasible
+LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")  # what the cluster launcher leaves on a real head node
 
 
 def init_ray(cfg: Config) -> bool:
@@ -82,8 +89,6 @@ def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
     if per_worker <= 0:
         return
     if autoscaling:
-        from trcgl.ray_cluster_local import check_gpus_feasible
-
         check_gpus_feasible(per_worker, key)  # no autoscaler node type can ever hold one worker: fail now
         return
     have = ray.cluster_resources().get("GPU", 0.0)
@@ -118,4 +123,73 @@ def check_cpu_budget(cfg: Config, concurrent_runs: int = 1, driver_cpus: float =
             f"{total - held:g}, less than the {need:g} CPU a Ray Data task needs (ray.cpus_per_task): training "
             "would wait forever for data. Lower train.cpus_per_worker, train.num_workers or "
             "sweep.max_concurrent_trials, or add CPUs"
+        )
+
+
+def node_types(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``available_node_types`` of a cluster config."""
+    return dict(config.get("available_node_types") or {})
+
+
+def autoscaler_config_path() -> Path | None:
+    """The autoscaler's cluster config visible to this process, if any.
+
+    ``$TRCGL_AUTOSCALER_CONFIG`` (set by :meth:`LocalCluster.env`), else ``~/ray_bootstrap_config.yaml``, the file
+    the Ray cluster launcher leaves on a head node (where ``ray job submit`` runs job drivers).
+    """
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return Path(named).expanduser()
+    launcher = LAUNCHER_CONFIG.expanduser()
+    return launcher if launcher.exists() else None
+
+
+def load_cluster_config(path: str | Path) -> dict[str, Any]:
+    """A cluster config from YAML (or JSON, which YAML reads too)."""
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def largest_gpu_node_type(config: dict[str, Any]) -> tuple[str | None, float]:
+    """The node type with the most GPUs that can exist (the head, or a worker type with ``max_workers`` > 0)."""
+    best: tuple[str | None, float] = (None, 0.0)
+    for name, spec in node_types(config).items():
+        gpus = float((spec.get("resources") or {}).get("GPU", 0))
+        can_exist = name == config.get("head_node_type") or int(spec.get("max_workers", 0)) > 0
+        if can_exist and gpus > best[1]:
+            best = (name, gpus)
+    return best
+
+
+def check_gpus_feasible(per_worker: float, key: str, config_path: str | Path | None = None) -> None:
+    """Fails fast when one worker asks for more GPUs than any node type of the autoscaler will ever have.
+
+    With an autoscaler, a GPU request the cluster cannot place *now* is fine (a node will be added), but one that
+    no node type can hold pends forever with no error. The node types come from the autoscaler's cluster config
+    (``config_path``, else :func:`autoscaler_config_path`); where none is visible, nothing is checked.
+
+    Args:
+        per_worker: GPUs asked for by one worker / actor / trial.
+        key: the config key that asked, named in the error.
+        config_path: the cluster config to read instead of the one found in the environment.
+
+    Raises:
+        ConfigError: naming the key, the request and the largest GPU node type.
+    """
+    if per_worker <= 0:
+        return
+    path = Path(config_path) if config_path is not None else autoscaler_config_path()
+    if path is None:
+        log.info(
+            "no autoscaler config visible (%s unset): %s=%s not checked against node types", CONFIG_ENV, key, per_worker
+        )
+        return
+    config = load_cluster_config(path)
+    name, gpus = largest_gpu_node_type(config)
+    if per_worker > gpus + 1e-9:
+        largest = f"the largest GPU node type, {name!r}, has {gpus:g}" if name else "no node type has any"
+        raise ConfigError(
+            f"config key {key!r} asks for {per_worker:g} GPU(s) per worker but {largest} GPU(s) (autoscaler config "
+            f"{path}): the autoscaler can never add a node that holds one worker and the job would wait forever. "
+            f"Set {key} to at most {gpus:g}, or add a node type with more GPUs"
         )

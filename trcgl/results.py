@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from trcgl.config import StorageConfig
+from trcgl.metrics import METRICS
 from trcgl.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ REPORT_DIR = "report"
 TRIALS = "/sweep/trials/"
 
 # Test metrics in display order; each may carry a confidence interval under "ci".
-METRICS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP", "head_mAUC", "medium_mAUC", "tail_mAUC")
 # Stage folders in the order the pipeline runs them (used to order the "stages" column).
 STAGE_ORDER = ("diffusion", "synthetic", "classifier", "sweep", "report")
 # A config.yaml found inside one of these folders of a run belongs to that stage, not to a nested run.

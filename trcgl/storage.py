@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,15 +34,12 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 import s3fs
 
-from trcgl.config import ConfigError, StorageConfig
+from trcgl.config import StorageConfig
+from trcgl.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
-
-
-class StorageError(RuntimeError):
-    """A storage operation failed after the configured retries; the message names the endpoint and path."""
 
 
 @dataclass(frozen=True)
@@ -385,3 +383,12 @@ def dataset_dir(name: str) -> str:
 def run_dir(run: str, stage: str | None = None) -> str:
     """A run's folder, or one stage's subfolder (diffusion, synthetic, classifier, sweep)."""
     return f"runs/{run}/{stage}" if stage else f"runs/{run}"
+
+
+def slugify(text: str, sep: str = "-") -> str:
+    """A path- and anchor-safe name: lower case, each run of characters other than ``[a-z0-9]`` as one ``sep``.
+
+    >>> slugify("+ SE + CA + GCN (full - diffusion)", "_")
+    'se_ca_gcn_full_diffusion'
+    """
+    return re.sub(r"[^a-z0-9]+", sep, text.lower()).strip(sep)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trcgl.faults.generation_kill import generation_kill
+from trcgl_dev.faults.generation_kill import generation_kill
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

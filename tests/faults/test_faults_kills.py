@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trcgl.faults.bad_inputs import corrupt_inputs
-from trcgl.faults.kills import classifier_driver_kill, sweep_driver_kill
-from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS
+from trcgl_dev.faults.bad_inputs import corrupt_inputs
+from trcgl_dev.faults.kills import classifier_driver_kill, sweep_driver_kill
+from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

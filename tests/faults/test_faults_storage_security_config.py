@@ -2,7 +2,7 @@
 
 S3 outages go through a switchable loopback TCP proxy in front of the session's moto server; the security scenario
 runs a real token-auth Ray head and one real job with a fake AWS secret in the head's environment; bad configurations
-go to the real entry points. The figures come from :mod:`trcgl.faults.scenarios`, which a benchmark can call too.
+go to the real entry points. The figures come from :mod:`trcgl_dev.faults.scenarios`, which a benchmark can call too.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from trcgl.faults import record_figures
-from trcgl.faults.proxy import TcpProxy
-from trcgl.faults.scenarios import (
+from trcgl_dev.faults import record_figures
+from trcgl_dev.faults.proxy import TcpProxy
+from trcgl_dev.faults.scenarios import (
     OPS,
     bad_configs,
     cluster_start_commands_without_token,

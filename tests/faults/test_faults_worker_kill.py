@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS, train_worker_kill
+from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, train_worker_kill
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -14,15 +14,9 @@ import math
 import numpy as np
 from PIL import Image, ImageFile
 
+from trcgl.errors import ImageDecodeError
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-class ImageDecodeError(ValueError):
-    """An image cannot be used; ``reason`` is a short code for reports, the message says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def infer_bits(max_value: int) -> int:

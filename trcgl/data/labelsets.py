@@ -17,14 +17,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from trcgl.config import ConfigError
-from trcgl.data.padchest import normalise_label
+from trcgl.errors import ConfigError
 
 LABELSET_DIR = Path(__file__).resolve().parent / "labelsets"
 TOP_N = re.compile(r"^padchest-top-(\d+)$")
 NORMAL = "normal"
 # Raw labels that describe the study, not a finding: never a class of padchest-top-N.
 META_LABELS = frozenset({"unchanged", "exclude", "suboptimal study"})
+
+
+def normalise_label(text: str) -> str:
+    """Lower case, stray and repeated whitespace removed: ``' Pleural  Effusion'`` → ``'pleural effusion'``."""
+    return " ".join(str(text).lower().split())
 
 
 @dataclass(frozen=True)

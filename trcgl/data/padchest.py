@@ -43,6 +43,8 @@ import numpy as np
 import pandas as pd
 
 from trcgl.config import StorageConfig
+from trcgl.data.labelsets import normalise_label
+from trcgl.storage import filesystem_for
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,6 @@ def read_metadata(uri: str | None = None, storage: StorageConfig | None = None) 
     Raises:
         ValueError: when a required column is missing (names the file and the columns).
     """
-    from trcgl.storage import filesystem_for
 
     uri = uri or default_metadata_path()
     fs, path = filesystem_for(uri, storage or StorageConfig())
@@ -127,11 +128,6 @@ def read_metadata(uri: str | None = None, storage: StorageConfig | None = None) 
     df["csv_row"] = np.arange(2, len(df) + 2)
     log.info("read %d metadata rows from %s", len(df), uri)
     return df
-
-
-def normalise_label(text: str) -> str:
-    """Lower case, stray and repeated whitespace removed: ``' Pleural  Effusion'`` → ``'pleural effusion'``."""
-    return " ".join(str(text).lower().split())
 
 
 @dataclass(frozen=True)

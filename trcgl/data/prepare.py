@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from trcgl.config import Config, ConfigError, config_hash, dump_yaml, to_dict
 from trcgl.data import labelsets, splits
-from trcgl.data.images import ImageDecodeError, decode_xray, encode_prepared, resize_square
+from trcgl.data.images import decode_xray, encode_prepared, resize_square
 from trcgl.data.padchest import clean_metadata, count_reasons, default_metadata_path, read_metadata
-from trcgl.data.synth_source import synth_inputs
+from trcgl.data.synth.source import synth_inputs
+from trcgl.errors import ImageDecodeError
 from trcgl.storage import Storage, dataset_dir, filesystem_for
 
 log = logging.getLogger(__name__)
@@ -313,19 +312,3 @@ def check_existing(storage: Storage, plan: PreparePlan) -> dict | None:
             "choose another data.name or delete it"
         )
     return storage.read_json(posixpath.join(dataset_dir(plan.name), "prepare_report.json"))
-
-
-def read_dataset(storage: Storage, name: str, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Reads a published dataset's shards (only files its manifest lists), optionally one split."""
-    parts = list(storage.iter_manifest_files(dataset_dir(name), ".parquet"))
-    parts = [p for p in parts if posixpath.basename(p).startswith("part-")]
-    tables = []
-    for p in parts:
-        with storage.pyarrow_fs.open_input_file(storage.path(p)) as fh:
-            t = pq.read_table(fh, columns=columns if columns is None or "split" in columns else [*columns, "split"])
-        if split is not None:
-            t = t.filter(pc.equal(t["split"], split))
-        tables.append(t)
-    if not tables:
-        raise FileNotFoundError(f"dataset {name!r} has no shards")
-    return pa.concat_tables(tables)

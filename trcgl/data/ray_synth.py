@@ -8,7 +8,7 @@ import time
 import ray
 
 from trcgl.config import Config, dump_yaml, to_dict
-from trcgl.data import synth_source
+from trcgl.data.synth import source as synth_source
 from trcgl.storage import Storage, source_dir
 
 log = logging.getLogger(__name__)

@@ -68,6 +68,7 @@ from trcgl.diffusion.text import (
     load_text_components,
     local_folder,
 )
+from trcgl.storage import filesystem_for
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +549,6 @@ class TextToXray(nn.Module):
         if "://" in folder and not folder.startswith("file://"):
             import pyarrow.fs as pafs
 
-            from trcgl.storage import filesystem_for
 
             tmp = tempfile.mkdtemp(prefix="trcgl-diffusion-")
             try:

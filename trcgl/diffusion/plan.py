@@ -26,11 +26,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from trcgl.config import Config, GenerateConfig, StorageConfig, from_dict
+from trcgl.config import Config, GenerateConfig, StorageConfig, from_dict, to_dict
+from trcgl.data.dataset import DatasetInfo
 from trcgl.data.images import encode_prepared, resize_square
 from trcgl.diffusion.prompts import build_prompt
 from trcgl.storage import Storage
-from trcgl.train.data import DatasetInfo
 from trcgl.train.devices import amp_enabled
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,6 @@ def read_train_rows(storage: Storage, info: DatasetInfo) -> pd.DataFrame:
 
 def generate_in_process(cfg: Config, model_uri: str, plan: pd.DataFrame, out_dir: str, num_classes: int) -> int:
     """The same work without Ray (tests, the benchmark's baseline); returns rows written."""
-    from trcgl.config import to_dict
 
     gen = Generator(to_dict(cfg), model_uri, out_dir, num_classes)
     written = 0

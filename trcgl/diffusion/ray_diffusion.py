@@ -21,12 +21,13 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from trcgl.config import Config, config_hash, dump_yaml, from_dict, to_dict
+from trcgl.data.dataset import DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.diffusion.grouping import group_repeats, repeat_by_group
 from trcgl.diffusion.model import TextToXray
 from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import DatasetInfo, decode_batch, load_dataset_info, resolve_dataset_name
+from trcgl.train.data import decode_batch
 from trcgl.train.devices import amp_enabled, to_device
 from trcgl.train.ray_common import (
     all_workers_sum,

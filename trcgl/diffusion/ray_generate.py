@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import ray
 
 from trcgl.config import Config, to_dict
+from trcgl.data.dataset import DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.data.images import decode_prepared
 from trcgl.diffusion.fidelity import fidelity_keep, fidelity_table, sample_grid
 from trcgl.diffusion.plan import Generator, make_plan, output_schema, part_payloads, read_train_rows
 from trcgl.ray_runtime import check_gpus
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.train.ray_evaluate import predict_split, score_rows
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from transformers import (
 
 from trcgl.config import DiffusionConfig, StorageConfig
 from trcgl.diffusion.prompts import WORD_PATTERN
+from trcgl.storage import filesystem_for
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ def local_folder(uri: str, storage: StorageConfig | None = None) -> Iterator[str
         return
     import pyarrow.fs as pafs
 
-    from trcgl.storage import filesystem_for
 
     fs, path = filesystem_for(uri, storage or StorageConfig())
     tmp = tempfile.mkdtemp(prefix="trcgl-diffusion-")

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from trcgl.config import Config, StorageConfig, config_hash, from_dict, to_dict
+from trcgl.data.dataset import DatasetInfo
 from trcgl.models import build_adjacency, build_model
 from trcgl.storage import Storage, filesystem_for
-from trcgl.train.data import DatasetInfo
 
 log = logging.getLogger(__name__)
 

@@ -13,109 +13,18 @@ from __future__ import annotations
 
 import logging
 import math
-import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from trcgl.config import AugmentConfig, Config, TrainConfig
+from trcgl.config import AugmentConfig, TrainConfig
+from trcgl.data.dataset import DatasetInfo
 from trcgl.data.images import decode_prepared
-from trcgl.storage import Storage, dataset_dir
+from trcgl.storage import Storage
 
 log = logging.getLogger(__name__)
-
-COLUMNS = ["image_id", "image", "labels"]
-
-
-@dataclass
-class DatasetInfo:
-    """What a training run needs to know about a prepared dataset (from labels.json and cooccurrence.parquet)."""
-
-    name: str
-    classes: list[str]
-    groups: list[str]
-    train_counts: np.ndarray  # (K,)
-    cooccurrence: np.ndarray  # (K, K) train counts
-    image_size: int
-    parts: list[str]  # Parquet part paths on the storage filesystem (manifest-listed)
-    split_sizes: dict[str, int]  # images per split
-    parts_bytes: int = 0  # bytes of all Parquet parts (the manifest's sizes); 0: unknown
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def estimated_bytes(self, rows: int) -> int:
-        """Bytes of ``rows`` rows at the dataset's mean bytes per row (0 when the part sizes are unknown)."""
-        total = sum(self.split_sizes.values())
-        return int(self.parts_bytes * rows / total) if total else 0
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "classes": self.classes,
-            "groups": self.groups,
-            "train_counts": self.train_counts.tolist(),
-            "cooccurrence": self.cooccurrence.tolist(),
-            "image_size": self.image_size,
-            "parts": self.parts,
-            "split_sizes": self.split_sizes,
-            "parts_bytes": self.parts_bytes,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DatasetInfo:
-        return cls(
-            name=d["name"],
-            classes=list(d["classes"]),
-            groups=list(d["groups"]),
-            train_counts=np.asarray(d["train_counts"], dtype=np.int64),
-            cooccurrence=np.asarray(d["cooccurrence"], dtype=np.int64),
-            image_size=int(d["image_size"]),
-            parts=list(d["parts"]),
-            split_sizes={k: int(v) for k, v in d.get("split_sizes", {}).items()},  # absent in older checkpoints
-            parts_bytes=int(d.get("parts_bytes", 0)),
-        )
-
-
-def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
-    """Reads a published dataset's labels.json and co-occurrence.
-
-    Raises:
-        FileNotFoundError: when the dataset is not prepared (names the path and the command that makes it).
-    """
-    base = dataset_dir(name)
-    manifest = storage.manifest(base)
-    if manifest is None:
-        raise FileNotFoundError(
-            f"dataset {name!r} is not prepared at {storage.uri(base)!r}: "
-            "run python -m jobs.prepare with the same config"
-        )
-    labels = storage.read_json(posixpath.join(base, "labels.json"))
-    classes = labels["classes"]
-    with storage.pyarrow_fs.open_input_file(storage.path(base, "cooccurrence.parquet")) as fh:
-        co = pq.read_table(fh).to_pandas()
-    k = len(classes)
-    cooc = np.zeros((k, k), dtype=np.int64)
-    cooc[co["i"].to_numpy(), co["j"].to_numpy()] = co["count"].to_numpy()
-    sizes = {posixpath.join(base, n): int(b) for n, b in manifest["files"].items()}  # rel path -> bytes
-    part_rels = sorted(p for p in sizes if p.endswith(".parquet") and "/part-" in p)
-    return DatasetInfo(
-        name=name,
-        classes=classes,
-        groups=labels["groups"],
-        train_counts=np.asarray([labels["counts"]["train"][c] for c in classes], dtype=np.int64),
-        cooccurrence=cooc,
-        image_size=int(labels["image_size"]),
-        parts=[storage.path(p) for p in part_rels],
-        split_sizes={k: int(v) for k, v in labels["images"].items()},
-        parts_bytes=sum(sizes[p] for p in part_rels),
-    )
-
 
 def synthetic_parts(storage: Storage, folders: Sequence[str]) -> list[str]:
     """Manifest-listed Parquet parts of the synthetic folders (relative to the root, or full URIs under it)."""
@@ -245,12 +154,3 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def resolve_dataset_name(cfg: Config, storage: Storage) -> str:
-    """``train.dataset``, or the name of the dataset the data section prepares."""
-    if cfg.train.dataset:
-        return cfg.train.dataset
-    from trcgl.data.prepare import dataset_name, resolve_inputs
-
-    return dataset_name(cfg, *resolve_inputs(cfg, storage))

@@ -12,11 +12,10 @@ import pyarrow as pa
 import ray
 
 from trcgl.config import Config, to_dict
-from trcgl.data.prepare import read_dataset
+from trcgl.data.dataset import COLUMNS, DatasetInfo, load_dataset_info, read_dataset
 from trcgl.metrics import evaluate_scores, per_class_frame
 from trcgl.storage import Storage
 from trcgl.train import report
-from trcgl.train.data import COLUMNS, DatasetInfo, load_dataset_info
 from trcgl.train.predict import Predictor
 
 log = logging.getLogger(__name__)

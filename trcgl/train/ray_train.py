@@ -25,23 +25,13 @@ from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from trcgl.config import Config, ConfigError, dump_yaml, from_dict, to_dict
+from trcgl.data.dataset import COLUMNS, DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.losses import build_loss
-from trcgl.metrics import evaluate_scores
+from trcgl.metrics import METRICS, evaluate_scores
 from trcgl.models import build_model
 from trcgl.storage import Storage, run_dir
 from trcgl.train import checkpoint as ckpt
-from trcgl.train.data import (
-    COLUMNS,
-    DatasetInfo,
-    augment,
-    choose_resampled,
-    choose_synthetic,
-    decode_batch,
-    load_dataset_info,
-    lr_factor,
-    resolve_dataset_name,
-    synthetic_parts,
-)
+from trcgl.train.data import augment, choose_resampled, choose_synthetic, decode_batch, lr_factor, synthetic_parts
 from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
 from trcgl.train.ray_common import (
     all_workers_sum,
@@ -52,11 +42,11 @@ from trcgl.train.ray_common import (
     torch_config,
     train_device,
 )
+from trcgl.train.ray_evaluate import evaluate_checkpoint
 
 log = logging.getLogger(__name__)
 
 STAGE = "classifier"
-SUMMARY_KEYS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP", "head_mAUC", "medium_mAUC", "tail_mAUC")
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -226,7 +216,7 @@ def train_loop_per_worker(config: dict) -> None:
                 device,
             )
             val = evaluate_scores(val_scores, val_targets, info.classes, info.groups, bootstrap=0)
-            metrics.update({f"val_{k}": val[k] for k in SUMMARY_KEYS})
+            metrics.update({f"val_{k}": val[k] for k in METRICS})
             history.append(metrics)
             score = val["mAP"] if val["mAP"] is not None else -1.0
             improved = score > best
@@ -273,7 +263,6 @@ def run_training(cfg: Config, callbacks: list | None = None) -> dict:
     Returns:
         Summary: dataset, epochs, best val mAP, test metrics with intervals, output locations.
     """
-    from trcgl.train.ray_evaluate import evaluate_checkpoint
 
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
@@ -323,7 +312,7 @@ def run_training(cfg: Config, callbacks: list | None = None) -> dict:
         "train_rows": mix,
         "epochs_run": len(history),
         "best_val_mAP": max((h["val_mAP"] or -1) for h in history),
-        "test": {k: test[k] for k in SUMMARY_KEYS} | {"ci": test["ci"]},
+        "test": {k: test[k] for k in METRICS} | {"ci": test["ci"]},
         "best_checkpoint": best_uri,
         "outputs": storage.uri(classifier),
         "train_seconds": round(time.perf_counter() - t0, 1),

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import logging
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-
-from trcgl.config import Config  # noqa: E402
-from trcgl.data.images import decode_prepared  # noqa: E402
-from trcgl.storage import Storage  # noqa: E402
-from trcgl.train.checkpoint import load_model  # noqa: E402
-from trcgl.train.data import DatasetInfo  # noqa: E402
+from trcgl.config import Config
+from trcgl.data.dataset import DatasetInfo
+from trcgl.data.images import decode_prepared
+from trcgl.plotting import GROUP_COLOURS, png
+from trcgl.storage import Storage
+from trcgl.train.checkpoint import load_model
 
 log = logging.getLogger(__name__)
-GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def long_tail_plot(table: pd.DataFrame, title: str) -> bytes:
@@ -51,7 +40,7 @@ def long_tail_plot(table: pd.DataFrame, title: str) -> bytes:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in GROUP_COLOURS.values()]
     ax.legend(handles, list(GROUP_COLOURS), loc="upper right", fontsize=8)
     ax.set_title(title)
-    return _png(fig)
+    return png(fig)
 
 
 def group_bars(result: dict, title: str) -> bytes:
@@ -78,7 +67,7 @@ def group_bars(result: dict, title: str) -> bytes:
         ax.set_ylim(0, 1.05)
         ax.set_title(metric)
     fig.suptitle(title)
-    return _png(fig)
+    return png(fig)
 
 
 def training_curves(history: list[dict]) -> bytes:
@@ -95,7 +84,7 @@ def training_curves(history: list[dict]) -> bytes:
     axes[1].set_xlabel("epoch")
     axes[1].set_ylim(0, 1)
     axes[1].legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def attention_overlays(
@@ -125,7 +114,7 @@ def attention_overlays(
                 ax.set_title(f"{class_names[r]}\np={probs[c]:.2f}" if c == 0 else f"p={probs[c]:.2f}", fontsize=8)
                 ax.axis("off")
             axes[r][0].set_ylabel(titles[r])
-    return _png(fig)
+    return png(fig)
 
 
 def pick_attention_examples(

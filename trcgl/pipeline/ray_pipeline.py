@@ -14,7 +14,7 @@ Stages of run ``R`` (``train.run``), all under ``{root}/runs/R/``:
    reused when it already ran those epochs to the end: retraining it with the same seed would repeat it).
 7. ``report`` → ``summary.json`` and ``report/report.html``.
 
-No Ray import here: each stage's ``ray_*`` module does its own Ray work.
+Each stage's own ``ray_*`` module does its Ray work; this module only sequences them and decides what to skip.
 """
 
 from __future__ import annotations
@@ -28,10 +28,18 @@ from typing import Any
 import yaml
 
 from trcgl.config import Config, ConfigError, apply_overrides, config_hash, dump_yaml, filters_fidelity, from_dict
-from trcgl.pipeline_report import METRICS
+from trcgl.data.dataset import resolve_dataset_name
+from trcgl.data.ray_prepare import run_prepare
+from trcgl.data.ray_synth import run_synthesize
+from trcgl.diffusion.ray_diffusion import run_train_diffusion
+from trcgl.diffusion.ray_generate import run_generate
+from trcgl.metrics import TABLE_METRICS
+from trcgl.pipeline.report import write_report
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import resolve_dataset_name
-from trcgl.tune.space import searched_folders
+from trcgl.sweep.ray_sweep import STAGE as SWEEP_STAGE
+from trcgl.sweep.ray_sweep import run_sweep
+from trcgl.sweep.space import searched_folders
+from trcgl.train.ray_train import run_training
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +117,6 @@ def _classifier_summary(storage: Storage, run: str) -> dict[str, Any] | None:
 
 def train_or_skip(cfg: Config, storage: Storage) -> dict[str, Any]:
     """Trains ``train.run`` unless its summary exists (then it is read back)."""
-    from trcgl.train.ray_train import run_training
-
     done = _classifier_summary(storage, cfg.train.run)
     if done is not None:
         return {"skipped": True, "summary": done}
@@ -123,8 +129,6 @@ def diffusion_or_skip(cfg: Config, storage: Storage) -> dict[str, Any]:
     Raises:
         ConfigError: the published model was trained with another diffusion config (choose another run name).
     """
-    from trcgl.diffusion.ray_diffusion import run_train_diffusion
-
     model = posixpath.join(run_dir(cfg.train.run, "diffusion"), "model")
     manifest = storage.manifest(model)
     want = config_hash(cfg.diffusion)
@@ -141,8 +145,6 @@ def diffusion_or_skip(cfg: Config, storage: Storage) -> dict[str, Any]:
 
 def generate_or_skip(cfg: Config, storage: Storage, reference: str) -> dict[str, Any]:
     """Generates the run's synthetic tail images (fidelity scored by ``reference``) unless published."""
-    from trcgl.diffusion.ray_generate import run_generate
-
     synthetic = run_dir(cfg.train.run, "synthetic")
     if storage.manifest(synthetic) is not None:
         report = storage.read_json(posixpath.join(synthetic, "generate_report.json"))
@@ -154,11 +156,9 @@ def generate_or_skip(cfg: Config, storage: Storage, reference: str) -> dict[str,
 
 def sweep_or_single(cfg: Config, storage: Storage) -> dict[str, Any]:
     """The sweep (resumed or read back when done), or nothing when the sweep is off."""
-    from trcgl.tune.ray_sweep import STAGE, run_sweep
-
     if not cfg.sweep.enabled:
         return {"skipped": True, "record": {"disabled": True}}
-    out = run_dir(cfg.train.run, STAGE)
+    out = run_dir(cfg.train.run, SWEEP_STAGE)
     if storage.manifest(out) is not None:
         return {"skipped": True, "report": storage.read_json(posixpath.join(out, "sweep_report.json"))}
     report = run_sweep(cfg)
@@ -188,8 +188,8 @@ def row_of(name: str, summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "run": summary["run"],
-        **{m: test.get(m) for m in METRICS},
-        "ci": {m: test.get("ci", {}).get(m) for m in METRICS},
+        **{m: test.get(m) for m in TABLE_METRICS},
+        "ci": {m: test.get("ci", {}).get(m) for m in TABLE_METRICS},
         "synthetic_rows": summary.get("train_rows", {}).get("synthetic", 0),
     }
 
@@ -197,9 +197,6 @@ def row_of(name: str, summary: dict[str, Any]) -> dict[str, Any]:
 def prepare_or_skip(cfg: Config) -> dict[str, Any]:
     """Renders PadChest-Synth when that is the source (no images given), then prepares the dataset; each job skips
     what is already done for the same config."""
-    from trcgl.data.ray_prepare import run_prepare
-    from trcgl.data.ray_synth import run_synthesize
-
     if cfg.data.source == "padchest-synth" and cfg.data.images is None:
         run_synthesize(cfg)
     report = run_prepare(cfg)
@@ -212,8 +209,6 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     Returns:
         The pipeline summary (also ``{root}/runs/{run}/summary.json``): stages, the summary rows, the report URI.
     """
-    from trcgl.pipeline_report import write_report
-
     check_pipeline(cfg)
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()

@@ -3,7 +3,7 @@
 One tiny diffusion model (given, or trained here for 1 epoch) serves every run through ``generate.model``. The
 reference is an uninterrupted run with 1 actor and batch size 4; a second uninterrupted run uses 2 actors and batch
 size 16; the faulted run (``python -m jobs.generate`` in its own process group, a driver on the current Ray: see
-:func:`trcgl.faults.kills.job_env`) is SIGKILLed once its first Parquet parts exist and before it published its
+:func:`trcgl_dev.faults.kills.job_env`) is SIGKILLed once its first Parquet parts exist and before it published its
 manifest, then rerun twice: the same command, then the same configuration in this process. Images are compared byte
 for byte by image id.
 """
@@ -49,7 +49,7 @@ def generation_kill(
     """
     from trcgl.diffusion.ray_diffusion import run_train_diffusion
     from trcgl.diffusion.ray_generate import run_generate
-    from trcgl.faults.kills import kill_when, run_job
+    from trcgl_dev.faults.kills import kill_when, run_job
 
     t0 = time.perf_counter()
     base = [f"storage.root={root}", f"train.dataset={dataset}", f"generate.per_class_max={per_class_max}"]

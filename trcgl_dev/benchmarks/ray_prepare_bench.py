@@ -28,7 +28,7 @@ import ray
 from trcgl.config import Config, load_config
 from trcgl.data.ray_prepare import run_prepare
 from trcgl.data.ray_synth import run_synthesize
-from trcgl.data.synth_source import CSV_FILE, source_name
+from trcgl.data.synth.source import CSV_FILE, source_name
 from trcgl.storage import Storage, source_dir
 
 log = logging.getLogger(__name__)

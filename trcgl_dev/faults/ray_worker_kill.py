@@ -114,11 +114,11 @@ def train_worker_kill(
         ``resumed_from`` (first epoch of the attempt after the kill; 0 = from scratch),
         ``resumed_from_registered`` (resumed_from >= killed_after_epoch + 1), ``resumed_from_latest``
         (resumed_from == reported_before_kill), ``epochs_unique`` (every epoch once in the final history),
-        ``rows_ok`` (every epoch saw each row once, as :func:`trcgl.faults.kills.epochs_saw_each_row_once`
+        ``rows_ok`` (every epoch saw each row once, as :func:`trcgl_dev.faults.kills.epochs_saw_each_row_once`
         checks: diffusion's rows repeated by group weight), ``final`` / ``final_no_fault`` (the last epoch's loss,
         see :func:`_final`), ``test_mAUC`` / ``test_mAUC_no_fault`` (classifier) and ``seconds``.
     """
-    from trcgl.faults.kills import epochs_saw_each_row_once, train_ids
+    from trcgl_dev.faults.kills import epochs_saw_each_row_once, train_ids
 
     if stage not in ("classifier", "diffusion"):
         raise ValueError(f"stage must be classifier or diffusion, got {stage!r}")

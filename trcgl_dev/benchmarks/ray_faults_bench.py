@@ -79,13 +79,13 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
         ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
     dataset = prepare_tiny(root)
     log.info("tiny dataset %s ready in %.0f s", dataset, time.perf_counter() - t0)
-    from trcgl.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
+    from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
 
     # one fault-free diffusion model: scenario 1's reference and scenario 3's generator (as in the test suite)
     diffusion = reference_run(root, dataset, "diffusion", REFERENCE_EPOCHS) if only & {1, 3} else None
     classifier_reference = None
     if 2 in only:  # before 1: its fresh run under another name is scenario 1's classifier reference
-        from trcgl.faults.kills import classifier_driver_kill
+        from trcgl_dev.faults.kills import classifier_driver_kill
 
         f = (
             classifier_driver_kill(root, dataset, workdir / "s2", epochs=REFERENCE_EPOCHS)
@@ -99,13 +99,13 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
                   f"checkpoint: {f['resumed_at_or_after_checkpoint']}); epochs once: {f['epochs_unique']}; rows once: "
                   f"{f['rows_ok']}; another run name starts at epoch {f['fresh_start_epoch']}"))  # fmt: skip
     if 1 in only:
-        from trcgl.faults.ray_worker_kill import train_worker_kill
+        from trcgl_dev.faults.ray_worker_kill import train_worker_kill
 
         for stage, ref in (("classifier", classifier_reference), ("diffusion", diffusion)):
             f = train_worker_kill(root, dataset, stage, REFERENCE_EPOCHS, reference=ref)
             say(_line(1, f"train worker kill/{stage[:4]}", _fmt_worker(f)))
     if 3 in only:
-        from trcgl.faults.generation_kill import generation_kill
+        from trcgl_dev.faults.generation_kill import generation_kill
 
         model = diffusion["model"] if diffusion else None
         f = generation_kill(root, dataset, workdir / "s3", model=model) if _mk(workdir / "s3") else {}
@@ -116,7 +116,7 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
                   f"batch 4 vs 16 identical: {f['identical_actors_batch']}; second rerun rewrote "
                   f"{f['second_rerun_wrote']} parts"))  # fmt: skip
     if 4 in only:
-        from trcgl.faults.kills import sweep_driver_kill
+        from trcgl_dev.faults.kills import sweep_driver_kill
 
         f = sweep_driver_kill(root, workdir / "s4") if _mk(workdir / "s4") else {}
         say(_line(4, "sweep driver kill",
@@ -125,7 +125,7 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
                   f"({f.get('unique_trials')} unique), finished trials retrained {f.get('retrained')}, configs "
                   f"sampled twice {f.get('configs_sampled_twice')}"))  # fmt: skip
     if 5 in only:
-        from trcgl.faults.bad_inputs import corrupt_inputs
+        from trcgl_dev.faults.bad_inputs import corrupt_inputs
 
         f = corrupt_inputs(workdir / "s5") if _mk(workdir / "s5") else {}
         say(_line(5, "corrupt inputs",
@@ -133,11 +133,11 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
                   f"{f['bad_reported']}/{f['bad_planted']} reported with their reason ({len(f['wrong_reason'])} "
                   f"wrong reasons); duplicates {f['duplicates']}; {f['seconds']} s"))  # fmt: skip
     if only & {6, 7, 8}:
-        from trcgl.faults.s3 import moto_server
+        from trcgl_dev.faults.s3 import moto_server
 
         with moto_server() as endpoint:
             if 6 in only:
-                from trcgl.faults.scenarios import s3_outage_matrix
+                from trcgl_dev.faults.scenarios import s3_outage_matrix
 
                 cases = [(op, s) for s in (2.0, 8.0) for op in ("read", "write", "checkpoint")] + [("write", 30.0)]
                 for f in s3_outage_matrix(endpoint, _bucket(endpoint, "faults-s3"), cases, workdir / "s6"):
@@ -147,7 +147,7 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
                               f"{outcome}{named} after {f['seconds']:.1f} s; partial output published: "
                               f"{f['partial_published']}"))  # fmt: skip
             if 7 in only:
-                from trcgl.faults.scenarios import cluster_start_commands_without_token, security
+                from trcgl_dev.faults.scenarios import cluster_start_commands_without_token, security
 
                 f = security(endpoint, _bucket(endpoint, "faults-sec"), workdir / "s7")
                 auth = f["token_auth"]
@@ -158,7 +158,7 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
                           f"{len(f['secret_found_in'])} (control found: {f['control_found']}); cluster start commands "
                           f"without token auth: {_short(unguarded)}"))  # fmt: skip
             if 8 in only:
-                from trcgl.faults.scenarios import bad_configs
+                from trcgl_dev.faults.scenarios import bad_configs
 
                 cases = bad_configs(endpoint)
                 for c in cases:
@@ -191,7 +191,7 @@ def run(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="trcgl-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    from trcgl.faults.s3 import fake_credentials
+    from trcgl_dev.faults.s3 import fake_credentials
 
     try:
         with fake_credentials():  # before Ray starts: its workers talk to the loopback S3 server too

@@ -11,13 +11,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from trcgl.config import Config, dump_yaml
-from trcgl.report_html import Code, Image, Images, Section, Table, Text, render, versions
+from trcgl.metrics import TABLE_METRICS
+from trcgl.pipeline.html import Code, Image, Images, Section, Table, Text, render, versions
 from trcgl.storage import Storage, run_dir
 from trcgl.train.report import long_tail_plot
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP")
 
 
 def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -25,7 +25,7 @@ def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     out = []
     for row in rows:
         cells: dict[str, Any] = {"model": row["name"], "run": row["run"]}
-        for m in METRICS:
+        for m in TABLE_METRICS:
             value, ci = row.get(m), (row.get("ci") or {}).get(m)
             if value is None:
                 cells[m] = "-"
@@ -145,7 +145,7 @@ def ablation_section(storage: Storage, run: str) -> Section | None:
     if storage.manifest(out) is None:
         return None
     frame = pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(out, "table.parquet"))).to_pandas()
-    shown = ["name", "seeds", "interval", "extra", "extra_rows", *METRICS, "d_mAP", "d_tail_mAP"]
+    shown = ["name", "seeds", "interval", "extra", "extra_rows", *TABLE_METRICS, "d_mAP", "d_tail_mAP"]
     header = storage.read_bytes(posixpath.join(out, "table.md")).decode().split("\n|", 1)[0].lstrip("# ").strip()
     blocks: list[Any] = [Text(header), Table(frame[[c for c in shown if c in frame.columns]], caption="Ablation")]
     pictures = [

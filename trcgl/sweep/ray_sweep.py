@@ -25,11 +25,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
+from trcgl.data.dataset import resolve_dataset_name
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import resolve_dataset_name
-from trcgl.tune import leaderboard as lb
-from trcgl.tune.space import SYNTHETIC_SET, clean_value, searched_folders, trial_config
+from trcgl.sweep import leaderboard as lb
+from trcgl.sweep.space import SYNTHETIC_SET, clean_value, searched_folders, trial_config
+from trcgl.train.ray_train import run_training
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ def _trial(params: dict[str, Any], base: dict[str, Any], run: str) -> None:
 def train_or_replay(cfg: Config) -> None:
     """Inside a Tune trial: trains ``train.run`` reporting each epoch to Tune, or, when that run already finished
     (its summary exists), reports its recorded epochs again instead of retraining."""
-    from trcgl.train.ray_train import run_training
 
     storage = Storage(cfg.storage.root, cfg.storage)
     classifier = run_dir(cfg.train.run, "classifier")

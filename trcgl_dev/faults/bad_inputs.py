@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from trcgl.config import load_config
-from trcgl.faults.inputs import BAD_IMAGE_REASONS, BAD_ROW_REASONS, make_padchest_like
 from trcgl.storage import Storage
+from trcgl_dev.faults.inputs import BAD_IMAGE_REASONS, BAD_ROW_REASONS, make_padchest_like
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def corrupt_inputs(workdir: Path) -> dict[str, Any]:
         dataset), ``bad_planted`` / ``bad_reported`` / ``bad_unreported`` / ``wrong_reason`` over bad images and
         metadata rows, ``duplicates`` (rows written twice) and ``seconds``.
     """
-    from trcgl.data.prepare import read_dataset
+    from trcgl.data.dataset import read_dataset
     from trcgl.data.ray_prepare import run_prepare
 
     source, root = workdir / "src", workdir / "root"

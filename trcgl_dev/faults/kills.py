@@ -97,15 +97,15 @@ def train_ids(root: Path, dataset: str, diffusion_weights: dict[str, float] | No
     by group weight for diffusion training (``diffusion_weights``, as ``repeat_by_group`` does)."""
     import pyarrow.compute as pc
 
-    from trcgl.data.prepare import read_dataset
+    from trcgl.data.dataset import read_dataset
     from trcgl.storage import Storage
 
     table = read_dataset(Storage(str(root)), dataset)
     train = table.filter(pc.equal(table["split"], "train")).select(["image_id", "labels"])
     if diffusion_weights is None:
         return train["image_id"].to_pylist()
+    from trcgl.data.dataset import load_dataset_info
     from trcgl.diffusion.grouping import repeat_by_group
-    from trcgl.train.data import load_dataset_info
 
     info = load_dataset_info(Storage(str(root)), dataset)
     return repeat_by_group(train.to_pandas(), info.groups, diffusion_weights)["image_id"].tolist()
@@ -136,7 +136,7 @@ def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int 
     checkpoint, the same command run again, then a different run name trained on the current Ray.
 
     The different run has the configuration of scenario 1's fault-free classifier reference
-    (:func:`trcgl.faults.ray_worker_kill.reference_run`, same ``epochs``), so that scenario can reuse it: its result
+    (:func:`trcgl_dev.faults.ray_worker_kill.reference_run`, same ``epochs``), so that scenario can reuse it: its result
     is ``fresh_result`` (callers pop it before recording the figures).
 
     Returns:
@@ -146,7 +146,7 @@ def classifier_driver_kill(root: Path, dataset: str, workdir: Path, epochs: int 
         ``epochs_unique``), ``rows_ok`` (every epoch saw each train row once: :func:`epochs_saw_each_row_once`),
         ``rerun_rc``, ``fresh_start_epoch`` (the other run's first epoch: 0 = started fresh), ``fresh_epochs``.
     """
-    from trcgl.faults.ray_worker_kill import reference_run
+    from trcgl_dev.faults.ray_worker_kill import reference_run
 
     run = "kill-driver"
     base = [sys.executable, "-m", "jobs.train_classifier", "--config", "tiny", "--set", f"storage.root={root}",

@@ -1,9 +1,8 @@
-"""One typed configuration tree for every stage.
+"""The configuration tree: one dataclass per section, and its conversion to and from plain dicts.
 
-A config is a tree of dataclasses. It is built from defaults, a YAML preset (``jobs/configs/<name>.yaml`` or a path)
-and dotted command-line overrides (``--set data.image_size=128``), validated on the way: an unknown key or a value of
-the wrong type is a :class:`ConfigError` that names the key and where the value came from. A config crosses process
-boundaries only as a plain dict (:func:`to_dict` / :func:`from_dict`) and is saved beside every result.
+A config crosses process boundaries only as a plain dict (:func:`to_dict` / :func:`from_dict`); building one checks
+every key and type (:func:`coerce`) and names the bad key and where its value came from. Range checks that types
+cannot express live in :mod:`trcgl.config.checks`; presets and overrides in :mod:`trcgl.config.loading`.
 """
 
 from __future__ import annotations
@@ -11,20 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or out of range."""
+from trcgl.config.defaults import default_ablation_rows, default_space
+from trcgl.errors import ConfigError
 
 
 @dataclass
@@ -246,25 +238,6 @@ class GenerateConfig:
     grid_examples: int = 8  # synthetic and real examples per class in the sample grids
 
 
-def _default_space() -> dict[str, dict[str, Any]]:
-    """The mission's search space: synthetic-data ratios and source, GCN settings, the parts on/off, loss, optimiser."""
-    return {
-        "train.aug_ratio_tail": {"type": "choice", "values": [0.0, 0.5, 1.0, 2.0]},
-        "train.aug_ratio_medium": {"type": "choice", "values": [0.0, 0.5]},
-        "synthetic_set": {"type": "choice", "values": ["synthetic", "synthetic_filtered"]},
-        "model.gcn": {"type": "choice", "values": [True, False]},
-        "model.gcn_tau": {"type": "uniform", "low": 0.2, "high": 0.6},
-        "model.gcn_p": {"type": "uniform", "low": 0.1, "high": 0.4},
-        "model.gcn_layers": {"type": "choice", "values": [1, 2, 3]},
-        "model.gcn_hidden": {"type": "choice", "values": [64, 128, 256]},
-        "model.class_attention": {"type": "choice", "values": [True, False]},
-        "model.se": {"type": "choice", "values": [True, False]},
-        "loss.name": {"type": "choice", "values": ["bce", "asl"]},
-        "train.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
-        "train.weight_decay": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
-    }
-
-
 @dataclass
 class SweepConfig:
     """Ray Tune + Optuna over classifier runs (jobs.sweep and the pipeline's sweep stage).
@@ -284,7 +257,7 @@ class SweepConfig:
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2  # ASHA
     driver_cpus: float = 0.01  # CPUs held by each trial's driver (the Train workers hold train.cpus_per_worker)
-    space: dict[str, dict[str, Any]] = field(default_factory=_default_space)
+    space: dict[str, dict[str, Any]] = field(default_factory=default_space)
 
 
 @dataclass
@@ -298,34 +271,6 @@ class PipelineConfig:
     final_epochs: int | None = None  # epochs of the final training of the best config; None: train.epochs
 
 
-def _default_ablation_rows() -> dict[str, dict[str, Any]]:
-    """The study of the paper's claims: peers, TRCGL-Net's parts added one at a time and removed one at a time,
-    synthesis against duplication and fidelity filtering on/off (see :class:`AblationConfig`)."""
-    off = {"model.se": False, "model.class_attention": False, "model.csra": False, "model.gcn": False}
-    full = {"model.se": True, "model.class_attention": True, "model.csra": False, "model.gcn": True}
-    return {
-        # peers
-        "backbone + BCE": {**off, "extra": "none"},
-        "+ re-sampling": {**off, "extra": "real"},
-        "ASL": {**off, "loss.name": "asl", "extra": "none"},
-        "LDAM-DRW": {**off, "loss.name": "ldam_drw", "extra": "none"},
-        "ML-GCN": {**off, "model.gcn": True, "extra": "none"},
-        "CSRA": {**off, "model.csra": True, "extra": "none"},
-        # TRCGL-Net, one part added at a time (the first step is the backbone + BCE row)
-        "+ SE": {**off, "model.se": True, "extra": "none"},
-        "+ SE + CA": {**off, "model.se": True, "model.class_attention": True, "extra": "none"},
-        "+ SE + CA + GCN (full - diffusion)": {**full, "extra": "none"},
-        "TRCGL-Net (full)": {**full, "extra": "synthetic"},
-        # the full model minus one part (minus diffusion is the row above)
-        "full - SE": {**full, "model.se": False, "extra": "synthetic"},
-        "full - CA": {**full, "model.class_attention": False, "extra": "synthetic"},
-        "full - GCN": {**full, "model.gcn": False, "extra": "synthetic"},
-        # augmentation: synthesis vs duplication, fidelity filtering on
-        "full, duplication instead of synthesis": {**full, "extra": "real"},
-        "full, fidelity-filtered synthesis": {**full, "extra": "synthetic_filtered"},
-    }
-
-
 @dataclass
 class AblationConfig:
     """The ablation and peer study (jobs.ablation): named rows, each one classifier run per seed on the same data.
@@ -337,7 +282,7 @@ class AblationConfig:
     split, backbone, image size, epochs, seed policy) is the run's config and is the same for every row.
     """
 
-    rows: dict[str, dict[str, Any]] = field(default_factory=_default_ablation_rows)
+    rows: dict[str, dict[str, Any]] = field(default_factory=default_ablation_rows)
     baseline: str = "backbone + BCE"  # the row the differences are taken against
     seeds: list[int] = field(default_factory=lambda: [0])  # train.seed of each row's runs
     bootstrap: int = 1000  # resamples of the test images for intervals and paired differences
@@ -375,14 +320,11 @@ class Config:
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
-# ---------------------------------------------------------------------------------------------------- validation
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+def coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
     """Checks ``value`` against type ``tp`` (coercing only safe cases: int→float, numeric strings→float)."""
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -395,18 +337,18 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, key, origin)
+                return coerce(value, arg, key, origin)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"config key {key!r} ({origin}): {value!r} is not a {_type_name(tp)}")
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key {key!r} ({origin}) must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]", origin) for i, v in enumerate(value)]
+        return [coerce(v, args[0], f"{key}[{i}]", origin) for i, v in enumerate(value)]
     if typing.get_origin(tp) is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} ({origin}) must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}", origin) for k, v in value.items()}
+        return {str(k): coerce(v, args[1], f"{key}.{k}", origin) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -437,23 +379,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str, origin: str) -> Any:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in known:
             raise ConfigError(f"unknown config key {dotted!r} ({origin}); known keys here: {sorted(known)}")
-        kwargs[key] = _coerce(value, hints[key], dotted, origin)
+        kwargs[key] = coerce(value, hints[key], dotted, origin)
     return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any], cls: Any = None) -> dict[str, Any]:
-    """``base`` updated by ``update``: config sections merge key by key; any other value (mappings such as
-    ``sweep.space`` included) is replaced whole, so a preset can drop keys of a default mapping."""
-    cls = Config if cls is None else cls
-    hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
-    out = dict(base)
-    for key, value in update.items():
-        tp = hints.get(key)
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and dataclasses.is_dataclass(tp):
-            out[key] = _merge(out[key], value, tp)
-        else:
-            out[key] = value
-    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -466,207 +393,8 @@ def from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
     return _build(Config, data, "", origin)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parses ``a.b.c=value`` (value read as YAML) into (["a", "b", "c"], value)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    dotted, raw = text.split("=", 1)
-    keys = [k for k in dotted.strip().split(".") if k]
-    if not keys:
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    return keys, value
-
-
-def preset_path(preset: str) -> Path:
-    """Resolves a preset name (``tiny``) or a YAML path to a file."""
-    path = Path(preset)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise ConfigError(f"config file {preset!r} does not exist")
-        return path
-    candidate = PRESET_DIR / f"{preset}.yaml"
-    if not candidate.exists():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown config preset {preset!r}; known presets: {known}, or give a .yaml path")
-    return candidate
-
-
-def load_config(preset: str | None = "demo", overrides: list[str] | None = None) -> Config:
-    """Defaults ← preset YAML ← ``--set`` overrides, validated.
-
-    Args:
-        preset: preset name in ``jobs/configs`` or a YAML path; None for bare defaults.
-        overrides: ``section.key=value`` strings.
-
-    Raises:
-        ConfigError: naming the bad key and the file or override it came from.
-    """
-    cfg = from_dict({}, "defaults")
-    if preset is not None:
-        path = preset_path(preset)
-        with open(path) as fh:
-            try:
-                data = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-        cfg = from_dict(_merge(to_dict(cfg), data), f"file {path}")
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        cfg = from_dict(_merge(to_dict(cfg), nested), f"override {text!r}")
-    validate(cfg)
-    return cfg
-
-
-def apply_overrides(cfg: Config, values: dict[str, Any], origin: str) -> Config:
-    """A new validated config: ``cfg`` with each ``{"section.key": value}`` set (values already parsed).
-
-    Raises:
-        ConfigError: naming the bad key and ``origin``.
-    """
-    data = to_dict(cfg)
-    for dotted, value in values.items():
-        nested: Any = value
-        for key in reversed([k for k in dotted.split(".") if k]):
-            nested = {key: nested}
-        data = _merge(data, nested)
-    out = from_dict(data, origin)
-    validate(out)
-    return out
-
-
-def filters_fidelity(cfg: Config) -> bool:
-    """Whether ``jobs.generate`` also writes ``synthetic_filtered/`` (a fidelity threshold or keep fraction is set)."""
-    return cfg.generate.fidelity_threshold is not None or cfg.generate.fidelity_keep_fraction is not None
-
-
-def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
-    d = cfg.data
-    if d.source not in ("padchest-synth", "padchest"):
-        raise ConfigError(f"config key 'data.source' must be 'padchest-synth' or 'padchest', got {d.source!r}")
-    if d.layout not in ("auto", "dirs", "flat"):
-        raise ConfigError(f"config key 'data.layout' must be auto, dirs or flat, got {d.layout!r}")
-    if not 8 <= d.image_size <= 4096:
-        raise ConfigError(f"config key 'data.image_size' must be in [8, 4096], got {d.image_size}")
-    if d.shard_rows < 1:
-        raise ConfigError(f"config key 'data.shard_rows' must be >= 1, got {d.shard_rows}")
-    s = d.split
-    if s.val_fraction < 0 or s.test_fraction < 0 or s.val_fraction + s.test_fraction >= 1:
-        raise ConfigError(
-            f"config keys 'data.split.val_fraction' + 'data.split.test_fraction' must be in [0, 1), "
-            f"got {s.val_fraction} + {s.test_fraction}"
-        )
-    if not 0 < d.groups.tail_max <= d.groups.head_min < 1:
-        raise ConfigError(
-            f"config keys 'data.groups' need 0 < tail_max <= head_min < 1, got {d.groups.tail_max}, {d.groups.head_min}"
-        )
-    if cfg.synth.rows < 1 or not 8 <= cfg.synth.size <= 4096:
-        raise ConfigError(f"config keys 'synth.rows'/'synth.size' out of range: {cfg.synth.rows}, {cfg.synth.size}")
-    from trcgl.data.labelsets import TOP_N, load_file
-
-    if not TOP_N.match(d.label_set):
-        try:
-            load_file(d.label_set)
-        except ConfigError as exc:
-            raise ConfigError(f"config key 'data.label_set': {exc}") from None
-    if cfg.synth.layout not in ("dirs", "flat"):
-        raise ConfigError(f"config key 'synth.layout' must be dirs or flat, got {cfg.synth.layout!r}")
-    if cfg.storage.s3_client not in ("s3fs", "pyarrow"):
-        raise ConfigError(f"config key 'storage.s3_client' must be s3fs or pyarrow, got {cfg.storage.s3_client!r}")
-    if cfg.storage.retries < 1:
-        raise ConfigError(f"config key 'storage.retries' must be >= 1, got {cfg.storage.retries}")
-    kf = cfg.generate.fidelity_keep_fraction
-    if kf is not None and not 0 < kf <= 1:
-        raise ConfigError(f"config key 'generate.fidelity_keep_fraction' must be in (0, 1] or null, got {kf}")
-    sw = cfg.sweep
-    if cfg.train.extra_source not in ("synthetic", "real"):
-        raise ConfigError(f"config key 'train.extra_source' must be synthetic or real, got {cfg.train.extra_source!r}")
-    if cfg.train.cache_mb < 0:
-        raise ConfigError(f"config key 'train.cache_mb' must be >= 0, got {cfg.train.cache_mb}")
-    if cfg.train.eval_local_rows < 0:
-        raise ConfigError(f"config key 'train.eval_local_rows' must be >= 0, got {cfg.train.eval_local_rows}")
-    if cfg.train.dist_backend not in ("auto", "nccl", "gloo"):
-        raise ConfigError(f"config key 'train.dist_backend' must be auto, nccl or gloo, got {cfg.train.dist_backend!r}")
-    if sw.scheduler not in ("asha", "fifo"):
-        raise ConfigError(f"config key 'sweep.scheduler' must be asha or fifo, got {sw.scheduler!r}")
-    if sw.num_samples < 1 or sw.max_concurrent_trials < 1:
-        raise ConfigError(
-            f"config keys 'sweep.num_samples'/'sweep.max_concurrent_trials' must be >= 1, "
-            f"got {sw.num_samples}, {sw.max_concurrent_trials}"
-        )
-    from trcgl.tune.space import check_space
-
-    check_space(sw.space)
-    ab = cfg.ablation
-    if not ab.rows:
-        raise ConfigError("config key 'ablation.rows' must name at least one row")
-    if ab.baseline not in ab.rows:
-        raise ConfigError(f"config key 'ablation.baseline' is {ab.baseline!r}, not one of the rows {list(ab.rows)}")
-    if not ab.seeds or len(set(ab.seeds)) != len(ab.seeds):
-        raise ConfigError(f"config key 'ablation.seeds' must be distinct seeds, at least one, got {ab.seeds}")
-    if ab.bootstrap < 0 or ab.aug_ratio_tail < 0 or ab.aug_ratio_medium < 0 or ab.max_concurrent_trials < 1:
-        raise ConfigError(
-            "config keys 'ablation.bootstrap'/'ablation.aug_ratio_tail'/'ablation.aug_ratio_medium' must be >= 0 and "
-            f"'ablation.max_concurrent_trials' >= 1, got {ab.bootstrap}, {ab.aug_ratio_tail}, {ab.aug_ratio_medium}, "
-            f"{ab.max_concurrent_trials}"
-        )
-    for name, row in ab.rows.items():
-        if not isinstance(row, dict):
-            raise ConfigError(f"config key 'ablation.rows.{name}' must be a mapping of overrides, got {row!r}")
-        if row.get("extra", "none") not in ("none", "synthetic", "synthetic_filtered", "real"):
-            raise ConfigError(
-                f"config key 'ablation.rows.{name}.extra' must be none, synthetic, synthetic_filtered or real, "
-                f"got {row['extra']!r}"
-            )
-    for key in ("access_key", "secret_key", "aws_secret_access_key", "aws_access_key_id", "token"):
-        if key in to_dict(cfg.storage):
-            raise ConfigError("credentials never go in the config; use the environment or an instance role")
-
-
 def config_hash(section: Any, length: int = 8) -> str:
     """A short stable hash of a config section (or any JSON-able value)."""
     data = to_dict(section) if dataclasses.is_dataclass(section) else section
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-LOCAL_PATH_KEYS = (
-    "storage.root",
-    "data.metadata",
-    "data.images",
-    "model.pretrained",
-    "model.label_embedding",
-    "generate.model",
-    "generate.reference_checkpoint",
-)
-
-
-def absolute_local_paths(cfg: Config) -> Config:
-    """``cfg`` with every relative local path among :data:`LOCAL_PATH_KEYS` made absolute against this process's
-    working directory (URIs with a scheme, ``learned`` and None are left as they are).
-
-    A job resolves them once, in its driver: Ray Train runs its workers in another working directory (the run's
-    artifacts folder under Ray's session directory), where ``./runs`` would name a different folder.
-    """
-    values: dict[str, Any] = {}
-    for key in LOCAL_PATH_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not isinstance(value, str) or "://" in value or value == "learned" or os.path.isabs(value):
-            continue
-        values[key] = os.path.abspath(os.path.expanduser(value))
-    return apply_overrides(cfg, values, "absolute paths") if values else cfg
-
-
-def dump_yaml(cfg: Config) -> str:
-    """The resolved config as YAML text."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -2,7 +2,7 @@
 
 Tests assert on the figures; a benchmark can record them. Nothing here is mocked:
 
-* :func:`s3_outage` puts a :class:`~trcgl.faults.proxy.TcpProxy` in front of a real S3-compatible endpoint (moto in
+* :func:`s3_outage` puts a :class:`~trcgl_dev.faults.proxy.TcpProxy` in front of a real S3-compatible endpoint (moto in
   tests), cuts it for a while just before one :class:`~trcgl.storage.Storage` operation (read, write, or a checkpoint
   upload published with a manifest) and reports whether the configured retries rode it out, how long it took, and
   whether a failure was loud, named the endpoint and left nothing a later stage would take as complete.
@@ -45,8 +45,9 @@ from urllib.parse import urlparse
 import yaml
 
 from trcgl.config import StorageConfig
-from trcgl.faults.proxy import TcpProxy
-from trcgl.storage import Storage, StorageError
+from trcgl.errors import StorageError
+from trcgl.storage import Storage
+from trcgl_dev.faults.proxy import TcpProxy
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ def token_head(
     Yields:
         The running head.
     """
-    from trcgl.ray_cluster_local import ensure_token
+    from trcgl_dev.local_cluster import ensure_token
 
     workdir = Path(workdir)
     home = workdir / "home"
@@ -688,7 +689,7 @@ def bad_configs(endpoint_url: str | None = None) -> list[dict[str, Any]]:
         ``names_key`` (for a case about one config key: whether the message names it) and ``seconds``.
     """
     from trcgl.config import load_config
-    from trcgl.ray_cluster_local import check_gpus_feasible
+    from trcgl.ray_runtime import check_gpus_feasible
 
     scratch = Path(tempfile.mkdtemp(prefix="trcgl-badcfg-"))
     cases: list[dict[str, Any]] = []

@@ -17,17 +17,16 @@ import io
 import json
 import logging
 import posixpath
-import re
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from trcgl.config import Config, config_hash, to_dict
+from trcgl.config import Config, config_hash, from_dict, to_dict
 from trcgl.data import labelsets
 from trcgl.data.images import encode_png16
 from trcgl.data.padchest import CSV_NAME, FRONTAL, clean_metadata, default_metadata_path
-from trcgl.storage import Storage, source_dir
+from trcgl.storage import Storage, slugify, source_dir
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,6 @@ def render_rows(batch: pd.DataFrame, cfg_dict: dict, name: str, layout: str) -> 
     """
     import time
 
-    from trcgl.config import from_dict
     from trcgl.data.synth import render_image
 
     cfg = from_dict(cfg_dict, "render task")
@@ -173,10 +171,6 @@ def render_rows(batch: pd.DataFrame, cfg_dict: dict, name: str, layout: str) -> 
     return pd.DataFrame({"image_id": batch["image_id"].to_numpy(), "status": status, "seconds": secs})
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def write_contact_sheets(cfg: Config, storage: Storage, name: str, layout: str, plan: pd.DataFrame) -> list[str]:
     """One PNG per class: up to N frontal examples with that finding next to N normals."""
     from trcgl.data.synth import make_contact_sheet
@@ -201,7 +195,7 @@ def write_contact_sheets(cfg: Config, storage: Storage, name: str, layout: str, 
         pos = frontal[classes.map(lambda c, cls=cls: cls in c)].head(n)
         buf = io.BytesIO()
         make_contact_sheet([(cls, load(pos), normal_images)], buf)
-        rel = posixpath.join(source_dir(name), "sheets", f"{slug(cls)}.png")
+        rel = posixpath.join(source_dir(name), "sheets", f"{slugify(cls)}.png")
         storage.write_bytes(rel, buf.getvalue())
         written.append(rel)
     return written

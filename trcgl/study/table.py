@@ -9,77 +9,42 @@
 All metric definitions are those of :mod:`trcgl.metrics` (per-class AP/AUC from ``per_class_ap_auc``, macro means
 from ``summarise``): a class without positives in the full set or in a resample is left out of the means; a group
 with no evaluable class has no value (None in dicts, NaN in frames), and a resample where the metric is undefined is
-not used. Resamples are drawn exactly as :func:`trcgl.metrics.evaluate_scores` draws them
-(``np.random.default_rng(seed).integers(0, N, size=(n, N))``), so with the same seed every row's intervals and
-every paired difference use the same resamples of the images.
+not used. Resamples come from :func:`trcgl.metrics.bootstrap_draws`, which ``evaluate_scores`` uses too, so with
+the same seed every row's intervals and every paired difference use the same resamples of the images.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from trcgl.metrics import GROUPS, METRICS, evaluate_scores, per_class_ap_auc, summarise  # noqa: E402
+from trcgl.metrics import (
+    GROUPS,
+    METRICS,
+    TABLE_METRICS,
+    bootstrap_draws,
+    evaluate_scores,
+    none_if_nan,
+    per_class_ap_auc,
+    resampled_metrics,
+    summarise,
+)
+from trcgl.plotting import GROUP_COLOURS, png
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP")
 DIFF_METRICS = ("mAP", "tail_mAP")
-GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
 MINUS = "\u2212"
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
-def _draws(n_images: int, n: int, seed: int) -> np.ndarray:
-    """(n, N) image indices of the resamples, drawn exactly as ``metrics.evaluate_scores`` draws them."""
-    return np.random.default_rng(seed).integers(0, n_images, size=(n, n_images))
-
-
-def _resampled_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, draws: np.ndarray) -> dict:
-    """Every macro metric of one score set on each resample of the images.
-
-    One ``per_class_ap_auc`` call per resample, on (N, K): stacking resamples along the class axis into one wide
-    call was measured slower (its axis-0 sorts and gathers on wide row-major arrays cost more per column).
-
-    Args:
-        scores: (N, K) float64 scores.
-        labels: (N, K) float64 multi-hot targets.
-        groups: (K,) group name per class.
-        draws: (R, N) image indices of each resample.
-
-    Returns:
-        {metric: (R,) float64} for every name in ``metrics.METRICS``; NaN where undefined in a resample.
-    """
-    out = {name: np.empty(draws.shape[0]) for name in METRICS}
-    for r, idx in enumerate(draws):
-        stats = summarise(*per_class_ap_auc(scores[idx], labels[idx]), groups)
-        for name in METRICS:
-            out[name][r] = stats[name]
-    return out
 
 
 def _percentiles(samples: np.ndarray, point: float) -> tuple[float, float, int]:
@@ -157,13 +122,13 @@ def paired_bootstrap(
     lo = hi = float("nan")
     used = 0
     if n > 0:
-        draws = _draws(y.shape[0], n, seed)  # (n, N)
-        values_a = _resampled_metrics(a, y, group_arr, draws)[metric]  # (n,)
-        values_b = values_a if np.array_equal(a, b) else _resampled_metrics(b, y, group_arr, draws)[metric]
+        draws = bootstrap_draws(y.shape[0], n, seed)  # (n, N)
+        values_a = resampled_metrics(a, y, group_arr, draws)[metric]  # (n,)
+        values_b = values_a if np.array_equal(a, b) else resampled_metrics(b, y, group_arr, draws)[metric]
         lo, hi, used = _percentiles(values_b - values_a, diff)
         if used < n:
             log.info("paired bootstrap %s: %d of %d resamples had no evaluable class", metric, n - used, n)
-    return {"diff": _none_if_nan(diff), "lo": _none_if_nan(lo), "hi": _none_if_nan(hi), "n": used, "metric": metric}
+    return {"diff": none_if_nan(diff), "lo": none_if_nan(lo), "hi": none_if_nan(hi), "n": used, "metric": metric}
 
 
 def _group_rows(rows: list[dict], baseline: str) -> dict[str, list[dict]]:
@@ -233,7 +198,7 @@ def ablation_table(rows: list[dict], baseline: str, bootstrap: int = 1000, seed:
     labels = np.asarray(ref["labels"]).astype(np.float64)
     classes, groups = list(ref["classes"]), list(ref["groups"])
     group_arr = np.asarray(groups)
-    draws = _draws(labels.shape[0], bootstrap, seed)  # (bootstrap, N), shared by every row and difference
+    draws = bootstrap_draws(labels.shape[0], bootstrap, seed)  # (bootstrap, N), shared by every row and difference
 
     results, resampled = {}, {}
     for name, group in by_name.items():
@@ -242,7 +207,7 @@ def ablation_table(rows: list[dict], baseline: str, bootstrap: int = 1000, seed:
             for r in group
         ]
         # per resample, the mean over seeds of the metric (NaN-ness depends on the labels only, so it is shared)
-        seed_draws = [_resampled_metrics(np.asarray(r["scores"], np.float64), labels, group_arr, draws) for r in group]
+        seed_draws = [resampled_metrics(np.asarray(r["scores"], np.float64), labels, group_arr, draws) for r in group]
         resampled[name] = {m: np.mean([d[m] for d in seed_draws], axis=0) for m in METRICS}  # {metric: (bootstrap,)}
         several = len(group) > 1
         cells: dict[str, Any] = {
@@ -371,7 +336,7 @@ def per_class_heatmap(rows: list[dict], train_counts: Mapping[str, int] | Sequen
     ax.legend(handles, list(GROUP_COLOURS), loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=7, frameon=False)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="AP")
     ax.set_title("per-class test AP, classes by train frequency (names coloured by group)")
-    return _png(fig)
+    return png(fig)
 
 
 def tail_map_plot(df: pd.DataFrame) -> bytes:
@@ -396,4 +361,4 @@ def tail_map_plot(df: pd.DataFrame) -> bytes:
     ax.set_ylabel("tail mAP")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("tail mAP with 95 % intervals")
-    return _png(fig)
+    return png(fig)

@@ -68,13 +68,13 @@ def run(workdir: str | None = None, epochs: int = 3, stages: tuple[str, ...] = (
     """Renders and prepares the tiny dataset, then times each stage streamed and held (see the module docstring)."""
     import ray
 
-    from trcgl.benchmarks.ray_faults_bench import prepare_tiny
     from trcgl.config import load_config
+    from trcgl.data.dataset import load_dataset_info
     from trcgl.diffusion.ray_diffusion import run_train_diffusion
     from trcgl.ray_runtime import local_dashboard
     from trcgl.storage import Storage
-    from trcgl.train.data import load_dataset_info
     from trcgl.train.ray_train import run_training
+    from trcgl_dev.benchmarks.ray_faults_bench import prepare_tiny
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="trcgl-bench-cache-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,11 @@ A study of run ``R`` (``train.run``) trains every row of ``ablation.rows`` once 
 classifier run ``R/ablation/rows/{slug}/seed{seed}`` (a deterministic name: a rerun finds finished rows and resumes
 unfinished ones from their checkpoints). Each row is the run's config with the row's overrides; its ``extra``
 pseudo-key says where extra tail/medium rows come from (see :class:`trcgl.config.AblationConfig`). Every row is
-scored on the same test images; :mod:`trcgl.ablation_table` turns the scores into the table.
+scored on the same test images; :mod:`trcgl.study.table` turns the scores into the table.
 
 Outputs under ``{root}/runs/R/ablation/``: ``table.parquet``, ``table.md``, ``heatmap.png`` (per-class AP, classes by
 train frequency), ``tail_map.png`` (tail mAP per row with intervals), ``ablation_report.json`` and, last,
-``_manifest.json``. The Ray side (the grid on Ray Tune) is :mod:`trcgl.tune.ray_ablation`.
+``_manifest.json``. The Ray side (the grid on Ray Tune) is :mod:`trcgl.study.ray_ablation`.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
-import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trcgl import ablation_table as at
 from trcgl.config import Config, ConfigError, apply_overrides, config_hash, filters_fidelity
-from trcgl.storage import Storage, run_dir
-from trcgl.train.data import DatasetInfo
+from trcgl.data.dataset import DatasetInfo
+from trcgl.storage import Storage, run_dir, slugify
+from trcgl.study import table as at
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,7 @@ def row_slug(name: str) -> str:
     >>> row_slug("+ SE + CA + GCN (full - diffusion)")
     'se_ca_gcn_full_diffusion'
     """
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    return slug or "row"
+    return slugify(name, "_") or "row"
 
 
 def row_run(run: str, name: str, seed: int) -> str:
@@ -158,7 +156,7 @@ def row_finished(storage: Storage, run: str) -> bool:
 
 
 def load_row(storage: Storage, cfg: Config, name: str, seed: int, info: DatasetInfo) -> dict[str, Any]:
-    """One row and seed as :func:`trcgl.ablation_table.ablation_table` takes it: test scores sorted by image id.
+    """One row and seed as :func:`trcgl.study.table.ablation_table` takes it: test scores sorted by image id.
 
     Raises:
         FileNotFoundError: the row has no test predictions (not finished); the message names the run.

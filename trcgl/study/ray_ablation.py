@@ -5,7 +5,7 @@ source, prepare the dataset); when a row draws synthetic data, ``train_diffusion
 first seed, trained first because it scores the synthetic images' fidelity; the grid then finds it finished) and
 ``generate``; ``grid`` (Ray Tune's ``BasicVariantGenerator`` over ``grid_search`` of rows and seeds, FIFO, at most
 ``ablation.max_concurrent_trials`` at once; a rerun restores the interrupted experiment, and trials of rows that
-finished replay their recorded epochs instead of retraining); ``table`` (:func:`trcgl.ablation.write_outputs`).
+finished replay their recorded epochs instead of retraining); ``table`` (:func:`trcgl.study.rows.write_outputs`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 from ray import tune
 
-from trcgl import ablation as ab
 from trcgl.config import Config, apply_overrides, dump_yaml, from_dict, to_dict
-from trcgl.pipeline import (
+from trcgl.data.dataset import load_dataset_info, resolve_dataset_name
+from trcgl.pipeline.ray_pipeline import (
     Progress,
     baseline_config,
     diffusion_or_skip,
@@ -27,10 +27,11 @@ from trcgl.pipeline import (
     prepare_or_skip,
     train_or_skip,
 )
+from trcgl.pipeline.report import write_report
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
-from trcgl.train.data import load_dataset_info, resolve_dataset_name
-from trcgl.tune.ray_sweep import train_or_replay
+from trcgl.study import rows as ab
+from trcgl.sweep.ray_sweep import train_or_replay
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ def refresh_run_report(storage: Storage, run: str) -> str | None:
     """Rewrites the run's pipeline report (when the pipeline ran) so that it includes the ablation table."""
     import yaml
 
-    from trcgl.pipeline_report import write_report
 
     summary_rel, config_rel = posixpath.join(run_dir(run), "summary.json"), posixpath.join(run_dir(run), "config.yaml")
     if not (storage.exists(summary_rel) and storage.exists(config_rel)):

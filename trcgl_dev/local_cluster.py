@@ -9,7 +9,7 @@ then what is left of its group. Nothing here runs ``ray stop``, which kills ever
 
 :func:`node_counts` reads the live nodes per node type from the dashboard's State API over HTTP (no ``ray.init``
 in the caller, so a test or benchmark can watch a cluster while it also runs a local Ray of its own), and
-:func:`check_gpus_feasible` fails fast on a GPU request that no node type of the autoscaler can ever hold.
+:func:`trcgl.ray_runtime.check_gpus_feasible` (the production check) reads the same node types.
 """
 
 from __future__ import annotations
@@ -33,15 +33,13 @@ from typing import Any
 
 import yaml
 
-from trcgl.config import ConfigError
+from trcgl.ray_runtime import CONFIG_ENV, load_cluster_config, node_types
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "cluster" / "local-autoscaling.yaml"
 STATE_FILE = "cluster.json"
-CONFIG_ENV = "TRCGL_AUTOSCALER_CONFIG"  # path of the autoscaler's cluster config, for check_gpus_feasible
 MARKER_ENV = "TRCGL_LOCAL_CLUSTER"  # set in the head's environment; every process of the cluster inherits it
-LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")  # what the cluster launcher leaves on a real head node
 # AF_UNIX socket paths are limited to 107 bytes and Ray puts its sockets at <temp>/session_<date>_<pid>/sockets/...
 MAX_TEMP_DIR_CHARS = 48
 _STARTED: dict[int, subprocess.Popen] = {}  # heads started by this process, reaped by down()
@@ -123,78 +121,9 @@ def resolve_config(
     return config
 
 
-def node_types(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``available_node_types`` of a cluster config."""
-    return dict(config.get("available_node_types") or {})
-
-
 def head_resources(config: dict[str, Any]) -> dict[str, float]:
     """The head node type's declared resources (what its raylet must advertise too)."""
     return dict(node_types(config)[config["head_node_type"]].get("resources") or {})
-
-
-def autoscaler_config_path() -> Path | None:
-    """The autoscaler's cluster config visible to this process, if any.
-
-    ``$TRCGL_AUTOSCALER_CONFIG`` (set by :meth:`LocalCluster.env`), else ``~/ray_bootstrap_config.yaml``, the file
-    the Ray cluster launcher leaves on a head node (where ``ray job submit`` runs job drivers).
-    """
-    named = os.environ.get(CONFIG_ENV)
-    if named:
-        return Path(named).expanduser()
-    launcher = LAUNCHER_CONFIG.expanduser()
-    return launcher if launcher.exists() else None
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """A cluster config from YAML (or JSON, which YAML reads too)."""
-    with open(path) as fh:
-        return yaml.safe_load(fh)
-
-
-def largest_gpu_node_type(config: dict[str, Any]) -> tuple[str | None, float]:
-    """The node type with the most GPUs that can exist (the head, or a worker type with ``max_workers`` > 0)."""
-    best: tuple[str | None, float] = (None, 0.0)
-    for name, spec in node_types(config).items():
-        gpus = float((spec.get("resources") or {}).get("GPU", 0))
-        can_exist = name == config.get("head_node_type") or int(spec.get("max_workers", 0)) > 0
-        if can_exist and gpus > best[1]:
-            best = (name, gpus)
-    return best
-
-
-def check_gpus_feasible(per_worker: float, key: str, config_path: str | Path | None = None) -> None:
-    """Fails fast when one worker asks for more GPUs than any node type of the autoscaler will ever have.
-
-    With an autoscaler, a GPU request the cluster cannot place *now* is fine (a node will be added), but one that
-    no node type can hold pends forever with no error. The node types come from the autoscaler's cluster config
-    (``config_path``, else :func:`autoscaler_config_path`); where none is visible, nothing is checked.
-
-    Args:
-        per_worker: GPUs asked for by one worker / actor / trial.
-        key: the config key that asked, named in the error.
-        config_path: the cluster config to read instead of the one found in the environment.
-
-    Raises:
-        ConfigError: naming the key, the request and the largest GPU node type.
-    """
-    if per_worker <= 0:
-        return
-    path = Path(config_path) if config_path is not None else autoscaler_config_path()
-    if path is None:
-        log.info(
-            "no autoscaler config visible (%s unset): %s=%s not checked against node types", CONFIG_ENV, key, per_worker
-        )
-        return
-    config = load_config(path)
-    name, gpus = largest_gpu_node_type(config)
-    if per_worker > gpus + 1e-9:
-        largest = f"the largest GPU node type, {name!r}, has {gpus:g}" if name else "no node type has any"
-        raise ConfigError(
-            f"config key {key!r} asks for {per_worker:g} GPU(s) per worker but {largest} GPU(s) (autoscaler config "
-            f"{path}): the autoscaler can never add a node that holds one worker and the job would wait forever. "
-            f"Set {key} to at most {gpus:g}, or add a node type with more GPUs"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ state API
@@ -279,7 +208,7 @@ def node_counts(
         token = cluster.token() if token is None else token
     if config is None and os.environ.get(CONFIG_ENV):
         config = os.environ[CONFIG_ENV]
-    cfg = load_config(config) if isinstance(config, str | Path) else config
+    cfg = load_cluster_config(config) if isinstance(config, str | Path) else config
     counts = {name: 0 for name in node_types(cfg)} if cfg else {"head": 0, "gpu_worker": 0, "cpu_worker": 0}
     for node in list_nodes(address, token):
         if node.get("state") == "ALIVE":
@@ -602,7 +531,7 @@ def leftover_processes(state_dir: str | Path) -> list[str]:
 def status_text(state_dir: str | Path) -> str:
     """The cluster's nodes (type, state, resources) and the autoscaler's own ``ray status``."""
     cluster = read_state(state_dir)
-    config = load_config(cluster.config)
+    config = load_cluster_config(cluster.config)
     lines = [
         f"RAY_ADDRESS={cluster.gcs_address}",
         f"dashboard   {cluster.dashboard_url}",
@@ -675,7 +604,7 @@ def run_watched(
     Raises:
         TimeoutError: the job ran longer than ``timeout_s`` (it is killed first).
     """
-    config = load_config(cluster.config)
+    config = load_cluster_config(cluster.config)
     token = cluster.token()
     env = {**os.environ, **cluster.env(), "PYTHONUNBUFFERED": "1"}
     samples: list[tuple[float, dict[str, int]]] = []
@@ -703,7 +632,7 @@ def wait_for_gpu_nodes(
     cluster: LocalCluster, count: int, timeout_s: float, poll_s: float = 1.0
 ) -> tuple[float | None, list[tuple[float, dict[str, int]]]]:
     """Polls until exactly ``count`` GPU nodes are alive; returns (wall time reached or None, samples)."""
-    config = load_config(cluster.config)
+    config = load_cluster_config(cluster.config)
     token = cluster.token()
     samples: list[tuple[float, dict[str, int]]] = []
     deadline = time.time() + timeout_s

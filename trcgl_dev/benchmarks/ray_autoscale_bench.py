@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trcgl import ray_cluster_local as rcl
+from trcgl.ray_runtime import load_cluster_config
+from trcgl_dev import local_cluster as rcl
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def measure(
     shutil.rmtree(synthetic, ignore_errors=True)  # every measurement generates every image
     cluster = rcl.up(state_dir, idle_timeout_minutes=idle_timeout_minutes)
     try:
-        config = rcl.load_config(cluster.config)
+        config = load_cluster_config(cluster.config)
         idle_s = float(config["idle_timeout_minutes"]) * 60
         pool_max = int(config["available_node_types"]["gpu_worker"]["max_workers"])
         pool = min(actors_max, pool_max)

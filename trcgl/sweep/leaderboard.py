@@ -6,22 +6,20 @@ stopped early, its wall time and, for trials that ran to the end, the test metri
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
+from trcgl.metrics import TABLE_METRICS
+from trcgl.plotting import png
 
 log = logging.getLogger(__name__)
 
 PARAM_PREFIX = "param."
-METRICS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP")
 
 
 def leaderboard_frame(records: list[dict[str, Any]], metric: str = "val_mAP") -> pd.DataFrame:
@@ -44,11 +42,11 @@ def leaderboard_frame(records: list[dict[str, Any]], metric: str = "val_mAP") ->
         row: dict[str, Any] = {"trial_id": rec["trial_id"]}
         for key, value in sorted(rec["params"].items()):
             row[PARAM_PREFIX + key] = value
-        for m in METRICS:
+        for m in TABLE_METRICS:
             row[f"val_{m}"] = best.get(f"val_{m}", np.nan)
         row["best_epoch"] = best.get("epoch", np.nan)
         test = rec.get("test") or {}
-        for m in METRICS:
+        for m in TABLE_METRICS:
             row[f"test_{m}"] = test.get(m, np.nan)
         row["epochs"] = len(rec.get("history", []))
         row["stopped_early"] = bool(rec.get("stopped_early", False))
@@ -65,13 +63,6 @@ def leaderboard_frame(records: list[dict[str, Any]], metric: str = "val_mAP") ->
     return frame.sort_values(metric, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def optimisation_history(board: pd.DataFrame, order: list[str], metric: str = "val_mAP") -> bytes:
     """PNG: each trial's best ``metric`` in the order trials started, with the running best."""
     by_id = board.set_index("trial_id")[metric]
@@ -84,7 +75,7 @@ def optimisation_history(board: pd.DataFrame, order: list[str], metric: str = "v
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history")
     ax.legend(loc="lower right")
-    return _png(fig)
+    return png(fig)
 
 
 def _distribution(spec: dict[str, Any]) -> optuna.distributions.BaseDistribution:
@@ -136,7 +127,7 @@ def importances_plot(importances: dict[str, float]) -> bytes | None:
     ax.barh([k for k, _ in items], [v for _, v in items])
     ax.set_xlabel("importance (fANOVA, Optuna)")
     ax.set_title("Parameter importances")
-    return _png(fig)
+    return png(fig)
 
 
 def tail_vs_ratio(board: pd.DataFrame, ratio_key: str = "train.aug_ratio_tail") -> bytes | None:
@@ -153,4 +144,4 @@ def tail_vs_ratio(board: pd.DataFrame, ratio_key: str = "train.aug_ratio_tail") 
     ax.set_ylabel("tail mAP")
     ax.set_title("Tail mAP against augmentation ratio")
     ax.legend()
-    return _png(fig)
+    return png(fig)

@@ -1,0 +1,175 @@
+"""Checks that types alone cannot express: value ranges, names that must exist, and the sweep's search space.
+
+Run on every config built (:func:`trcgl.config.loading.load_config`, :func:`~trcgl.config.loading.apply_overrides`),
+so a job fails before any work starts, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from trcgl.config.schema import Config, coerce, to_dict
+from trcgl.data.labelsets import TOP_N, load_file
+from trcgl.errors import ConfigError
+
+SYNTHETIC_SET = "synthetic_set"  # pseudo-key: which synthetic folder of the run trials draw from
+SYNTHETIC_FOLDERS = ("synthetic", "synthetic_filtered")
+TYPES = ("choice", "uniform", "loguniform", "int")
+
+
+def field_type(dotted: str) -> Any:
+    """The declared type of a dotted config key (``model.gcn_tau`` → float).
+
+    Raises:
+        ConfigError: the key names no config field.
+    """
+    cls: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(
+                f"config key 'sweep.space.{dotted}': {part!r} is not a key of {where}; known: {sorted(hints)}"
+            )
+        tp = hints[part]
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"config key 'sweep.space.{dotted}': {'.'.join(parts[: i + 1])} has no sub-keys")
+            cls = tp
+    return tp
+
+
+def _candidates(key: str, spec: dict[str, Any]) -> list[Any]:
+    """The values a spec can produce that are checked against the key's type (choices, or the range ends)."""
+    where = f"sweep.space.{key}"
+    if not isinstance(spec, dict) or spec.get("type") not in TYPES:
+        raise ConfigError(f"config key {where!r} must be a mapping with type one of {list(TYPES)}, got {spec!r}")
+    kind = spec["type"]
+    if kind == "choice":
+        extra = set(spec) - {"type", "values"}
+        values = spec.get("values")
+        if extra or not isinstance(values, list) or not values:
+            raise ConfigError(f"config key {where!r}: a choice needs a non-empty 'values' list only, got {spec!r}")
+        return list(values)
+    extra = set(spec) - {"type", "low", "high"}
+    low, high = spec.get("low"), spec.get("high")
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    if extra or not numeric or not low < high:
+        raise ConfigError(f"config key {where!r}: {kind} needs numbers low < high only, got {spec!r}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"config key {where!r}: loguniform needs low > 0, got {low}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"config key {where!r}: int needs integer bounds, got {low}, {high}")
+    return [low, high]
+
+
+def check_space(space: dict[str, dict[str, Any]]) -> None:
+    """Checks every key names a config field and every value it can take has that field's type.
+
+    Raises:
+        ConfigError: naming ``sweep.space.<key>`` and the bad value.
+    """
+    for key, spec in space.items():
+        values = _candidates(key, spec)
+        if key == SYNTHETIC_SET:
+            bad = [v for v in values if v not in SYNTHETIC_FOLDERS]
+            if spec["type"] != "choice" or bad:
+                raise ConfigError(
+                    f"config key 'sweep.space.{key}' must be a choice among {list(SYNTHETIC_FOLDERS)}, got {spec!r}"
+                )
+            continue
+        tp = field_type(key)
+        if dataclasses.is_dataclass(tp):
+            raise ConfigError(f"config key 'sweep.space.{key}' names a section, not a value")
+        for value in values:
+            if spec["type"] == "loguniform" or spec["type"] == "uniform":
+                value = float(value)
+            coerce(value, tp, f"sweep.space.{key}", "sweep.space")
+
+
+def filters_fidelity(cfg: Config) -> bool:
+    """Whether ``jobs.generate`` also writes ``synthetic_filtered/`` (a fidelity threshold or keep fraction is set)."""
+    return cfg.generate.fidelity_threshold is not None or cfg.generate.fidelity_keep_fraction is not None
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    d = cfg.data
+    if d.source not in ("padchest-synth", "padchest"):
+        raise ConfigError(f"config key 'data.source' must be 'padchest-synth' or 'padchest', got {d.source!r}")
+    if d.layout not in ("auto", "dirs", "flat"):
+        raise ConfigError(f"config key 'data.layout' must be auto, dirs or flat, got {d.layout!r}")
+    if not 8 <= d.image_size <= 4096:
+        raise ConfigError(f"config key 'data.image_size' must be in [8, 4096], got {d.image_size}")
+    if d.shard_rows < 1:
+        raise ConfigError(f"config key 'data.shard_rows' must be >= 1, got {d.shard_rows}")
+    s = d.split
+    if s.val_fraction < 0 or s.test_fraction < 0 or s.val_fraction + s.test_fraction >= 1:
+        raise ConfigError(
+            f"config keys 'data.split.val_fraction' + 'data.split.test_fraction' must be in [0, 1), "
+            f"got {s.val_fraction} + {s.test_fraction}"
+        )
+    if not 0 < d.groups.tail_max <= d.groups.head_min < 1:
+        raise ConfigError(
+            f"config keys 'data.groups' need 0 < tail_max <= head_min < 1, got {d.groups.tail_max}, {d.groups.head_min}"
+        )
+    if cfg.synth.rows < 1 or not 8 <= cfg.synth.size <= 4096:
+        raise ConfigError(f"config keys 'synth.rows'/'synth.size' out of range: {cfg.synth.rows}, {cfg.synth.size}")
+    if not TOP_N.match(d.label_set):
+        try:
+            load_file(d.label_set)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'data.label_set': {exc}") from None
+    if cfg.synth.layout not in ("dirs", "flat"):
+        raise ConfigError(f"config key 'synth.layout' must be dirs or flat, got {cfg.synth.layout!r}")
+    if cfg.storage.s3_client not in ("s3fs", "pyarrow"):
+        raise ConfigError(f"config key 'storage.s3_client' must be s3fs or pyarrow, got {cfg.storage.s3_client!r}")
+    if cfg.storage.retries < 1:
+        raise ConfigError(f"config key 'storage.retries' must be >= 1, got {cfg.storage.retries}")
+    kf = cfg.generate.fidelity_keep_fraction
+    if kf is not None and not 0 < kf <= 1:
+        raise ConfigError(f"config key 'generate.fidelity_keep_fraction' must be in (0, 1] or null, got {kf}")
+    sw = cfg.sweep
+    if cfg.train.extra_source not in ("synthetic", "real"):
+        raise ConfigError(f"config key 'train.extra_source' must be synthetic or real, got {cfg.train.extra_source!r}")
+    if cfg.train.cache_mb < 0:
+        raise ConfigError(f"config key 'train.cache_mb' must be >= 0, got {cfg.train.cache_mb}")
+    if cfg.train.eval_local_rows < 0:
+        raise ConfigError(f"config key 'train.eval_local_rows' must be >= 0, got {cfg.train.eval_local_rows}")
+    if cfg.train.dist_backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(f"config key 'train.dist_backend' must be auto, nccl or gloo, got {cfg.train.dist_backend!r}")
+    if sw.scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"config key 'sweep.scheduler' must be asha or fifo, got {sw.scheduler!r}")
+    if sw.num_samples < 1 or sw.max_concurrent_trials < 1:
+        raise ConfigError(
+            f"config keys 'sweep.num_samples'/'sweep.max_concurrent_trials' must be >= 1, "
+            f"got {sw.num_samples}, {sw.max_concurrent_trials}"
+        )
+    check_space(sw.space)
+    ab = cfg.ablation
+    if not ab.rows:
+        raise ConfigError("config key 'ablation.rows' must name at least one row")
+    if ab.baseline not in ab.rows:
+        raise ConfigError(f"config key 'ablation.baseline' is {ab.baseline!r}, not one of the rows {list(ab.rows)}")
+    if not ab.seeds or len(set(ab.seeds)) != len(ab.seeds):
+        raise ConfigError(f"config key 'ablation.seeds' must be distinct seeds, at least one, got {ab.seeds}")
+    if ab.bootstrap < 0 or ab.aug_ratio_tail < 0 or ab.aug_ratio_medium < 0 or ab.max_concurrent_trials < 1:
+        raise ConfigError(
+            "config keys 'ablation.bootstrap'/'ablation.aug_ratio_tail'/'ablation.aug_ratio_medium' must be >= 0 and "
+            f"'ablation.max_concurrent_trials' >= 1, got {ab.bootstrap}, {ab.aug_ratio_tail}, {ab.aug_ratio_medium}, "
+            f"{ab.max_concurrent_trials}"
+        )
+    for name, row in ab.rows.items():
+        if not isinstance(row, dict):
+            raise ConfigError(f"config key 'ablation.rows.{name}' must be a mapping of overrides, got {row!r}")
+        if row.get("extra", "none") not in ("none", "synthetic", "synthetic_filtered", "real"):
+            raise ConfigError(
+                f"config key 'ablation.rows.{name}.extra' must be none, synthetic, synthetic_filtered or real, "
+                f"got {row['extra']!r}"
+            )
+    for key in ("access_key", "secret_key", "aws_secret_access_key", "aws_access_key_id", "token"):
+        if key in to_dict(cfg.storage):
+            raise ConfigError("credentials never go in the config; use the environment or an instance role")

@@ -1,0 +1,56 @@
+"""Defaults that are data, not code: the sweep's search space and the ablation study's rows.
+
+Kept apart from the schema so the study and the search space read as tables; presets in ``jobs/configs/`` replace
+them whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def default_space() -> dict[str, dict[str, Any]]:
+    """The mission's search space: synthetic-data ratios and source, GCN settings, the parts on/off, loss, optimiser."""
+    return {
+        "train.aug_ratio_tail": {"type": "choice", "values": [0.0, 0.5, 1.0, 2.0]},
+        "train.aug_ratio_medium": {"type": "choice", "values": [0.0, 0.5]},
+        "synthetic_set": {"type": "choice", "values": ["synthetic", "synthetic_filtered"]},
+        "model.gcn": {"type": "choice", "values": [True, False]},
+        "model.gcn_tau": {"type": "uniform", "low": 0.2, "high": 0.6},
+        "model.gcn_p": {"type": "uniform", "low": 0.1, "high": 0.4},
+        "model.gcn_layers": {"type": "choice", "values": [1, 2, 3]},
+        "model.gcn_hidden": {"type": "choice", "values": [64, 128, 256]},
+        "model.class_attention": {"type": "choice", "values": [True, False]},
+        "model.se": {"type": "choice", "values": [True, False]},
+        "loss.name": {"type": "choice", "values": ["bce", "asl"]},
+        "train.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
+        "train.weight_decay": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+    }
+
+
+def default_ablation_rows() -> dict[str, dict[str, Any]]:
+    """The study of the paper's claims: peers, TRCGL-Net's parts added one at a time and removed one at a time,
+    synthesis against duplication and fidelity filtering on/off (see :class:`AblationConfig`)."""
+    off = {"model.se": False, "model.class_attention": False, "model.csra": False, "model.gcn": False}
+    full = {"model.se": True, "model.class_attention": True, "model.csra": False, "model.gcn": True}
+    return {
+        # peers
+        "backbone + BCE": {**off, "extra": "none"},
+        "+ re-sampling": {**off, "extra": "real"},
+        "ASL": {**off, "loss.name": "asl", "extra": "none"},
+        "LDAM-DRW": {**off, "loss.name": "ldam_drw", "extra": "none"},
+        "ML-GCN": {**off, "model.gcn": True, "extra": "none"},
+        "CSRA": {**off, "model.csra": True, "extra": "none"},
+        # TRCGL-Net, one part added at a time (the first step is the backbone + BCE row)
+        "+ SE": {**off, "model.se": True, "extra": "none"},
+        "+ SE + CA": {**off, "model.se": True, "model.class_attention": True, "extra": "none"},
+        "+ SE + CA + GCN (full - diffusion)": {**full, "extra": "none"},
+        "TRCGL-Net (full)": {**full, "extra": "synthetic"},
+        # the full model minus one part (minus diffusion is the row above)
+        "full - SE": {**full, "model.se": False, "extra": "synthetic"},
+        "full - CA": {**full, "model.class_attention": False, "extra": "synthetic"},
+        "full - GCN": {**full, "model.gcn": False, "extra": "synthetic"},
+        # augmentation: synthesis vs duplication, fidelity filtering on
+        "full, duplication instead of synthesis": {**full, "extra": "real"},
+        "full, fidelity-filtered synthesis": {**full, "extra": "synthetic_filtered"},
+    }

@@ -1,7 +1,7 @@
 """The ablation and peer study: every row of ``ablation.rows`` trained on the same data and scored on the same test
 images, with 95 % intervals and paired-bootstrap differences against the baseline row.
 
-Rows (defaults in trcgl/config.py, presets may replace them): the peers (backbone + BCE, + class-balanced
+Rows (defaults in trcgl/config/defaults.py, presets may replace them): the peers (backbone + BCE, + class-balanced
 re-sampling, ASL, LDAM-DRW, ML-GCN, CSRA), TRCGL-Net's parts added one at a time and removed one at a time,
 synthesis against duplication of real tail images, fidelity filtering on. Each row and seed is one classifier run
 under {root}/runs/{run}/ablation/rows/{row}/seed{seed}/, run as a Ray Tune grid; the same command after an

@@ -41,7 +41,7 @@ from jobs._cli import setup_logging
 
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
-    if args_in[:1] == ["autoscale"]:  # its own options (trcgl/benchmarks/ray_autoscale_bench.py)
+    if args_in[:1] == ["autoscale"]:  # its own options (trcgl_dev/benchmarks/ray_autoscale_bench.py)
         from trcgl_dev.benchmarks.ray_autoscale_bench import run as run_autoscale
 
         setup_logging("WARNING")

@@ -1,7 +1,7 @@
 """The whole TRCGL-Net method, end to end: prepare → train diffusion → baseline → generate → sweep → final → report.
 
 With no arguments it runs the embedded default (demo preset): PadChest-Synth rendered from the real PadChest
-metadata, a local Ray, storage in ./runs; about 15 minutes on a 2-core laptop. Each stage skips work already done
+metadata, a local Ray, storage in ./runs; minutes on a 2-core laptop (BENCHMARKS.md has the latest time). Each stage skips work already done
 for the same config, so rerunning after an interruption resumes. Prints a summary table (mAP, mAUC, head/medium/tail
 mAP with 95 % intervals, for the best configuration and the no-synthetic, no-GCN baseline) and the path of the
 self-contained HTML report; writes {root}/runs/{run}/summary.json and {root}/runs/{run}/report/report.html.

@@ -96,7 +96,7 @@ def resampled_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray
     """Every macro metric of one score set on each resample of the images.
 
     One ``per_class_ap_auc`` call per resample, on (N, K): stacking resamples along the class axis into one wide
-    call was measured slower (its axis-0 sorts and gathers on wide row-major arrays cost more per column).
+    call is slower (its axis-0 sorts and gathers on wide row-major arrays cost more per column).
 
     Args:
         scores: (N, K) float64 scores.

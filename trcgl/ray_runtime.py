@@ -47,7 +47,7 @@ def init_ray(cfg: Config) -> bool:
                 ray.init(address="local", num_cpus=cfg.ray.num_cpus, log_to_driver=True, **local_dashboard())
                 break
             except Exception as exc:
-                # Ray waits a fixed 30 s for its raylet to register; on a loaded machine that was seen to run out
+                # Ray waits a fixed 30 s for its raylet to register, which a heavily loaded machine can exceed
                 if attempt == 2 or "timed out during startup" not in str(exc):
                     raise
                 log.warning("the local Ray did not come up in time (%s): starting it once more", exc)
@@ -80,7 +80,7 @@ def local_dashboard() -> dict:
 def check_gpus(per_worker: float, autoscaling: bool, key: str) -> None:
     """Fails fast when work asks for GPUs that no node has and no autoscaler can add.
 
-    A request Ray cannot place pends forever with no error (RAY_NOTES.md); with ``ray.autoscaling`` on, the
+    A request Ray cannot place pends forever with no error; with ``ray.autoscaling`` on, the
     autoscaler is trusted to add GPU nodes and the job waits for them.
 
     Raises:
@@ -104,7 +104,7 @@ def check_cpu_budget(cfg: Config, concurrent_runs: int = 1, driver_cpus: float =
     """Fails fast when training would hold so many CPUs that Ray Data's tasks could never be scheduled.
 
     Train workers (and sweep trial drivers) that hold every CPU leave Ray Data's read tasks none, and training then
-    hangs forever at 0 rows/s (RAY_NOTES.md). With ``ray.autoscaling`` on, new nodes bring CPUs, so nothing is
+    hangs forever at 0 rows/s (Ray Data reports the operator as backpressured by its resource budget). With ``ray.autoscaling`` on, new nodes bring CPUs, so nothing is
     checked.
 
     Raises:

@@ -5,7 +5,7 @@ A root is a local path (``./runs``, ``/abs/path``) or ``s3://bucket/prefix`` on 
 Data, Train and Tune as ``filesystem=`` / ``storage_filesystem=``) and to fsspec. Credentials come only from the
 environment or the cloud's role (the AWS SDK's usual chain), never from config files.
 
-Layout (DESIGN.md)::
+Layout::
 
     {root}/sources/{name}/          PadChest-format raw data we rendered (PadChest-Synth): CSV, images/, sheets
     {root}/datasets/{dataset}/      part-*.parquet, labels.json, cooccurrence.parquet, prepare_report.json

@@ -154,8 +154,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     num_workers: int = 2  # Ray Train workers
     use_gpu: bool = False
-    # leave whole CPUs for Ray Data (RAY_NOTES: train workers must not take them all); 0.45, not 0.5, so that two
-    # workers and a sweep trial's driver still leave one whole CPU of two
+    # leave whole CPUs for Ray Data (workers holding every CPU starve its read tasks and training hangs); 0.45, not
+    # 0.5, so that two workers and a sweep trial's driver still leave one whole CPU of two
     cpus_per_worker: float = 0.45
     gpus_per_worker: float = 1.0  # when use_gpu
     dist_backend: str = "auto"  # torch.distributed: "auto" (NCCL with GPUs where torch has it, else gloo), nccl, gloo

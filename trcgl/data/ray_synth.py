@@ -8,7 +8,7 @@ import time
 import ray
 
 from trcgl.config import Config, dump_yaml, to_dict
-from trcgl.data.synth import source as synth_source
+from trcgl.data.synth import source
 from trcgl.storage import Storage, source_dir
 
 log = logging.getLogger(__name__)
@@ -25,23 +25,23 @@ def run_synthesize(cfg: Config) -> dict:
     """
     t0 = time.perf_counter()
     storage = Storage(cfg.storage.root, cfg.storage)
-    name = synth_source.source_name(cfg)
+    name = source.source_name(cfg)
     base = source_dir(name)
-    chash = synth_source.source_hash(cfg)
+    chash = source.source_hash(cfg)
     manifest = storage.manifest(base)
     if manifest is not None and manifest.get("config_hash") == chash:
         log.info("PadChest-Synth %s already rendered at %s: skipping", name, storage.uri(base))
         return storage.read_json(f"{base}/synth_report.json")
     storage.check_writable()
-    full = synth_source.read_full_csv()
-    subset = synth_source.select_subset(cfg, full)
-    storage.write_bytes(f"{base}/{synth_source.CSV_FILE}", synth_source.subset_csv_bytes(subset))
-    plan = synth_source.render_plan(subset)
+    full = source.read_full_csv()
+    subset = source.select_subset(cfg, full)
+    storage.write_bytes(f"{base}/{source.CSV_FILE}", source.subset_csv_bytes(subset))
+    plan = source.render_plan(subset)
     log.info("rendering %d PadChest-Synth images at %d px into %s", len(plan), cfg.synth.size, storage.uri(base))
     step = cfg.synth.batch_size
     blocks = [plan.iloc[i : i + step] for i in range(0, len(plan), step)]  # one task per block
     ds = ray.data.from_pandas(blocks).map_batches(
-        synth_source.render_rows,
+        source.render_rows,
         batch_size=cfg.synth.batch_size,
         batch_format="pandas",
         fn_kwargs={"cfg_dict": to_dict(cfg), "name": name, "layout": cfg.synth.layout},
@@ -50,12 +50,12 @@ def run_synthesize(cfg: Config) -> dict:
     results = ds.to_pandas()
     if sorted(results["image_id"]) != sorted(plan["image_id"]):
         raise RuntimeError(f"rendering returned {len(results)} results for {len(plan)} planned images")
-    sheets = synth_source.write_contact_sheets(cfg, storage, name, cfg.synth.layout, plan)
+    sheets = source.write_contact_sheets(cfg, storage, name, cfg.synth.layout, plan)
     status = results["status"].value_counts().to_dict()
     report = {
         "source": name,
         "root": storage.uri(base),
-        "metadata": storage.uri(base, synth_source.CSV_FILE),
+        "metadata": storage.uri(base, source.CSV_FILE),
         "images": storage.uri(base, "images"),
         "layout": cfg.synth.layout,
         "rows": len(plan),
@@ -63,7 +63,7 @@ def run_synthesize(cfg: Config) -> dict:
         "already_present": int(status.get("exists", 0)),
         "render_seconds_per_image": round(float(results["seconds"].mean()), 4),
         "projections": plan["projection"].value_counts().to_dict(),
-        "class_counts": synth_source.class_counts(plan),
+        "class_counts": source.class_counts(plan),
         "contact_sheets": sheets,
         "seconds": round(time.perf_counter() - t0, 2),
     }

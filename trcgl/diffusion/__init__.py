@@ -14,6 +14,7 @@ __all__ = ["EMPTY_PROMPT", "TextToXray", "build_prompt", "prompt_vocabulary"]
 
 def __getattr__(name: str) -> Any:
     if name == "TextToXray":
+        # lazy: diffusers and transformers take seconds to import; prompts alone need neither
         from trcgl.diffusion.model import TextToXray
 
         return TextToXray

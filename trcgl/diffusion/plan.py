@@ -120,6 +120,7 @@ class Generator:
     """
 
     def __init__(self, cfg: dict, model_uri: str, out_dir: str, num_classes: int) -> None:
+        # lazy: diffusers and transformers, needed only in the generation actors, not in planning or row reads
         from trcgl.diffusion.model import TextToXray
 
         self.cfg = from_dict(cfg, "generator")

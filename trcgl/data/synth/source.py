@@ -145,7 +145,8 @@ def render_rows(batch: pd.DataFrame, cfg_dict: dict, name: str, layout: str) -> 
     """
     import time
 
-    from trcgl.data.synth import render_image
+    # lazy: the renderer pulls in scipy (about 1 s); prepare's workers import this module for synth_inputs only
+    from trcgl.data.synth.render import render_image
 
     cfg = from_dict(cfg_dict, "render task")
     storage = Storage(cfg.storage.root, cfg.storage)
@@ -173,7 +174,8 @@ def render_rows(batch: pd.DataFrame, cfg_dict: dict, name: str, layout: str) -> 
 
 def write_contact_sheets(cfg: Config, storage: Storage, name: str, layout: str, plan: pd.DataFrame) -> list[str]:
     """One PNG per class: up to N frontal examples with that finding next to N normals."""
-    from trcgl.data.synth import make_contact_sheet
+    # lazy: matplotlib and the renderer, needed only when the sheets are drawn
+    from trcgl.data.synth.sheet import make_contact_sheet
 
     n = cfg.synth.contact_sheet_examples
     frontal = plan[plan["projection"].isin(FRONTAL)]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from trcgl.data.synth import CLASS_NAMES, FINDING_RENDERERS, make_contact_sheet, parse_localizations, render_image
 from trcgl.data.synth import findings as findings_module
-from trcgl.data.synth.anatomy import ATLAS_CACHE_ENV, load_lung_atlas, save_lung_atlas
+from trcgl.data.synth.atlas import ATLAS_CACHE_ENV, load_lung_atlas, save_lung_atlas
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128  # small renders keep the whole file fast; geometry is resolution independent
@@ -258,7 +258,7 @@ def test_nodule_is_smaller_than_mass():
 
 
 def test_atlas_cache_round_trip(tmp_path, monkeypatch):
-    from trcgl.data.synth.anatomy import _read_lung_atlas
+    from trcgl.data.synth.atlas import _read_lung_atlas
 
     atlas = load_lung_atlas()
     assert len(atlas) > 200 and atlas.masks.shape[1:] == (2, 128, 128) and atlas.masks.dtype == np.uint8

@@ -1,4 +1,8 @@
-"""Normal chest anatomy for PadChest-Synth: the lung-mask atlas, sampled geometry and the drawn layers.
+"""Normal chest anatomy for PadChest-Synth: sampled geometry and the drawn layers.
+
+This module holds the anatomy itself. It draws with the generic pixel helpers of :mod:`trcgl.data.synth.draw`
+and takes its lung shapes from the real-mask atlas of :mod:`trcgl.data.synth.atlas`: :func:`sample_anatomy`
+picks one lung pair of the atlas per image and :func:`rasterize_lung` pastes each lung into its drawn box.
 
 Coordinates are normalised image coordinates: ``x`` grows to the image right, ``y`` grows downwards, both in
 ``[0, 1]`` whatever the pixel size. Radiological convention: on frontal views the patient's RIGHT is on the
@@ -18,55 +22,40 @@ A scene is a stack of ``(S, S)`` float32 layers in "density" units (dense = brig
 The normal anatomy is built in two steps so that findings can change it before anything is drawn:
 ``sample_anatomy`` draws the geometry parameters (an :class:`Anatomy`), finding "anatomy effects" edit them
 (bigger heart, higher hemidiaphragm, larger lungs, ...), then ``build_scene`` draws the layers.
-
-The lung shapes come from the 517 real lung masks that torchxrayvision ships (v7labs semantic masks), turned
-into a small atlas once per process (:func:`load_lung_atlas`).
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-import importlib.util
-import io
-import logging
-import math
-import os
-import time
-import zipfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.interpolate import CubicSpline
 
-logger = logging.getLogger(__name__)
+from trcgl.data.synth.atlas import load_lung_atlas
+from trcgl.data.synth.draw import (
+    Window,
+    bezier,
+    blob,
+    draw_curve,
+    make_window,
+    paste_mask,
+    pixel_grid,
+    random_lobes,
+    segment_samples,
+    smoothstep,
+    soft_inside,
+    splat,
+    spline,
+)
 
 RIGHT = "right"
 LEFT = "left"
 SIDES: tuple[str, str] = (RIGHT, LEFT)
-
-ATLAS_SIZE = 128  # each lung of the atlas is stored as an (ATLAS_SIZE, ATLAS_SIZE) uint8 soft mask
-ATLAS_WORK_SIZE = 256  # masks are reduced to about this size before they are analysed
-ATLAS_THREADS = 4  # threads decoding the mask PNGs during the one-off atlas build
-ATLAS_VERSION = 1  # bump when the atlas recipe changes (invalidates on-disk caches)
-ATLAS_CACHE_ENV = "TRCGL_LUNG_ATLAS_CACHE"  # optional .npz path shared by processes
-_ATLAS_ZIP = "semantic_masks_v7labs_lungs.zip"
-
-# Lung-atlas acceptance rules (fractions of the reduced mask image).
-_MIN_LUNG_AREA = 0.02  # each lung covers at least this fraction of the image
-_MAX_FOREGROUND = 0.7  # more than this is an inverted or broken mask
-_MIN_AREA_RATIO = 0.35  # smaller lung / larger lung
-_MIN_KEPT_FOREGROUND = 0.9  # the two lungs hold at least this fraction of all foreground pixels
-_MIN_VERTICAL_OVERLAP = 0.6  # of the shorter lung's height
-_LUNG_ASPECT_RANGE = (0.9, 4.5)  # height / width of one lung
-_PAIR_ASPECT_RANGE = (0.55, 1.35)  # height / width of both lungs together
-_MAX_ROUGHNESS = 1.05  # outline length / smoothed outline length of one lung
 
 CHEST_WIDTH_CM = 28.0  # outer-edge-to-outer-edge lung width of an average adult, for cm <-> image units
 
@@ -76,487 +65,6 @@ class View(enum.Enum):
 
     FRONTAL = "frontal"
     LATERAL = "lateral"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Lung atlas
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LungAtlas:
-    """Real lung shapes, one soft mask per lung.
-
-    Attributes:
-        masks: (N, 2, A, A) uint8 soft masks (0..255) of the patient's [right, left] lung, each resized from its
-            own bounding box.
-        boxes: (N, 2, 4) float32 bounding box (y0, y1, x0, x1) of each lung inside the box around both lungs,
-            as fractions of that box (so the pair keeps its real proportions and gap).
-        names: (N,) file names inside the zip, for debugging.
-    """
-
-    masks: np.ndarray
-    boxes: np.ndarray
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-def atlas_zip_path() -> Path:
-    """Path of torchxrayvision's lung-mask zip, found without importing torchxrayvision (slow import)."""
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "PadChest-Synth needs the lung masks shipped with torchxrayvision; install it "
-            "(pip install torchxrayvision==1.5.7)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / _ATLAS_ZIP
-    if not path.is_file():
-        raise RuntimeError(f"torchxrayvision is installed but {path} is missing; reinstall torchxrayvision")
-    return path
-
-
-def _roughness(lung: np.ndarray) -> float:
-    """Boundary length of a binary mask relative to that of its smoothed version (1 = smooth outline)."""
-    smooth = ndimage.gaussian_filter(lung.astype(np.float32), 4.0) > 0.5
-    boundary = np.count_nonzero(lung & ~ndimage.binary_erosion(lung))
-    return boundary / max(1, np.count_nonzero(smooth & ~ndimage.binary_erosion(smooth)))
-
-
-def _prepare_mask(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-    """Two-lung soft masks from one encoded mask image, or None when it is empty or implausible.
-
-    Args:
-        data: encoded PNG/JPEG bytes of one mask (lungs 255, background 0, maybe with JPEG artefacts).
-
-    Returns:
-        masks (2, A, A) uint8 for the patient's [right, left] lung and boxes (2, 4) float32 (y0, y1, x0, x1)
-        of each lung within the pair's bounding box; None when the mask is rejected.
-    """
-    image = Image.open(io.BytesIO(data))
-    image.draft("L", (ATLAS_WORK_SIZE, ATLAS_WORK_SIZE))  # cheap JPEG downscale; no-op for PNG
-    image = image.convert("L")
-    factor = max(1, min(image.size) // ATLAS_WORK_SIZE)
-    if factor > 1:
-        image = image.reduce(factor)
-    binary = np.asarray(image) > 127
-    height, width = binary.shape
-    foreground = binary.mean()
-    if foreground < 2 * _MIN_LUNG_AREA or foreground > _MAX_FOREGROUND:
-        return None
-    labels, count = ndimage.label(binary)
-    if count < 2:
-        return None
-    areas = np.bincount(labels.ravel())[1:]
-    order = np.argsort(areas)[::-1]
-    big, small = order[0] + 1, order[1] + 1
-    a_big, a_small = areas[order[0]], areas[order[1]]
-    if a_small < _MIN_LUNG_AREA * binary.size or a_small / a_big < _MIN_AREA_RATIO:
-        return None
-    if (a_big + a_small) < _MIN_KEPT_FOREGROUND * binary.sum():
-        return None
-    slices = ndimage.find_objects(labels)
-    boxes_px = []
-    for lab in (big, small):
-        sl = slices[lab - 1]
-        boxes_px.append((sl[0].start, sl[0].stop, sl[1].start, sl[1].stop))
-    # Image-left lung is the patient's right lung on a frontal view.
-    (first, b_first), (second, b_second) = sorted(zip((big, small), boxes_px, strict=True), key=lambda t: t[1][2])
-    if b_first[3] > b_second[2] + 0.02 * width:  # lungs overlap horizontally: not a frontal pair
-        return None
-    overlap = min(b_first[1], b_second[1]) - max(b_first[0], b_second[0])
-    if overlap < _MIN_VERTICAL_OVERLAP * min(b_first[1] - b_first[0], b_second[1] - b_second[0]):
-        return None
-    for b in (b_first, b_second):
-        if b[0] <= 1 or b[2] <= 1 or b[1] >= height - 1 or b[3] >= width - 1:  # cut off by the image border
-            return None
-        aspect = (b[1] - b[0]) / max(1, b[3] - b[2])
-        if not _LUNG_ASPECT_RANGE[0] <= aspect <= _LUNG_ASPECT_RANGE[1]:
-            return None
-    y0 = min(b_first[0], b_second[0])
-    y1 = max(b_first[1], b_second[1])
-    x0, x1 = b_first[2], b_second[3]
-    pair_aspect = (y1 - y0) / max(1, x1 - x0)
-    if not _PAIR_ASPECT_RANGE[0] <= pair_aspect <= _PAIR_ASPECT_RANGE[1]:
-        return None
-    masks = np.empty((2, ATLAS_SIZE, ATLAS_SIZE), np.uint8)
-    boxes = np.empty((2, 4), np.float32)
-    for i, (lab, b) in enumerate(((first, b_first), (second, b_second))):
-        lung = ndimage.binary_fill_holes(labels[b[0] : b[1], b[2] : b[3]] == lab)
-        lung_img = Image.fromarray((lung * 255).astype(np.uint8))
-        masks[i] = np.asarray(lung_img.resize((ATLAS_SIZE, ATLAS_SIZE), Image.Resampling.BILINEAR))
-        if _roughness(masks[i] > 127) > _MAX_ROUGHNESS:  # notches, cut-out annotation arrows
-            return None
-        boxes[i] = (
-            (b[0] - y0) / (y1 - y0),
-            (b[1] - y0) / (y1 - y0),
-            (b[2] - x0) / (x1 - x0),
-            (b[3] - x0) / (x1 - x0),
-        )
-    return masks, boxes
-
-
-def _prepare_mask_or_none(item: tuple[str, bytes]) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`_prepare_mask` of one (name, bytes) zip entry; None (logged) when the image cannot be read."""
-    name, data = item
-    try:
-        return _prepare_mask(data)
-    except (OSError, ValueError) as err:  # unreadable or truncated image: skip it
-        logger.debug("lung atlas: skipping %s (%s)", name, err)
-        return None
-
-
-def build_lung_atlas() -> LungAtlas:
-    """Build the lung atlas from torchxrayvision's real lung masks (a few seconds; see :func:`load_lung_atlas`).
-
-    Masks are thresholded; those with exactly two plausible, side-by-side, smooth-outlined lungs are kept
-    (empty, inverted, merged, cut-off or annotated masks are dropped), each lung cropped to its box and resized
-    to ATLAS_SIZE.
-
-    Returns:
-        The atlas (341 of the 517 masks pass; 2 x 16 KiB each).
-    """
-    start = time.perf_counter()
-    path = atlas_zip_path()
-    with zipfile.ZipFile(path) as archive:
-        files = [(name, archive.read(name)) for name in sorted(archive.namelist()) if not name.endswith("/")]
-    # PNG decoding releases the GIL: a few threads cut the one-off build time; map() keeps the order.
-    with ThreadPoolExecutor(max_workers=ATLAS_THREADS) as pool:
-        prepared_all = list(pool.map(_prepare_mask_or_none, files))
-    masks, boxes, names = [], [], []
-    for (name, _), prepared in zip(files, prepared_all, strict=True):
-        if prepared is not None:
-            masks.append(prepared[0])
-            boxes.append(prepared[1])
-            names.append(name.rsplit("/", 1)[-1])
-    if not masks:
-        raise RuntimeError(f"no usable lung mask in {path}")
-    atlas = LungAtlas(np.stack(masks), np.stack(boxes), tuple(names))
-    logger.info("lung atlas: %d usable masks from %s in %.1f s", len(atlas), path.name, time.perf_counter() - start)
-    return atlas
-
-
-def _atlas_source_key() -> str:
-    """Identity of the atlas recipe and its source zip (a cache built from anything else is stale)."""
-    stat = atlas_zip_path().stat()
-    return f"v{ATLAS_VERSION}:{ATLAS_SIZE}:{stat.st_size}:{int(stat.st_mtime)}"
-
-
-def save_lung_atlas(atlas: LungAtlas, path: str | Path) -> None:
-    """Write an atlas to an .npz file atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, masks=atlas.masks, boxes=atlas.boxes, names=np.array(atlas.names), key=_atlas_source_key())
-    os.replace(tmp, path)
-
-
-def _read_lung_atlas(path: Path) -> LungAtlas | None:
-    """Atlas from an .npz written by :func:`save_lung_atlas`; None when unreadable or stale."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["key"]) != _atlas_source_key():
-                return None
-            return LungAtlas(data["masks"], data["boxes"], tuple(str(n) for n in data["names"]))
-    except (OSError, ValueError, KeyError) as err:
-        logger.warning("lung atlas cache %s unusable (%s); rebuilding", path, err)
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def load_lung_atlas() -> LungAtlas:
-    """The lung atlas, built once per process on first use (4-6 s on one core).
-
-    When the environment variable ``TRCGL_LUNG_ATLAS_CACHE`` names a file, the atlas is read from it if it was
-    built from the same zip and recipe, else built and written there (atomically), so many worker processes on
-    one machine build it once. Nothing is written anywhere when the variable is unset.
-
-    Returns:
-        The atlas.
-    """
-    cache = os.environ.get(ATLAS_CACHE_ENV)
-    if cache and Path(cache).is_file():
-        atlas = _read_lung_atlas(Path(cache))
-        if atlas is not None:
-            return atlas
-    atlas = build_lung_atlas()
-    if cache:
-        try:
-            save_lung_atlas(atlas, cache)
-        except OSError as err:
-            logger.warning("could not write lung atlas cache %s (%s)", cache, err)
-    return atlas
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Drawing primitives (shared with findings.py)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def smoothstep(t: np.ndarray) -> np.ndarray:
-    """Smooth 0 -> 1 ramp of t over [0, 1] (clipped outside)."""
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def soft_inside(signed: np.ndarray, width: float) -> np.ndarray:
-    """1 where ``signed`` > width / 2, 0 where < -width / 2, smooth in between (signed distance-like input)."""
-    return smoothstep(signed / max(width, 1e-6) + 0.5)
-
-
-@dataclass(frozen=True)
-class Window:
-    """A rectangular part of the image with its own coordinate vectors.
-
-    Attributes:
-        rows: row slice into an (S, S) layer.
-        cols: column slice.
-        x: (1, w) float32 normalised x of the window's pixel centres.
-        y: (h, 1) float32 normalised y.
-    """
-
-    rows: slice
-    cols: slice
-    x: np.ndarray
-    y: np.ndarray
-
-
-def make_window(size: int, x0: float, x1: float, y0: float, y1: float) -> Window | None:
-    """Window covering the normalised box [x0, x1] x [y0, y1], clipped to the image; None when empty."""
-    c0, c1 = max(0, math.floor(x0 * size)), min(size, math.ceil(x1 * size))
-    r0, r1 = max(0, math.floor(y0 * size)), min(size, math.ceil(y1 * size))
-    if c1 <= c0 or r1 <= r0:
-        return None
-    x = ((np.arange(c0, c1, dtype=np.float32) + 0.5) / size)[None, :]
-    y = ((np.arange(r0, r1, dtype=np.float32) + 0.5) / size)[:, None]
-    return Window(slice(r0, r1), slice(c0, c1), x, y)
-
-
-def blob(
-    win: Window,
-    cx: float,
-    cy: float,
-    rx: float,
-    ry: float,
-    *,
-    angle: float = 0.0,
-    softness: float = 0.15,
-    lobes: np.ndarray | None = None,
-    power: float = 2.0,
-) -> np.ndarray:
-    """Filled (lobulated) ellipse with a soft edge, evaluated on a window.
-
-    Args:
-        win: where to evaluate.
-        cx, cy: centre (normalised).
-        rx, ry: semi-axes (normalised).
-        angle: rotation of the x semi-axis, radians (image coordinates, clockwise on screen).
-        softness: edge width as a fraction of the radius (0.05 sharp, 0.5 fuzzy).
-        lobes: optional (K, 3) rows (harmonic k, amplitude, phase) modulating the radius.
-        power: superellipse exponent (2 ellipse, 4+ rounded rectangle).
-
-    Returns:
-        (h, w) float32 in [0, 1].
-    """
-    dx, dy = win.x - cx, win.y - cy
-    c, s = math.cos(angle), math.sin(angle)
-    u = (dx * c + dy * s) / rx
-    v = (dy * c - dx * s) / ry
-    rho = np.sqrt(u * u + v * v) if power == 2.0 else (np.abs(u) ** power + np.abs(v) ** power) ** (1.0 / power)
-    radius: np.ndarray | float = 1.0
-    if lobes is not None and len(lobes):
-        theta = np.arctan2(v, u)
-        radius = 1.0 + sum(a * np.cos(k * theta + p) for k, a, p in lobes)
-    return soft_inside(radius - rho, softness).astype(np.float32)
-
-
-def random_lobes(rng: np.random.Generator, amplitude: float, harmonics: int = 4) -> np.ndarray:
-    """(harmonics, 3) lobulation table for :func:`blob`: harmonics 2.., amplitudes decaying, random phases."""
-    ks = np.arange(2, 2 + harmonics, dtype=np.float64)
-    amps = amplitude * rng.uniform(0.3, 1.0, harmonics) / (ks - 1.0)
-    return np.stack([ks, amps, rng.uniform(0, 2 * math.pi, harmonics)], axis=1)
-
-
-def splat(layer: np.ndarray, px: np.ndarray, py: np.ndarray, weights: np.ndarray | float) -> None:
-    """Add point weights into ``layer`` with bilinear splatting (in place).
-
-    Args:
-        layer: (S, S) float32 layer.
-        px, py: (M,) pixel coordinates (pixel centres at integers).
-        weights: (M,) or scalar weight per point.
-    """
-    height, width = layer.shape
-    w = np.broadcast_to(np.asarray(weights, np.float64), np.shape(px))
-    keep = (px > -1) & (px < width) & (py > -1) & (py < height)
-    if not keep.all():
-        px, py, w = px[keep], py[keep], w[keep]
-    if px.size == 0:
-        return
-    x0f, y0f = np.floor(px), np.floor(py)
-    fx, fy = px - x0f, py - y0f
-    x0, y0 = x0f.astype(np.intp), y0f.astype(np.intp)
-    c0, r0 = int(x0.min()), int(y0.min())
-    cols, rows = int(x0.max()) + 2 - c0, int(y0.max()) + 2 - r0  # local accumulator with a 1-pixel margin
-    idx = (y0 - r0) * cols + (x0 - c0)
-    n = rows * cols
-    right = w * fx
-    left = w - right
-    acc = np.bincount(idx, left * (1 - fy), minlength=n)
-    acc += np.bincount(idx + 1, right * (1 - fy), minlength=n)
-    acc += np.bincount(idx + cols, left * fy, minlength=n)
-    acc += np.bincount(idx + cols + 1, right * fy, minlength=n)
-    acc = acc.reshape(rows, cols)
-    rr0, rr1 = max(r0, 0), min(r0 + rows, height)
-    cc0, cc1 = max(c0, 0), min(c0 + cols, width)
-    layer[rr0:rr1, cc0:cc1] += acc[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0].astype(np.float32)
-
-
-def bezier(control: np.ndarray, n: int = 64) -> np.ndarray:
-    """Points on the Bezier curve of the given control points.
-
-    Args:
-        control: (K, 2) control points (x, y).
-        n: number of output points.
-
-    Returns:
-        (n, 2) float64 points.
-    """
-    control = np.asarray(control, np.float64)
-    k = len(control) - 1
-    t = np.linspace(0.0, 1.0, n)[:, None]
-    coeffs = np.array([math.comb(k, i) for i in range(k + 1)], np.float64)[None, :]
-    i = np.arange(k + 1)[None, :]
-    basis = coeffs * t**i * (1 - t) ** (k - i)  # (n, K)
-    return basis @ control
-
-
-def spline(points: np.ndarray, n: int = 96) -> np.ndarray:
-    """Smooth curve through the given points (cubic spline over chord length).
-
-    Args:
-        points: (K, 2) points the curve must pass through, K >= 2.
-        n: number of output points.
-
-    Returns:
-        (n, 2) float64 points.
-    """
-    points = np.asarray(points, np.float64)
-    chord = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
-    keep = np.concatenate([[True], np.diff(chord) > 1e-9])
-    points, chord = points[keep], chord[keep]
-    if len(points) < 3:
-        t = np.linspace(0.0, 1.0, n)[:, None]
-        return points[0] + t * (points[-1] - points[0])
-    curve = CubicSpline(chord, points, axis=0, bc_type="natural")
-    return curve(np.linspace(0.0, chord[-1], n))
-
-
-def draw_curve(
-    layer: np.ndarray,
-    points: np.ndarray,
-    width: float,
-    value: float | Callable[[np.ndarray], np.ndarray],
-    *,
-    profile: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> None:
-    """Draw an anti-aliased polyline of given width into ``layer`` (in place, additive).
-
-    The line is sampled every half pixel along its length and at sub-pixel steps across it; normals are
-    smoothed over about one line width so corners do not fan out, and each sample is weighted by the spacing
-    of its own offset curve so curved thick lines stay evenly filled.
-
-    Args:
-        layer: (S, S) float32 layer.
-        points: (M, 2) normalised (x, y) vertices (dense enough to look smooth, e.g. from :func:`bezier`).
-        width: line width (normalised). Lines under one pixel are drawn one pixel wide and proportionally faint.
-        value: peak value added, or a function of the normalised arc length t (n,) -> (n,) (dashes, tapers).
-        profile: optional function of the across-line position in [-1, 1] -> weight (tube walls etc.).
-    """
-    size = layer.shape[0]
-    p = np.asarray(points, np.float64) * size - 0.5
-    seg = np.hypot(*np.diff(p, axis=0).T)
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
-    if cum[-1] <= 0:
-        return
-    step = 0.5
-    n = max(3, int(cum[-1] / step) + 1)
-    t = np.linspace(0.0, cum[-1], n)
-    xs = np.interp(t, cum, p[:, 0])
-    ys = np.interp(t, cum, p[:, 1])
-    width_px = width * size
-    half = max(1, int(round(width_px / step)))  # smooth the tangent over about one line width
-    gx = xs[np.minimum(np.arange(n) + half, n - 1)] - xs[np.maximum(np.arange(n) - half, 0)]
-    gy = ys[np.minimum(np.arange(n) + half, n - 1)] - ys[np.maximum(np.arange(n) - half, 0)]
-    norm = np.maximum(np.hypot(gx, gy), 1e-9)
-    nx, ny = -gy / norm, gx / norm
-    along = value(t / cum[-1]) if callable(value) else np.full(n, float(value))
-    k = max(1, math.ceil(width_px / 0.6))
-    across = width_px / k if k > 1 else min(width_px, 1.0)
-    offsets = ((np.arange(k) + 0.5) / k - 0.5) * width_px if k > 1 else np.zeros(1)
-    weights = profile(offsets / max(width_px / 2, 1e-9)) if profile is not None else np.ones(k)
-    px = xs[None, :] + offsets[:, None] * nx[None, :]  # (k, n)
-    py = ys[None, :] + offsets[:, None] * ny[None, :]
-    spacing = np.hypot(np.gradient(px, axis=1), np.gradient(py, axis=1))
-    spacing = np.clip(spacing, 0.0, 2.0 * step)
-    w = weights[:, None] * along[None, :] * spacing * across
-    splat(layer, px.ravel(), py.ravel(), w.ravel())
-
-
-def segment_samples(
-    size: int, p0: np.ndarray, p1: np.ndarray, width: float, value: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Splat samples (x, y, weight) that draw many straight segments of one width (see :func:`draw_segments`)."""
-    a = np.asarray(p0, np.float64) * size - 0.5
-    b = np.asarray(p1, np.float64) * size - 0.5
-    d = b - a
-    length = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
-    n = int(np.ceil(length.max() / 0.5)) + 1
-    t = np.linspace(0.0, 1.0, n)[None, :]
-    step = (length / (n - 1))[:, None]  # per-segment spacing of the samples
-    xs = a[:, :1] + d[:, :1] * t  # (M, n)
-    ys = a[:, 1:] + d[:, 1:] * t
-    nx, ny = (-d[:, 1] / length)[:, None], (d[:, 0] / length)[:, None]
-    width_px = width * size
-    k = max(1, math.ceil(width_px / 0.6))
-    across = width_px / k if k > 1 else min(width_px, 1.0)
-    offsets = ((np.arange(k) + 0.5) / k - 0.5) * width_px if k > 1 else np.zeros(1)
-    px = (xs[None] + offsets[:, None, None] * nx[None]).ravel()  # (k, M, n) flattened
-    py = (ys[None] + offsets[:, None, None] * ny[None]).ravel()
-    w = np.broadcast_to(value * step * across, (k, len(a), n)).ravel()
-    return px, py, w
-
-
-def draw_segments(layer: np.ndarray, p0: np.ndarray, p1: np.ndarray, width: float, value: float) -> None:
-    """Draw many straight segments of the same width (vectorised :func:`draw_curve`), in place.
-
-    Args:
-        layer: (S, S) float32 layer.
-        p0, p1: (M, 2) normalised segment ends (x, y).
-        width: line width (normalised).
-        value: peak value added.
-    """
-    splat(layer, *segment_samples(layer.shape[0], p0, p1, width, value))
-
-
-def smooth_noise(
-    rng: np.random.Generator, small_shape: tuple[int, int], out_shape: tuple[int, int], sigma: float | tuple
-) -> np.ndarray:
-    """Smooth random field: white noise at low resolution, gaussian-filtered, bilinearly upsampled.
-
-    Args:
-        rng: random generator.
-        small_shape: (h, w) of the low-resolution noise.
-        out_shape: (H, W) output shape.
-        sigma: gaussian sigma at low resolution (scalar or per axis).
-
-    Returns:
-        (H, W) float32, zero mean, unit standard deviation (approximately).
-    """
-    noise = ndimage.gaussian_filter(rng.standard_normal(small_shape).astype(np.float32), sigma, mode="wrap")
-    noise /= max(float(noise.std()), 1e-6)
-    image = Image.fromarray(noise, mode="F").resize((out_shape[1], out_shape[0]), Image.Resampling.BILINEAR)
-    return np.asarray(image, np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -844,45 +352,14 @@ SPINE_DENSITY = 0.075
 STOMACH_LUCENCY = 0.14
 
 
-@functools.lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only normalised pixel-centre coordinates: x (1, S), y (S, 1)."""
-    c = (np.arange(size, dtype=np.float32) + 0.5) / size
-    x, y = c[None, :].copy(), c[:, None].copy()
-    x.flags.writeable = False
-    y.flags.writeable = False
-    return x, y
-
-
-def _rasterize(mask: np.ndarray, box: tuple[float, float, float, float], size: int, mirror: bool) -> np.ndarray:
-    """Paste an atlas lung, resized to a normalised box, into an empty (S, S) float32 image."""
-    y0, y1, x0, x1 = box
-    r0, r1 = int(round(y0 * size)), int(round(y1 * size))
-    c0, c1 = int(round(x0 * size)), int(round(x1 * size))
-    out = np.zeros((size, size), np.float32)
-    if r1 - r0 < 2 or c1 - c0 < 2:
-        return out
-    source = mask[:, ::-1] if mirror else mask
-    resized = np.asarray(
-        Image.fromarray(np.ascontiguousarray(source)).resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR),
-        np.float32,
-    )
-    rr0, cc0 = max(r0, 0), max(c0, 0)
-    rr1, cc1 = min(r1, size), min(c1, size)
-    if rr1 <= rr0 or cc1 <= cc0:
-        return out
-    out[rr0:rr1, cc0:cc1] = resized[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] * (1.0 / 255.0)
-    return out
-
-
 def rasterize_lung(scene_size: int, anatomy: Anatomy, side: str, box: tuple[float, float, float, float]) -> np.ndarray:
     """(S, S) float32 soft mask of one atlas lung drawn into ``box`` (used for collapsed lungs too)."""
     atlas = load_lung_atlas()
     mask = atlas.masks[anatomy.atlas_index, SIDES.index(side)]
     if anatomy.view is View.LATERAL:
         # Lateral: the lung's convex chest-wall border faces the back (image right) for both lungs.
-        return _rasterize(mask, box, scene_size, mirror=(side == RIGHT))
-    return _rasterize(mask, box, scene_size, mirror=False)
+        return paste_mask(mask, box, scene_size, mirror=(side == RIGHT))
+    return paste_mask(mask, box, scene_size, mirror=False)
 
 
 def _lung_boxes(anatomy: Anatomy) -> dict[str, tuple[float, float, float, float]]:
@@ -1033,7 +510,7 @@ def build_scene(anatomy: Anatomy, size: int, rng: np.random.Generator) -> Scene:
     Returns:
         The scene with all normal layers drawn.
     """
-    x, y = _grid(size)
+    x, y = pixel_grid(size)
     boxes = _lung_boxes(anatomy)
     drawn = _extended_boxes(anatomy, boxes) if anatomy.diaphragm_flattening > 0 else boxes
     lungs = {side: rasterize_lung(size, anatomy, side, drawn[side]) for side in SIDES}

@@ -92,19 +92,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trcgl.data.synth.anatomy import (
-    LEFT,
-    RIGHT,
-    SIDES,
-    Anatomy,
-    Scene,
-    View,
+from trcgl.data.synth.anatomy import LEFT, RIGHT, SIDES, Anatomy, Scene, View, rasterize_lung
+from trcgl.data.synth.draw import (
     Window,
     bezier,
     blob,
     draw_curve,
     random_lobes,
-    rasterize_lung,
     smooth_noise,
     smoothstep,
     soft_inside,

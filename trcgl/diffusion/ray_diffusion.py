@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import ray
@@ -30,9 +32,10 @@ from trcgl.storage import Storage, run_dir
 from trcgl.train.data import decode_batch
 from trcgl.train.devices import amp_enabled, to_device
 from trcgl.train.ray_common import (
-    all_workers_sum,
+    EpochRows,
+    epoch_batches,
     hold_if_small,
-    id_checksum,
+    report_epoch,
     run_config,
     scaling_config,
     torch_config,
@@ -65,75 +68,148 @@ def prompts_of(batch: dict, classes: list[str]) -> list[str]:
     return out
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """One Ray Train worker: build or resume the model, train epochs, report a checkpoint per epoch (rank 0)."""
+@dataclass(frozen=True)
+class _Worker:
+    """What one diffusion worker trains with (:func:`_build`).
+
+    Attributes:
+        model: the bare model (the checkpoint saves it; its EMA weights are updated after every step).
+        use_amp: bf16 autocast in training steps.
+    """
+
+    cfg: Config
+    info: DatasetInfo
+    storage: Storage
+    rank: int
+    device: torch.device
+    model: TextToXray
+    optimizer: torch.optim.Optimizer
+    use_amp: bool
+
+
+def _history_path(cfg: Config) -> str:
+    """``history.json`` of the run's diffusion stage: one row of metrics per trained epoch (rank 0 writes it)."""
+    return posixpath.join(run_dir(cfg.train.run, STAGE), "history.json")
+
+
+def _build(config: dict) -> _Worker:
+    """The worker's config, model and optimiser, from ``train_loop_config``.
+
+    The model's initial weights come from ``diffusion.seed`` (:meth:`TextToXray.build` seeds a forked RNG), so every
+    rank starts from the same weights.
+    """
     cfg = from_dict(config["cfg"], "diffusion worker")
     info = DatasetInfo.from_dict(config["dataset"])
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     model = TextToXray.build(cfg.diffusion, config["vocabulary"], cfg.storage)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.diffusion.lr)
+    storage = Storage(cfg.storage.root, cfg.storage)
+    device = train_device("diffusion")
+    use_amp = amp_enabled(cfg.diffusion.amp, device)
+    return _Worker(cfg, info, storage, rank, device, model, optimizer, use_amp)
+
+
+def _resume(w: _Worker) -> tuple[int, list[dict]]:
+    """Loads the checkpoint Ray Train hands this attempt, if any, into the model and optimiser.
+
+    Returns:
+        (first epoch to train: 0 without a checkpoint, k + 1 after the checkpoint of epoch k; on rank 0 the epochs
+        of ``history.json`` before it, on other ranks []). Epochs from there on are trained again, so their history
+        rows are dropped.
+    """
     start_epoch = 0
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as folder:
             state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        w.model.load_state_dict(state["model"])
+        w.optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
-        log.info("rank %d resumed diffusion training after epoch %d", rank, state["epoch"])
-    storage = Storage(cfg.storage.root, cfg.storage)
-    history_rel = posixpath.join(run_dir(cfg.train.run, STAGE), "history.json")
+        log.info("rank %d resumed diffusion training after epoch %d", w.rank, state["epoch"])
     history: list[dict] = []
-    if rank == 0 and storage.exists(history_rel):  # epochs after the resumed checkpoint are trained again
-        history = [h for h in storage.read_json(history_rel) if int(h["epoch"]) < start_epoch]
-    device = train_device("diffusion")
-    loss_module = ray.train.torch.prepare_model(_Loss(model), move_to_device=device)
+    if w.rank == 0 and w.storage.exists(_history_path(w.cfg)):
+        history = [h for h in w.storage.read_json(_history_path(w.cfg)) if int(h["epoch"]) < start_epoch]
+    return start_epoch, history
+
+
+def _train_epoch(
+    w: _Worker, loss_module: torch.nn.Module, batches: Iterable[dict[str, np.ndarray]], epoch: int
+) -> float:
+    """One pass over this worker's batches: per batch, the denoising loss, backward, an optimiser and an EMA step.
+
+    Timesteps, noise and prompt dropout draw from a generator seeded by ``diffusion.seed``, ``epoch`` and the rank.
+
+    Args:
+        w: the worker.
+        loss_module: :class:`_Loss` of ``w.model``, wrapped for DDP.
+        batches: numpy batches: ``image`` B encoded images and the prompt columns (``labels`` B label vectors of
+            K, ``localizations``, ``projection``).
+        epoch: the epoch being trained.
+
+    Returns:
+        This worker's mean loss over its batches; NaN when it had none.
+    """
+    gen = torch.Generator().manual_seed(w.cfg.diffusion.seed * 1_000_003 + epoch * 101 + w.rank)
+    losses = []
+    for batch in batches:
+        x, _ = decode_batch(batch["image"], batch["labels"])  # (B, 1, S, S)
+        x = to_device(x, w.device, w.cfg.train.pin_memory)
+        with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.use_amp):
+            loss = loss_module(x, prompts_of(batch, w.info.classes), gen)
+        w.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        w.optimizer.step()
+        w.model.update_ema()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _write_checkpoint(folder: str, w: _Worker, epoch: int) -> None:
+    """Rank 0's checkpoint of an epoch into ``folder``: ``model/`` (diffusers' ``save_pretrained`` layout, what
+    generation samples from) and ``state.pt`` (model and optimiser state dicts and the epoch, for resuming)."""
+    w.model.save_pretrained(os.path.join(folder, "model"))
+    torch.save(
+        {"model": w.model.state_dict(), "optimizer": w.optimizer.state_dict(), "epoch": epoch},
+        os.path.join(folder, "state.pt"),
+    )
+
+
+def _record_epoch(w: _Worker, history: list[dict], metrics: dict) -> None:
+    """Rank 0, after the epoch's report: appends ``metrics`` to ``history`` and rewrites ``history.json``."""
+    history.append(metrics)
+    w.storage.write_json(_history_path(w.cfg), history)
+    log.info("diffusion epoch %d: loss %.4f (%.1f s)", metrics["epoch"], metrics["loss"], metrics["epoch_seconds"])
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build, resume if a checkpoint exists, then per epoch train, checkpoint (rank 0) and
+    report.
+
+    Args:
+        config: ``train_loop_config``: ``cfg`` (the run's config as a dict), ``dataset`` (``DatasetInfo.to_dict``),
+            ``vocabulary`` (the tokenizer's words).
+    """
+    # -- build: model (the same initial weights on every rank) and optimiser
+    w = _build(config)
+    # -- resume: from the run's newest checkpoint Ray Train registered, if any
+    start_epoch, history = _resume(w)
+    # -- distribute: the loss module under DDP on the training device; this worker's shard of the train rows
+    loss_module = ray.train.torch.prepare_model(_Loss(w.model), move_to_device=w.device)
     shard = ray.train.get_dataset_shard("train")
-    use_amp = amp_enabled(cfg.diffusion.amp, device)
-    for epoch in range(start_epoch, cfg.diffusion.epochs):
+    diffusion = w.cfg.diffusion
+    for epoch in range(start_epoch, diffusion.epochs):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.diffusion.seed * 1_000_003 + epoch * 101 + rank)
-        losses, seen, id_sum = [], 0, 0
-        for batch in shard.iter_batches(
-            batch_size=cfg.diffusion.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=4 * cfg.diffusion.batch_size,
-            local_shuffle_seed=cfg.diffusion.seed + epoch * 1000 + rank,
-        ):
-            x, _ = decode_batch(batch["image"], batch["labels"])
-            x = to_device(x, device, cfg.train.pin_memory)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_module(x, prompts_of(batch, info.classes), gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.update_ema()
-            losses.append(float(loss.detach()))
-            seen += len(batch["image_id"])
-            id_sum += id_checksum(batch["image_id"])
-        images, id_sum = all_workers_sum([seen, id_sum], device)
-        metrics = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            "epoch_seconds": time.perf_counter() - t0,
-            "start_epoch": start_epoch,  # where this attempt began: 0 fresh, k + 1 resumed after epoch k
-            "train_images": images,  # all workers; the same multiset every epoch (checked by the fault suite)
-            "train_id_checksum": id_sum,
-        }
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                model.save_pretrained(os.path.join(tmp, "model"))
-                torch.save(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-                    os.path.join(tmp, "state.pt"),
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            history.append(metrics)
-            storage.write_json(history_rel, history)
-            log.info("diffusion epoch %d: loss %.4f (%.1f s)", epoch, metrics["loss"], metrics["epoch_seconds"])
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        # -- train the epoch, its rows counted for the fault suite
+        rows = EpochRows(epoch_batches(shard, diffusion.batch_size, diffusion.seed, epoch, w.rank), start_epoch)
+        loss = _train_epoch(w, loss_module, rows, epoch)
+        totals = rows.totals(w.device)  # an all-reduce: every rank, once an epoch
+        metrics = {"epoch": epoch, "loss": loss, "epoch_seconds": time.perf_counter() - t0, **totals}
+        # -- checkpoint (rank 0) and report: every rank, once an epoch (a barrier)
+        report_epoch(metrics, partial(_write_checkpoint, w=w, epoch=epoch) if w.rank == 0 else None)
+        # -- history (rank 0), after the report returned: history.json lists only epochs whose checkpoint is stored
+        if w.rank == 0:
+            _record_epoch(w, history, metrics)
 
 
 def run_train_diffusion(cfg: Config) -> dict:

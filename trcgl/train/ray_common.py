@@ -1,13 +1,18 @@
-"""What every Ray Train job of a run shares: worker resources and where its checkpoints go."""
+"""What every Ray Train job of a run shares: worker resources and where its checkpoints go, and the per-epoch
+pieces of the training loops (this worker's batches, the report, the fault suite's row bookkeeping)."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import ray.data
+import ray.train
 import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -74,6 +79,105 @@ def hold_if_small(ds: ray.data.Dataset, nbytes: int, cache_mb: float, what: str)
     log.info("%s: read once and held in the object store, about %.1f MB (%.1f s)", what, nbytes / 2**20,
              time.perf_counter() - t0)  # fmt: skip
     return held
+
+
+# ---------------------------------------------------------------------------------------------------- epochs
+
+
+def epoch_batches(
+    shard: ray.data.DataIterator, batch_size: int, seed: int, epoch: int, rank: int
+) -> Iterable[dict[str, np.ndarray]]:
+    """This worker's numpy batches of one epoch from its shard, shuffled locally in a buffer of four batches.
+
+    The shuffle is seeded by ``seed``, ``epoch`` and ``rank``, so each epoch and each worker draws its own order and a
+    rerun of the same epoch on the same rank draws the same one (which rows reach the rank is Ray Data's split).
+
+    Args:
+        shard: ``ray.train.get_dataset_shard("train")``.
+        batch_size: rows per batch (the last batch may be smaller).
+        seed: the stage's seed (``train.seed``, ``diffusion.seed``).
+        epoch: the epoch about to be trained.
+        rank: this worker's world rank.
+    """
+    return shard.iter_batches(
+        batch_size=batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=4 * batch_size,
+        local_shuffle_seed=seed + epoch * 1000 + rank,
+    )
+
+
+def report_epoch(metrics: dict[str, Any], write_checkpoint: Callable[[str], None] | None = None) -> None:
+    """Reports one epoch to Ray Train, with a checkpoint when ``write_checkpoint`` is given.
+
+    ``ray.train.report`` is a barrier over the Train workers: every rank calls this once an epoch, at the same point,
+    or the ranks that did wait for ever. Only rank 0 passes ``write_checkpoint``: DDP keeps the ranks' weights equal,
+    so rank 0's checkpoint is the run's, and the other ranks report their metrics only.
+
+    Args:
+        metrics: the epoch's metrics (rank 0's are the ones Ray Train keeps with the checkpoint).
+        write_checkpoint: writes the checkpoint's files into the folder it is given: a temporary folder, which
+            ``ray.train.report`` uploads to the run's storage before it returns (synchronous upload) and which is
+            deleted afterwards.
+    """
+    if write_checkpoint is None:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        write_checkpoint(tmp)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+# ---------------------------------------------------------------------------------------------------- bookkeeping
+
+
+class EpochRows:
+    """The rows one Train worker fed to training in one epoch, counted for the fault-injection checks.
+
+    The fault suite (``trcgl_dev.faults``) tells from a run's ``history.json`` whether a run whose workers or driver
+    were killed still trained each epoch once and fed every train row once an epoch. For that each epoch records
+    three metrics, all from this class (:meth:`totals`):
+
+    * ``start_epoch``: the first epoch of the attempt that trained it: 0 when the run started fresh, k + 1 when it
+      resumed from the checkpoint of epoch k;
+    * ``train_images``: rows trained on, summed over all workers;
+    * ``train_id_checksum``: :func:`id_checksum` of those rows' image ids, summed over all workers.
+
+    Iterating an ``EpochRows`` iterates ``batches`` and counts each batch as it is handed to the training step, so
+    the step itself keeps no counts. The loop builds one per epoch around the epoch's batches and calls
+    :meth:`totals` once the epoch is trained.
+
+    Args:
+        batches: the epoch's numpy batches (:func:`epoch_batches`), each with an ``image_id`` column of B ids.
+        start_epoch: the first epoch of this attempt (see above).
+
+    Attributes:
+        count: rows this worker has handed over so far.
+    """
+
+    def __init__(self, batches: Iterable[dict[str, np.ndarray]], start_epoch: int) -> None:
+        self._batches = batches
+        self._start_epoch = start_epoch
+        self._id_sum = 0
+        self.count = 0
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for batch in self._batches:
+            self.count += len(batch["image_id"])
+            self._id_sum += id_checksum(batch["image_id"])
+            yield batch
+
+    def totals(self, device: torch.device) -> dict[str, int]:
+        """``start_epoch``, ``train_images`` and ``train_id_checksum`` of the epoch, in that order.
+
+        The sums are an all-reduce over the process group (:func:`all_workers_sum`): every rank calls this once an
+        epoch, at the same point, after iterating all its batches.
+
+        Args:
+            device: the training device.
+        """
+        images, id_sum = all_workers_sum([self.count, self._id_sum], device)
+        return {"start_epoch": self._start_epoch, "train_images": images, "train_id_checksum": id_sum}
 
 
 def id_checksum(image_ids: Any) -> int:

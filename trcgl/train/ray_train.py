@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,9 +36,10 @@ from trcgl.train import checkpoint as ckpt
 from trcgl.train.data import augment, choose_resampled, choose_synthetic, decode_batch, lr_factor, synthetic_parts
 from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
 from trcgl.train.ray_common import (
-    all_workers_sum,
+    EpochRows,
+    epoch_batches,
     hold_if_small,
-    id_checksum,
+    report_epoch,
     run_config,
     scaling_config,
     torch_config,
@@ -125,7 +128,133 @@ def resampled_dataset(
 # ---------------------------------------------------------------------------------------------------- worker
 
 
+@dataclass(frozen=True)
+class _Worker:
+    """What one classifier worker trains with: built by :func:`_build`, wrapped for DDP by :func:`_distribute`.
+
+    Attributes:
+        model: the bare model from :func:`_build`; the DDP-wrapped one on the training device after
+            :func:`_distribute` (``ckpt.bare`` unwraps it).
+        step_model: the module a training step calls (``model``, in NHWC and compiled when asked); None before
+            :func:`_distribute`.
+        scheduler: the per-step LR schedule (warm-up, then decay over ``train.epochs``).
+        loss_fn: ``loss_fn(logits (B, K), targets (B, K), epoch) -> scalar``.
+        use_amp: bf16 autocast in training steps.
+    """
+
+    cfg: Config
+    info: DatasetInfo
+    storage: Storage
+    rank: int
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: torch.nn.Module
+    use_amp: bool
+    step_model: torch.nn.Module | None = None
+
+
+def _build(config: dict) -> _Worker:
+    """The worker's config, model, optimiser, LR schedule and loss, from ``train_loop_config``.
+
+    The global torch RNG is seeded with ``train.seed`` right before the model is built, so every rank starts from
+    the same weights (DDP also broadcasts rank 0's when it wraps the model).
+    """
+    cfg = from_dict(config["cfg"], "train worker")
+    info = DatasetInfo.from_dict(config["dataset"])
+    storage = Storage(cfg.storage.root, cfg.storage)
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+    device = train_device("classifier")
+    model = build_model(cfg.model, info.num_classes, info.cooccurrence)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = int(config["steps_per_epoch"])
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup = int(round(cfg.train.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
+    loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs)
+    use_amp = amp_enabled(cfg.train.amp, device)
+    return _Worker(cfg, info, storage, rank, device, model, optimizer, scheduler, loss_fn, use_amp)
+
+
+def _resume(w: _Worker) -> tuple[int, list[dict], float]:
+    """Loads the checkpoint Ray Train hands this attempt, if any, into the model, optimiser and LR schedule.
+
+    Rank 0 then rewrites ``history.json`` with the checkpoint's history (the epochs up to and including the
+    checkpoint's), also when no epoch is left to train: rank 0 writes ``history.json`` before it reports an epoch, so
+    the file may list epochs whose checkpoint Ray Train never registered, which are trained again.
+
+    Returns:
+        (first epoch to train: 0 without a checkpoint, k + 1 after the checkpoint of epoch k; the history of the
+        epochs before it; the best val mAP so far, -1 before any).
+
+    Raises:
+        ConfigError: the checkpoint was trained with another model config or dataset.
+    """
+    resumed = ray.train.get_checkpoint()
+    if resumed is None:
+        return 0, [], -1.0
+    with resumed.as_directory() as folder:
+        model_state, state, meta = ckpt.load_training_state(folder)
+    if meta["signature"] != ckpt.model_signature(w.cfg, w.info.name):
+        raise ConfigError(
+            f"run {w.cfg.train.run!r} was trained with another model config or dataset; "
+            "choose a new train.run to start fresh"
+        )
+    w.model.load_state_dict(model_state)
+    w.optimizer.load_state_dict(state["optimizer"])
+    w.scheduler.load_state_dict(state["scheduler"])
+    log.info("rank %d resumed from epoch %d", w.rank, state["epoch"])
+    if w.rank == 0:
+        w.storage.write_json(f"{run_dir(w.cfg.train.run, STAGE)}/history.json", state["history"])
+    return state["epoch"] + 1, state["history"], state["best"]
+
+
+def _distribute(w: _Worker) -> _Worker:
+    """``w`` with its model wrapped by Ray Train for DDP on the training device and the module training steps call.
+
+    Called after :func:`_resume`, so the weights DDP broadcasts from rank 0 are the resumed ones.
+    """
+    model = ray.train.torch.prepare_model(w.model, move_to_device=w.device)
+    step_model = prepare_for_speed(model, w.cfg.train.channels_last, w.cfg.train.compile, w.cfg.train.compile_backend)
+    return replace(w, model=model, step_model=step_model)
+
+
+def _train_epoch(w: _Worker, batches: Iterable[dict[str, np.ndarray]], epoch: int) -> float:
+    """One pass over this worker's batches: per batch, augment, forward, backward, an optimiser and an LR step.
+
+    The augmentation draws from a generator seeded by ``train.seed``, ``epoch`` and the rank.
+
+    Args:
+        w: the worker, after :func:`_distribute`.
+        batches: numpy batches: ``image`` B encoded images, ``labels`` B label vectors of K.
+        epoch: the epoch being trained (the loss may depend on it, e.g. LDAM-DRW's reweighting).
+
+    Returns:
+        This worker's mean loss over its batches; NaN when it had none.
+    """
+    train = w.cfg.train
+    w.model.train()
+    gen = torch.Generator().manual_seed(train.seed * 100_003 + epoch * 101 + w.rank)
+    losses = []
+    for batch in batches:
+        x, y = decode_batch(batch["image"], batch["labels"])  # (B, 1, S, S), (B, K)
+        x = to_device(augment(x, train.augment, gen), w.device, train.pin_memory, train.channels_last)
+        y = to_device(y, w.device, train.pin_memory)
+        with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.use_amp):
+            loss = w.loss_fn(w.step_model(x), y, epoch)
+        w.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        w.optimizer.step()
+        w.scheduler.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
 def _predict(model: torch.nn.Module, it: Any, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores (N, K) and targets (N, K) of the numpy batches of ``it``, the model in eval mode."""
     scores, targets = [], []
     model.eval()
     with torch.no_grad():
@@ -136,118 +265,80 @@ def _predict(model: torch.nn.Module, it: Any, device: torch.device) -> tuple[np.
     return np.concatenate(scores), np.concatenate(targets)
 
 
+def _validate_and_checkpoint(
+    w: _Worker, epoch: int, metrics: dict[str, Any], history: list[dict], best: float
+) -> tuple[float, dict[str, bytes]]:
+    """Rank 0's end of an epoch: validates, records the epoch and builds its checkpoint.
+
+    Adds the val metrics (``val_mAP``, ``val_mAUC``, ...) to ``metrics``, appends ``metrics`` to ``history``,
+    rewrites ``best/`` (the checkpoint without ``state.pt``) when val mAP beat ``best``, then ``history.json``.
+
+    Returns:
+        (the best val mAP so far; the epoch's checkpoint as {file name: bytes}, ``state.pt`` included, for
+        :func:`report_epoch`).
+    """
+    val_batches = ray.train.get_dataset_shard("val").iter_batches(batch_size=64, batch_format="numpy")
+    val_scores, val_targets = _predict(ckpt.bare(w.model), val_batches, w.device)
+    val = evaluate_scores(val_scores, val_targets, w.info.classes, w.info.groups, bootstrap=0)
+    metrics.update({f"val_{k}": val[k] for k in METRICS})
+    history.append(metrics)
+    score = val["mAP"] if val["mAP"] is not None else -1.0
+    improved = score > best
+    best = max(best, score)
+    state = {
+        "optimizer": w.optimizer.state_dict(),
+        "scheduler": w.scheduler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "best": best,
+    }
+    files = ckpt.checkpoint_files(w.model, w.cfg, w.info, epoch, metrics, state)
+    classifier = run_dir(w.cfg.train.run, STAGE)
+    if improved:
+        ckpt.write_storage(w.storage, f"{classifier}/best", {k: v for k, v in files.items() if k != ckpt.STATE_FILE})
+    w.storage.write_json(f"{classifier}/history.json", history)
+    return best, files
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """One Ray Train worker: build the model, resume if a checkpoint exists, train, validate (rank 0), report."""
-    cfg = from_dict(config["cfg"], "train worker")
-    info = DatasetInfo.from_dict(config["dataset"])
-    storage = Storage(cfg.storage.root, cfg.storage)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    device = train_device("classifier")
-    model = build_model(cfg.model, info.num_classes, info.cooccurrence)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = int(config["steps_per_epoch"])
-    total_steps = steps_per_epoch * cfg.train.epochs
-    warmup = int(round(cfg.train.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
-    start_epoch, history, best = 0, [], -1.0
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as folder:
-            model_state, state, meta = ckpt.load_training_state(folder)
-        if meta["signature"] != ckpt.model_signature(cfg, info.name):
-            raise ConfigError(
-                f"run {cfg.train.run!r} was trained with another model config or dataset; "
-                "choose a new train.run to start fresh"
-            )
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        log.info("rank %d resumed from epoch %d", rank, state["epoch"])
-        if rank == 0:  # the history of the checkpoint, also when no epoch is left to train
-            storage.write_json(f"{run_dir(cfg.train.run, STAGE)}/history.json", history)
-    model = ray.train.torch.prepare_model(model, move_to_device=device)
-    step_model = prepare_for_speed(model, cfg.train.channels_last, cfg.train.compile, cfg.train.compile_backend)
-    loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs)
-    use_amp = amp_enabled(cfg.train.amp, device)
+    """One Ray Train worker: build, resume if a checkpoint exists, then per epoch train, validate and checkpoint
+    (rank 0) and report.
+
+    Args:
+        config: ``train_loop_config``: ``cfg`` (the run's config as a dict), ``dataset`` (``DatasetInfo.to_dict``),
+            ``steps_per_epoch`` (for the LR schedule).
+    """
+    # -- build: model, optimiser, LR schedule, loss; the same initial weights on every rank
+    w = _build(config)
+    # -- resume: from the run's newest checkpoint Ray Train registered, if any
+    start_epoch, history, best = _resume(w)
+    # -- distribute: DDP on the training device; this worker's shard of the train rows
+    w = _distribute(w)
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(start_epoch, w.cfg.train.epochs):
         t0 = time.perf_counter()
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 101 + rank)
-        losses, seen, id_sum = [], 0, 0
-        batches = shard.iter_batches(
-            batch_size=cfg.train.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=4 * cfg.train.batch_size,
-            local_shuffle_seed=cfg.train.seed + epoch * 1000 + rank,
-        )
-        for batch in batches:
-            x, y = decode_batch(batch["image"], batch["labels"])
-            x = to_device(augment(x, cfg.train.augment, gen), device, cfg.train.pin_memory, cfg.train.channels_last)
-            y = to_device(y, device, cfg.train.pin_memory)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(step_model(x), y, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            seen += x.shape[0]
-            id_sum += id_checksum(batch["image_id"])
-        images, id_sum = all_workers_sum([seen, id_sum], device)
+        # -- train the epoch, its rows counted for the fault suite
+        rows = EpochRows(epoch_batches(shard, w.cfg.train.batch_size, w.cfg.train.seed, epoch, w.rank), start_epoch)
+        train_loss = _train_epoch(w, rows, epoch)
+        totals = rows.totals(w.device)  # an all-reduce: every rank, once an epoch
         metrics: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "train_images_per_worker": seen,
-            "start_epoch": start_epoch,  # where this attempt began: 0 fresh, k + 1 resumed after epoch k
-            "train_images": images,  # all workers: each train row once per epoch (checked by the fault suite)
-            "train_id_checksum": id_sum,
-            "lr": scheduler.get_last_lr()[0],
+            "train_loss": train_loss,
+            "train_images_per_worker": rows.count,
+            **totals,
+            "lr": w.scheduler.get_last_lr()[0],
             "epoch_seconds": time.perf_counter() - t0,
         }
-        if rank == 0:
-            val_scores, val_targets = _predict(
-                ckpt.bare(model),
-                ray.train.get_dataset_shard("val").iter_batches(batch_size=64, batch_format="numpy"),
-                device,
-            )
-            val = evaluate_scores(val_scores, val_targets, info.classes, info.groups, bootstrap=0)
-            metrics.update({f"val_{k}": val[k] for k in METRICS})
-            history.append(metrics)
-            score = val["mAP"] if val["mAP"] is not None else -1.0
-            improved = score > best
-            best = max(best, score)
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "best": best,
-            }
-            files = ckpt.checkpoint_files(model, cfg, info, epoch, metrics, state)
-            classifier = run_dir(cfg.train.run, STAGE)
-            if improved:
-                ckpt.write_storage(
-                    storage, f"{classifier}/best", {k: v for k, v in files.items() if k != ckpt.STATE_FILE}
-                )
-            storage.write_json(f"{classifier}/history.json", history)
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt.write_local(tmp, files)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            log.info(
-                "epoch %d: loss %.4f val mAP %s mAUC %s (%.1f s)",
-                epoch,
-                metrics["train_loss"],
-                metrics["val_mAP"],
-                metrics["val_mAUC"],
-                metrics["epoch_seconds"],
-            )
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        # -- validate and checkpoint (rank 0)
+        checkpoint = None
+        if w.rank == 0:
+            best, files = _validate_and_checkpoint(w, epoch, metrics, history, best)
+            checkpoint = partial(ckpt.write_local, files=files)
+        # -- report: every rank, once an epoch (a barrier); rank 0 attaches the checkpoint
+        report_epoch(metrics, checkpoint)
+        if w.rank == 0:
+            log.info("epoch %d: loss %.4f val mAP %s mAUC %s (%.1f s)", epoch, metrics["train_loss"],
+                     metrics["val_mAP"], metrics["val_mAUC"], metrics["epoch_seconds"])  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- driver

@@ -23,9 +23,16 @@ from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trcgl.study.ray_ablation import run_ablation
+    from trcgl.study.ray_ablation import FORCEABLE, run_ablation
+    from trcgl.study.rows import check_ablation
 
-    return _cli.run(lambda cfg, args: run_ablation(cfg), __doc__, argv)
+    return _cli.run(
+        lambda cfg, args: run_ablation(cfg, force=args.force),
+        __doc__,
+        argv,
+        force_stages=FORCEABLE,
+        check=check_ablation,
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Generate synthetic tail-class images with the trained diffusion model on a Ray Data actor pool.
 
 Writes {root}/runs/{run}/synthetic/part-*.parquet (rows the classifier mixes in with train.synthetic), plan.parquet
-and generate_report.json. A rerun after a kill generates only the missing parts.
+and generate_report.json. A rerun after a kill generates only the missing parts; a
+rerun with other generate values stops, naming them, unless --force regenerates the folder.
 
     python -m jobs.generate --config demo
     python -m jobs.generate --config demo --set generate.num_gpus=1 generate.actors_max=8 ray.autoscaling=true
@@ -17,7 +18,7 @@ from jobs import _cli
 def main(argv: list[str] | None = None) -> int:
     from trcgl.diffusion.ray_generate import run_generate
 
-    return _cli.run(lambda cfg, args: run_generate(cfg), __doc__, argv)
+    return _cli.run(lambda cfg, args: run_generate(cfg, force=args.force), __doc__, argv, force_stages=())
 
 
 if __name__ == "__main__":

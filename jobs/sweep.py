@@ -5,6 +5,7 @@ the synthetic:real ratio per group, which synthetic set to draw from, GCN settin
 rate and weight decay). Each trial is one classifier run under {root}/runs/{run}/sweep/trials/{trial_id}/. Writes
 {root}/runs/{run}/sweep/: leaderboard.parquet, best_config.yaml, sweep_report.json, plots/*.png. Running the same
 command again after an interruption resumes the sweep (Tuner.restore); after it finished, it reads the results back.
+Other sweep, model, loss or train values stop the job, naming them, unless --force reruns the sweep from scratch.
 
     python -m jobs.sweep --config demo
     python -m jobs.sweep --config demo --set sweep.num_samples=16 sweep.max_concurrent_trials=2
@@ -23,7 +24,7 @@ from jobs import _cli
 def main(argv: list[str] | None = None) -> int:
     from trcgl.sweep.ray_sweep import run_sweep
 
-    return _cli.run(lambda cfg, args: run_sweep(cfg), __doc__, argv)
+    return _cli.run(lambda cfg, args: run_sweep(cfg, force=args.force), __doc__, argv, force_stages=())
 
 
 if __name__ == "__main__":

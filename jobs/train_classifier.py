@@ -1,7 +1,9 @@
 """Train TRCGL-Net (or a peer/ablation configuration) on a prepared dataset with Ray Train, then evaluate on test.
 
-Rerunning with the same train.run resumes from the last checkpoint. Outputs under {root}/runs/{run}/classifier/:
-metrics.json, per_class.parquet, predictions.parquet, report/*.png, best/ (best epoch by val mAP), history.json.
+Rerunning with the same train.run and the same model, loss and train values resumes from the last checkpoint; other
+values stop the job, naming the changed keys, unless --force recomputes the run from scratch. Outputs under
+{root}/runs/{run}/classifier/: metrics.json, per_class.parquet, predictions.parquet, report/*.png, best/ (best epoch
+by val mAP), history.json.
 
     python -m jobs.train_classifier --config demo
     python -m jobs.train_classifier --config demo --set train.run=plain model.se=false model.class_attention=false \
@@ -19,7 +21,7 @@ from jobs import _cli
 def main(argv: list[str] | None = None) -> int:
     from trcgl.train.ray_train import run_training
 
-    return _cli.run(lambda cfg, args: run_training(cfg), __doc__, argv)
+    return _cli.run(lambda cfg, args: run_training(cfg, force=args.force), __doc__, argv, force_stages=())
 
 
 if __name__ == "__main__":

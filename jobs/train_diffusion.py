@@ -1,7 +1,8 @@
 """Train the text-guided conditional diffusion model on a prepared dataset with Ray Train (resumable).
 
 Publishes {root}/runs/{run}/diffusion/model/ (diffusers save_pretrained layout), the folder jobs.generate samples
-from. Tail-class rows are repeated by diffusion.group_weights.
+from. Tail-class rows are repeated by diffusion.group_weights. A rerun resumes or skips a model trained from the same
+diffusion config and dataset; one trained from other values stops the job, naming them, unless --force recomputes it.
 
     python -m jobs.train_diffusion --config demo
     python -m jobs.train_diffusion --config demo --set diffusion.epochs=20 train.use_gpu=true
@@ -17,7 +18,7 @@ from jobs import _cli
 def main(argv: list[str] | None = None) -> int:
     from trcgl.diffusion.ray_diffusion import run_train_diffusion
 
-    return _cli.run(lambda cfg, args: run_train_diffusion(cfg), __doc__, argv)
+    return _cli.run(lambda cfg, args: run_train_diffusion(cfg, force=args.force), __doc__, argv, force_stages=())
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """The typed config tree: presets, overrides, and errors that name the key."""
 
+import importlib
+import json
+
 import pytest
 
-from trcgl.config import ConfigError, config_hash, from_dict, load_config, parse_override, to_dict
+from trcgl.config import PRESET_DIR, ConfigError, config_hash, from_dict, load_config, parse_override, to_dict
 
 
 def test_presets_load_and_differ():
@@ -83,3 +86,38 @@ def test_relative_local_paths_become_absolute_in_the_driver(tmp_path, monkeypatc
     assert out.generate.model == str(tmp_path / "m" / "diffusion")
     assert out.data.images == "s3://bucket/images" and out.model.label_embedding == "learned"
     assert absolute_local_paths(out) is out  # nothing left to change
+
+
+PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+JOBS_TAKING_A_PRESET = (
+    "synthesize_padchest",
+    "prepare",
+    "train_classifier",
+    "train_diffusion",
+    "generate",
+    "sweep",
+    "pipeline",
+    "ablation",
+)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_is_valid_for_every_job(preset, capsys, caplog):
+    """``--check`` runs a job's own checks on the preset as a user would pass it (no overrides, no Ray, no work)."""
+    failed = {}
+    for job in JOBS_TAKING_A_PRESET:
+        main = importlib.import_module(f"jobs.{job}").main
+        code = main(["--config", preset, "--check", "--log-level", "ERROR"])
+        out = capsys.readouterr()
+        if code != 0 or json.loads(out.out.strip().splitlines()[-1]) != {"config": preset, "valid": True}:
+            failed[job] = (code, caplog.text[-500:])
+    assert failed == {}, failed
+
+
+def test_check_flag_runs_the_jobs_own_checks(caplog):
+    """The pipeline's check (a sweep drawing from synthetic_filtered needs a fidelity filter) runs under --check."""
+    from jobs.pipeline import main
+
+    space = "sweep.space={synthetic_set: {type: choice, values: [synthetic_filtered]}}"
+    assert main(["--config", "tiny", "--set", space, "--check"]) == 2
+    assert "synthetic_filtered" in caplog.text

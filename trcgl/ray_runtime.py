@@ -104,8 +104,8 @@ def check_cpu_budget(cfg: Config, concurrent_runs: int = 1, driver_cpus: float =
     """Fails fast when training would hold so many CPUs that Ray Data's tasks could never be scheduled.
 
     Train workers (and sweep trial drivers) that hold every CPU leave Ray Data's read tasks none, and training then
-    hangs forever at 0 rows/s (Ray Data reports the operator as backpressured by its resource budget). With ``ray.autoscaling`` on, new nodes bring CPUs, so nothing is
-    checked.
+    hangs forever at 0 rows/s (Ray Data reports the operator as backpressured by its resource budget). With
+    ``ray.autoscaling`` on, new nodes bring CPUs, so nothing is checked.
 
     Raises:
         ConfigError: naming the keys to change and the arithmetic.

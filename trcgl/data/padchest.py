@@ -62,7 +62,7 @@ DROP_LABELS = {"exclude": "exclude", "suboptimal study": "suboptimal_study"}
 
 
 def torchxrayvision_data_dir() -> str:
-    """The ``data`` folder of the installed torchxrayvision package, found without importing it (its import takes many seconds).
+    """The ``data`` folder of the installed torchxrayvision package, found without importing it (a slow import).
 
     Raises:
         FileNotFoundError: when torchxrayvision is not installed.

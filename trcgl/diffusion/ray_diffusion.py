@@ -22,6 +22,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
+from trcgl import records
 from trcgl.config import Config, config_hash, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.diffusion.grouping import group_repeats, repeat_by_group
@@ -212,11 +213,30 @@ def train_loop_per_worker(config: dict) -> None:
             _record_epoch(w, history, metrics)
 
 
-def run_train_diffusion(cfg: Config) -> dict:
-    """Trains (or resumes) the diffusion model of ``train.run``; publishes ``diffusion/model/``."""
+def stage_record(cfg: Config, dataset: str) -> dict:
+    """What ``{run}/diffusion/`` is made from (:func:`trcgl.records.diffusion_record`)."""
+    return records.diffusion_record(cfg, dataset)
+
+
+def claim_output(cfg: Config, storage: Storage, dataset: str, force: bool = False, option: str = "--force") -> str:
+    """Claims ``{run}/diffusion/`` (checkpoints and the published model) for this config (:func:`records.claim`)."""
+    return records.claim(storage, run_dir(cfg.train.run, STAGE), stage_record(cfg, dataset), option, force)
+
+
+def run_train_diffusion(cfg: Config, force: bool = False) -> dict:
+    """Trains (or resumes) the diffusion model of ``train.run``; publishes ``diffusion/model/``.
+
+    Args:
+        cfg: the config.
+        force: recompute even when the model was made from other diffusion values (its folder is cleared first).
+
+    Raises:
+        trcgl.records.StaleStageError: the model was made from other diffusion values and ``force`` is off.
+    """
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
     dataset = resolve_dataset_name(cfg, storage)
+    claim_output(cfg, storage, dataset, force)
     info = load_dataset_info(storage, dataset)
     rows = read_train_rows(storage, info)
     vocabulary = prompt_vocabulary(info.classes, sorted({loc for locs in rows["localizations"] for loc in locs}))

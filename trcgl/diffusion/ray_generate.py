@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from trcgl.config import Config, to_dict
+from trcgl import records
+from trcgl.config import Config, filters_fidelity, to_dict
 from trcgl.data.dataset import DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.data.images import decode_prepared
 from trcgl.diffusion.fidelity import fidelity_keep, fidelity_table, sample_grid
@@ -32,6 +33,49 @@ log = logging.getLogger(__name__)
 def model_location(cfg: Config, storage: Storage) -> str:
     """The diffusion model folder to sample from."""
     return cfg.generate.model or storage.uri(run_dir(cfg.train.run, "diffusion"), "model")
+
+
+def reference_location(cfg: Config, storage: Storage) -> str | None:
+    """The classifier checkpoint that scores fidelity: ``generate.reference_checkpoint``, else the run's own
+    ``classifier/best`` when it exists, else None (fidelity not scored)."""
+    if cfg.generate.reference_checkpoint:
+        return cfg.generate.reference_checkpoint
+    best = posixpath.join(run_dir(cfg.train.run, "classifier"), "best")
+    return storage.uri(best) if storage.exists(posixpath.join(best, "meta.json")) else None
+
+
+def stage_record(cfg: Config, storage: Storage, dataset: str) -> dict:
+    """What ``synthetic/`` is made from (:func:`trcgl.records.generate_record`)."""
+    return records.generate_record(cfg, storage, dataset, model_location(cfg, storage))
+
+
+def filtered_record(cfg: Config, storage: Storage, dataset: str) -> dict:
+    """What ``synthetic_filtered/`` is made from (:func:`trcgl.records.filtered_record`)."""
+    model, reference = model_location(cfg, storage), reference_location(cfg, storage)
+    return records.filtered_record(cfg, storage, dataset, model, reference)
+
+
+def claim_output(cfg: Config, storage: Storage, dataset: str, force: bool = False, option: str = "--force") -> str:
+    """Claims ``synthetic/`` for this config (:func:`trcgl.records.claim`); a cleared claim clears
+    ``synthetic_filtered/`` too, which the same stage writes."""
+    out_dir = run_dir(cfg.train.run, "synthetic")
+    state = records.claim(storage, out_dir, stage_record(cfg, storage, dataset), option, force)
+    if state == "cleared":
+        storage.delete(run_dir(cfg.train.run, "synthetic_filtered"))
+    return state
+
+
+def is_published(cfg: Config, storage: Storage, dataset: str) -> bool:
+    """Whether the stage's outputs are published for this config: ``synthetic/``, and ``synthetic_filtered/`` made
+    with the current filter and reference when a filter is set (fidelity scoring is redone on every run: a changed
+    filter needs no regeneration)."""
+    if storage.manifest(run_dir(cfg.train.run, "synthetic")) is None:
+        return False
+    if not filters_fidelity(cfg):
+        return True
+    filtered = run_dir(cfg.train.run, "synthetic_filtered")
+    fresh = records.read_record(storage, filtered) == filtered_record(cfg, storage, dataset)
+    return fresh and storage.manifest(filtered) is not None
 
 
 def generate_parts(cfg: Config, payloads: list[str], model_uri: str, out_dir: str, num_classes: int) -> pd.DataFrame:
@@ -57,14 +101,23 @@ def generate_parts(cfg: Config, payloads: list[str], model_uri: str, out_dir: st
     )
 
 
-def run_generate(cfg: Config) -> dict:
-    """Plans and generates the synthetic tail-class rows of ``train.run``; returns the report."""
+def run_generate(cfg: Config, force: bool = False) -> dict:
+    """Plans and generates the synthetic tail-class rows of ``train.run``; returns the report.
+
+    Args:
+        cfg: the config.
+        force: recompute even when ``synthetic/`` was made from other config values (it is cleared first).
+
+    Raises:
+        trcgl.records.StaleStageError: ``synthetic/`` was made from other generate values and ``force`` is off.
+    """
     t0 = time.perf_counter()
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
     dataset = resolve_dataset_name(cfg, storage)
     info = load_dataset_info(storage, dataset)
     out_dir = run_dir(cfg.train.run, "synthetic")
+    claim_output(cfg, storage, dataset, force)
     plan = make_plan(info, read_train_rows(storage, info), cfg.generate)
     if plan.empty:
         raise ValueError(
@@ -134,10 +187,7 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
         rel = posixpath.join(out_dir, "grids", f"{cls.replace(' ', '-')}.png")
         storage.write_bytes(rel, sample_grid(cls, synthetic, real))
         grids.append(rel)
-    reference = cfg.generate.reference_checkpoint
-    default = storage.uri(run_dir(cfg.train.run, "classifier"), "best")
-    if reference is None and storage.exists(posixpath.join(run_dir(cfg.train.run, "classifier"), "best", "meta.json")):
-        reference = default
+    reference = reference_location(cfg, storage)
     if reference is None:
         log.warning(
             "no reference classifier (set generate.reference_checkpoint or train the classifier of run %r "
@@ -158,8 +208,8 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
     storage.write_parquet(
         posixpath.join(out_dir, "fidelity.parquet"), pa.Table.from_pandas(table, preserve_index=False)
     )
-    records = table.astype(object).where(table.notna(), None).to_dict(orient="records")  # None, never NaN
-    result = {"grids": grids, "fidelity": records, "reference": reference}
+    fidelity_rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")  # None, never NaN
+    result = {"grids": grids, "fidelity": fidelity_rows, "reference": reference}
     thr, frac = cfg.generate.fidelity_threshold, cfg.generate.fidelity_keep_fraction
     if thr is not None or frac is not None:
         target_idx = [info.classes.index(c) for c in syn["target_class"]]
@@ -167,12 +217,15 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
         mask = fidelity_keep(score, syn["target_class"].to_numpy(), thr, frac)
         keep = syn[mask].drop(columns=[c for c in ("__index_level_0__",) if c in syn])
         filtered = run_dir(cfg.train.run, "synthetic_filtered")
+        storage.delete(filtered)  # rewritten whole: made from this filter and reference only
         storage.write_parquet(
             posixpath.join(filtered, "part-00000.parquet"),
             pa.Table.from_pandas(
                 keep.reset_index(drop=True), schema=output_schema(info.num_classes), preserve_index=False
             ),
         )
+        # a classifier or sweep drawing from this folder records what made it
+        storage.write_json(posixpath.join(filtered, records.RECORD), filtered_record(cfg, storage, info.name))
         storage.publish(
             filtered,
             {"stage": "generate", "fidelity_threshold": thr, "fidelity_keep_fraction": frac, "reference": reference},

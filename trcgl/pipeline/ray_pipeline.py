@@ -22,28 +22,29 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import yaml
 
-from trcgl.config import Config, ConfigError, apply_overrides, config_hash, dump_yaml, filters_fidelity, from_dict
+from trcgl import records
+from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, filters_fidelity, from_dict
 from trcgl.data.dataset import resolve_dataset_name
 from trcgl.data.ray_prepare import run_prepare
 from trcgl.data.ray_synth import run_synthesize
-from trcgl.diffusion.ray_diffusion import run_train_diffusion
-from trcgl.diffusion.ray_generate import run_generate
+from trcgl.diffusion import ray_diffusion, ray_generate
 from trcgl.metrics import TABLE_METRICS
 from trcgl.pipeline.report import write_report
 from trcgl.storage import Storage, run_dir
-from trcgl.sweep.ray_sweep import STAGE as SWEEP_STAGE
-from trcgl.sweep.ray_sweep import run_sweep
+from trcgl.sweep import ray_sweep
 from trcgl.sweep.space import searched_folders
-from trcgl.train.ray_train import run_training
+from trcgl.train import ray_train
 
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "train_diffusion", "baseline", "generate", "sweep", "final", "report")
+# stages whose outputs a rerun reuses only when made from the same inputs; --force STAGE recomputes one
+FORCEABLE = ("train_diffusion", "baseline", "generate", "sweep", "final")
 
 
 class Progress:
@@ -115,53 +116,68 @@ def _classifier_summary(storage: Storage, run: str) -> dict[str, Any] | None:
     return storage.read_json(rel) if storage.exists(rel) else None
 
 
-def train_or_skip(cfg: Config, storage: Storage) -> dict[str, Any]:
-    """Trains ``train.run`` unless its summary exists (then it is read back)."""
-    done = _classifier_summary(storage, cfg.train.run)
+def train_or_skip(
+    cfg: Config, storage: Storage, force: bool = False, option: str = "--force", upstream: dict | None = None
+) -> dict[str, Any]:
+    """Trains ``train.run`` unless it finished from the same inputs (then its summary is read back).
+
+    Args:
+        cfg: the run's config.
+        storage: the storage root.
+        force: recompute even when the run was made from other config values.
+        option: the command-line option that forces this stage, for the error.
+        upstream: extra inputs the run depends on (record hashes of upstream stages), recorded with it.
+    """
+    dataset = resolve_dataset_name(cfg, storage)
+    state = ray_train.claim_output(cfg, storage, dataset, force, option, upstream)
+    done = _classifier_summary(storage, cfg.train.run) if state == "same" else None
     if done is not None:
         return {"skipped": True, "summary": done}
-    return {"summary": run_training(cfg)}
+    return {"summary": ray_train.run_training(cfg, upstream=upstream)}
 
 
-def diffusion_or_skip(cfg: Config, storage: Storage) -> dict[str, Any]:
-    """Trains the run's diffusion model unless it is published for the same diffusion config and dataset.
-
-    Raises:
-        ConfigError: the published model was trained with another diffusion config (choose another run name).
-    """
+def diffusion_or_skip(cfg: Config, storage: Storage, force: bool = False, option: str = "--force") -> dict[str, Any]:
+    """Trains the run's diffusion model unless it is published for the same diffusion config and dataset."""
+    dataset = resolve_dataset_name(cfg, storage)
+    state = ray_diffusion.claim_output(cfg, storage, dataset, force, option)
     model = posixpath.join(run_dir(cfg.train.run, "diffusion"), "model")
-    manifest = storage.manifest(model)
-    want = config_hash(cfg.diffusion)
-    if manifest is not None:
-        if manifest.get("diffusion_config") not in (None, want):
-            raise ConfigError(
-                f"run {cfg.train.run!r} already has a diffusion model trained with another diffusion config "
-                f"({storage.uri(model)}); choose a new train.run or delete that folder"
-            )
+    if state == "same" and storage.manifest(model) is not None:
         return {"skipped": True}
-    out = run_train_diffusion(cfg)
+    out = ray_diffusion.run_train_diffusion(cfg)
     return {"record": {"last_loss": out.get("last_loss"), "epochs": out.get("epochs")}}
 
 
-def generate_or_skip(cfg: Config, storage: Storage, reference: str) -> dict[str, Any]:
-    """Generates the run's synthetic tail images (fidelity scored by ``reference``) unless published."""
+def generate_config(cfg: Config, reference: str | None) -> Config:
+    """The generate stage's config: fidelity scored by ``reference`` (the baseline's best checkpoint)."""
+    return apply_overrides(cfg, {"generate.reference_checkpoint": reference}, "pipeline") if reference else cfg
+
+
+def generate_or_skip(
+    cfg: Config, storage: Storage, reference: str, force: bool = False, option: str = "--force"
+) -> dict[str, Any]:
+    """Generates the run's synthetic tail images (fidelity scored by ``reference``) unless published from the same
+    inputs."""
+    gen_cfg = generate_config(cfg, reference)
+    dataset = resolve_dataset_name(cfg, storage)
+    state = ray_generate.claim_output(gen_cfg, storage, dataset, force, option)
     synthetic = run_dir(cfg.train.run, "synthetic")
-    if storage.manifest(synthetic) is not None:
+    if state == "same" and ray_generate.is_published(gen_cfg, storage, dataset):
         report = storage.read_json(posixpath.join(synthetic, "generate_report.json"))
         return {"skipped": True, "report": report}
-    gen_cfg = apply_overrides(cfg, {"generate.reference_checkpoint": reference}, "pipeline")
-    report = run_generate(gen_cfg)
+    report = ray_generate.run_generate(gen_cfg)
     return {"report": report, "record": {"images": report["images"], "filtered": report.get("filtered")}}
 
 
-def sweep_or_single(cfg: Config, storage: Storage) -> dict[str, Any]:
-    """The sweep (resumed or read back when done), or nothing when the sweep is off."""
+def sweep_or_single(cfg: Config, storage: Storage, force: bool = False, option: str = "--force") -> dict[str, Any]:
+    """The sweep (resumed, or read back when done from the same inputs), or nothing when the sweep is off."""
     if not cfg.sweep.enabled:
         return {"skipped": True, "record": {"disabled": True}}
-    out = run_dir(cfg.train.run, SWEEP_STAGE)
-    if storage.manifest(out) is not None:
+    dataset = resolve_dataset_name(cfg, storage)
+    state = ray_sweep.claim_output(cfg, storage, dataset, force, option)
+    out = run_dir(cfg.train.run, ray_sweep.STAGE)
+    if state == "same" and storage.manifest(out) is not None:
         return {"skipped": True, "report": storage.read_json(posixpath.join(out, "sweep_report.json"))}
-    report = run_sweep(cfg)
+    report = ray_sweep.run_sweep(cfg)
     return {"report": report, "record": {k: report[k] for k in ("trials", "finished", "stopped_early", "errored")}}
 
 
@@ -203,12 +219,110 @@ def prepare_or_skip(cfg: Config) -> dict[str, Any]:
     return {"skipped": bool(report.get("skipped")), "record": {"dataset": report.get("dataset")}}
 
 
-def run_pipeline(cfg: Config) -> dict[str, Any]:
-    """Runs every stage of ``train.run`` in order (skipping finished ones) and writes the summary and report.
+def baseline_checkpoint(storage: Storage, base_cfg: Config) -> str:
+    """The URI of the baseline's best checkpoint (the generate stage's fidelity reference)."""
+    return storage.uri(run_dir(base_cfg.train.run, "classifier"), "best")
+
+
+def stage_records(cfg: Config, storage: Storage, dataset: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Folder and record of each stage whose inputs are known before any stage runs, in pipeline order.
+
+    The final stage is added when the sweep's outputs are there and fresh (its config is the sweep's best).
+    """
+    run = cfg.train.run
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    if cfg.pipeline.diffusion:
+        out["train_diffusion"] = (run_dir(run, "diffusion"), ray_diffusion.stage_record(cfg, dataset))
+    base_cfg = baseline_config(cfg)
+    out["baseline"] = (run_dir(base_cfg.train.run, "classifier"), ray_train.stage_record(base_cfg, storage, dataset))
+    if cfg.pipeline.diffusion:
+        gen_cfg = generate_config(cfg, baseline_checkpoint(storage, base_cfg))
+        out["generate"] = (run_dir(run, "synthetic"), ray_generate.stage_record(gen_cfg, storage, dataset))
+    if cfg.sweep.enabled:
+        out["sweep"] = (run_dir(run, ray_sweep.STAGE), ray_sweep.stage_record(cfg, storage, dataset))
+    return out
+
+
+def _final_record(cfg: Config, storage: Storage, dataset: str) -> tuple[str, dict[str, Any]] | None:
+    """Folder and record of the final stage, when its config can be known now (no sweep, or a published one)."""
+    sweep_dir = run_dir(cfg.train.run, ray_sweep.STAGE)
+    report = None
+    if cfg.sweep.enabled:
+        if storage.manifest(sweep_dir) is None:
+            return None
+        report = storage.read_json(posixpath.join(sweep_dir, "sweep_report.json"))
+    final_cfg, reuse = final_config(cfg, storage, report)
+    if reuse is not None:
+        return None
+    upstream = {"sweep": records.upstream_hash(storage, sweep_dir)} if cfg.sweep.enabled else None
+    return run_dir(final_cfg.train.run, "classifier"), ray_train.stage_record(final_cfg, storage, dataset, upstream)
+
+
+def stale_stages(cfg: Config, storage: Storage, dataset: str, force: Collection[str] = ()) -> dict[str, str]:
+    """Stages whose folder holds outputs made from other values of their own config keys, with what changed.
+
+    Upstream inputs are not compared here: a recomputed stage recomputes the stages that read it (see
+    :func:`trcgl.records.claim`). Forced stages are not reported.
+
+    Returns:
+        {stage: "key: old -> new; ..." or "no record"}, in pipeline order.
+    """
+    found: dict[str, str] = {}
+    claims = stage_records(cfg, storage, dataset)
+    if "sweep" not in claims or ("sweep" not in force and not _stale(storage, *claims["sweep"])):
+        final = _final_record(cfg, storage, dataset)
+        if final is not None:
+            claims["final"] = final
+    for stage, (folder, record) in claims.items():
+        if stage not in force:
+            change = _stale(storage, folder, record)
+            if change:
+                found[stage] = change
+    return found
+
+
+def _stale(storage: Storage, folder: str, record: dict[str, Any]) -> str:
+    """What differs between ``folder``'s record and ``record`` in own config keys ("" when nothing does)."""
+    old = records.read_record(storage, folder)
+    if old is None:
+        return "outputs without a record of their config" if storage.list_files(folder) else ""
+    own = records.own_changes(old, record)
+    return records.describe_changes(old, record, own) if own else ""
+
+
+def check_fresh(cfg: Config, storage: Storage, dataset: str, force: Collection[str] = ()) -> None:
+    """Fails before any training when a stage's outputs were made from other config values and are not forced.
+
+    Raises:
+        trcgl.records.StaleStageError: naming every such stage, what changed, and the command that recomputes them.
+    """
+    stale = stale_stages(cfg, storage, dataset, force)
+    if stale:
+        lines = "; ".join(f"{stage} ({change})" for stage, change in stale.items())
+        raise records.StaleStageError(
+            f"run {cfg.train.run!r} holds outputs made from other config values: {lines}. Rerun with "
+            f"--force {' '.join(stale)} to recompute them (the stages that read them are recomputed too), or choose "
+            "another train.run"
+        )
+
+
+def run_pipeline(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
+    """Runs every stage of ``train.run`` in order and writes the summary and report.
+
+    A stage whose outputs were made from the same inputs is skipped; one whose inputs come from a recomputed stage is
+    recomputed; one whose own config keys changed stops the pipeline before any training (:func:`check_fresh`)
+    unless it is forced.
+
+    Args:
+        cfg: the config.
+        force: stages (of :data:`FORCEABLE`) to recompute whatever their outputs were made from.
 
     Returns:
         The pipeline summary (also ``{root}/runs/{run}/summary.json``): stages, the summary rows, the report URI.
     """
+    unknown = sorted(set(force) - set(FORCEABLE))
+    if unknown:
+        raise ConfigError(f"--force names unknown stages {unknown}; forceable stages: {list(FORCEABLE)}")
     check_pipeline(cfg)
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
@@ -216,27 +330,41 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     progress = Progress(run)
     storage.write_text(posixpath.join(run_dir(run), "config.yaml"), dump_yaml(cfg))
 
+    def option(stage: str) -> str:
+        return f"--force {stage}"
+
     progress.stage("prepare", lambda: prepare_or_skip(cfg))
     dataset = resolve_dataset_name(cfg, storage)
     cfg = apply_overrides(cfg, {"train.dataset": dataset}, "pipeline")
+    check_fresh(cfg, storage, dataset, force)
     if cfg.pipeline.diffusion:
-        progress.stage("train_diffusion", lambda: diffusion_or_skip(cfg, storage))
+        progress.stage(
+            "train_diffusion",
+            lambda: diffusion_or_skip(cfg, storage, "train_diffusion" in force, option("train_diffusion")),
+        )
     base_cfg = baseline_config(cfg)
-    baseline = progress.stage("baseline", lambda: train_or_skip(base_cfg, storage))["summary"]
+    baseline = progress.stage(
+        "baseline", lambda: train_or_skip(base_cfg, storage, "baseline" in force, option("baseline"))
+    )["summary"]
     generated = None
     if cfg.pipeline.diffusion:
-        generated = progress.stage("generate", lambda: generate_or_skip(cfg, storage, baseline["best_checkpoint"])).get(
-            "report"
-        )
-    sweep = progress.stage("sweep", lambda: sweep_or_single(cfg, storage)).get("report")
+        reference = baseline_checkpoint(storage, base_cfg)
+        generated = progress.stage(
+            "generate", lambda: generate_or_skip(cfg, storage, reference, "generate" in force, option("generate"))
+        ).get("report")
+    sweep = progress.stage("sweep", lambda: sweep_or_single(cfg, storage, "sweep" in force, option("sweep"))).get(
+        "report"
+    )
     final_cfg, reuse = final_config(cfg, storage, sweep)
+    sweep_dir = run_dir(run, ray_sweep.STAGE)
+    upstream = {"sweep": records.upstream_hash(storage, sweep_dir)} if sweep is not None else None
 
     def final() -> dict[str, Any]:
         if reuse is not None:
             summary = _classifier_summary(storage, reuse)
             if summary is not None:
                 return {"skipped": True, "summary": summary, "record": {"reused": reuse}}
-        return train_or_skip(final_cfg, storage)
+        return train_or_skip(final_cfg, storage, "final" in force, option("final"), upstream)
 
     best = progress.stage("final", final)["summary"]
     rows = [row_of("best", best), row_of("baseline", baseline)]

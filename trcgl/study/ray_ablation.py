@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+from collections.abc import Collection
 from typing import Any
 
 from ray import tune
 
-from trcgl.config import Config, apply_overrides, dump_yaml, from_dict, to_dict
+from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import load_dataset_info, resolve_dataset_name
 from trcgl.pipeline.ray_pipeline import (
     Progress,
@@ -36,13 +37,15 @@ from trcgl.sweep.ray_sweep import train_or_replay
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "train_diffusion", "reference", "generate", "grid", "table")
+# stages a rerun reuses only when made from the same inputs; --force STAGE recomputes one ("rows": every row run)
+FORCEABLE = ("train_diffusion", "reference", "generate", "rows")
 
 
 def _row_trial(params: dict[str, Any], base: dict[str, Any], ratios: list[float]) -> None:
     """One trial's driver: the row's config for its seed, then its classifier run (or its replay when finished)."""
     cfg = ab.row_config(from_dict(base, "ablation base"), str(params["row"]), int(params["seed"]), tuple(ratios))
     log.info("ablation row %r seed %s: run %s", params["row"], params["seed"], cfg.train.run)
-    train_or_replay(cfg)
+    train_or_replay(cfg, option="--force rows")
 
 
 def make_tuner(cfg: Config, storage: Storage, ratios: tuple[float, float]) -> tune.Tuner:
@@ -69,12 +72,23 @@ def make_tuner(cfg: Config, storage: Storage, ratios: tuple[float, float]) -> tu
     )
 
 
-def run_ablation(cfg: Config) -> dict[str, Any]:
+def run_ablation(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
     """Runs (or resumes, or, when finished for the same grid, reads back) the ablation study of ``train.run``.
+
+    Args:
+        cfg: the config.
+        force: stages of :data:`FORCEABLE` to recompute whatever their outputs were made from; ``rows`` clears the
+            whole ``ablation/`` folder (every row run, the grid's experiment, the table).
+
+    Raises:
+        trcgl.records.StaleStageError: a stage's (or a row's) outputs were made from other config values.
 
     Returns:
         The study's report: rows, seeds, ratios and their source, rows without results, output folder.
     """
+    unknown = sorted(set(force) - set(FORCEABLE))
+    if unknown:
+        raise ConfigError(f"--force names unknown stages {unknown}; forceable stages: {list(FORCEABLE)}")
     ab.check_ablation(cfg)
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
@@ -90,6 +104,9 @@ def run_ablation(cfg: Config) -> dict[str, Any]:
     info = load_dataset_info(storage, cfg.train.dataset)
     tail, medium, source = ab.study_ratios(cfg, storage)
     out = run_dir(run, ab.STAGE)
+    if "rows" in force:
+        log.info("ablation %s: --force rows: clearing %s", run, storage.uri(out))
+        storage.delete(out)
     manifest = storage.manifest(out)
     if manifest is not None and manifest.get("grid") == ab.grid_hash(cfg, (tail, medium)):
         log.info("ablation %s already finished for this grid: %s", run, storage.uri(out, "table.md"))
@@ -105,14 +122,24 @@ def run_ablation(cfg: Config) -> dict[str, Any]:
         source,
     )
     if ab.needs_generation(cfg):
-        progress.stage("train_diffusion", lambda: diffusion_or_skip(cfg, storage))
+        progress.stage(
+            "train_diffusion",
+            lambda: diffusion_or_skip(cfg, storage, "train_diffusion" in force, "--force train_diffusion"),
+        )
         baseline_row = cfg.ablation.rows[cfg.ablation.baseline]
         if ab.row_extra(baseline_row) in ab.SYNTHETIC_EXTRAS:  # it cannot score the data it is trained on
             ref_cfg = baseline_config(cfg)
         else:
             ref_cfg = ab.row_config(cfg, cfg.ablation.baseline, cfg.ablation.seeds[0], (tail, medium))
-        reference = progress.stage("reference", lambda: train_or_skip(ref_cfg, storage))["summary"]
-        progress.stage("generate", lambda: generate_or_skip(cfg, storage, reference["best_checkpoint"]))
+        reference = progress.stage(
+            "reference", lambda: train_or_skip(ref_cfg, storage, "reference" in force, "--force reference")
+        )["summary"]
+        progress.stage(
+            "generate",
+            lambda: generate_or_skip(
+                cfg, storage, reference["best_checkpoint"], "generate" in force, "--force generate"
+            ),
+        )
 
     def grid() -> dict[str, Any]:
         results = make_tuner(cfg, storage, (tail, medium)).fit()
@@ -133,7 +160,6 @@ def run_ablation(cfg: Config) -> dict[str, Any]:
 def refresh_run_report(storage: Storage, run: str) -> str | None:
     """Rewrites the run's pipeline report (when the pipeline ran) so that it includes the ablation table."""
     import yaml
-
 
     summary_rel, config_rel = posixpath.join(run_dir(run), "summary.json"), posixpath.join(run_dir(run), "config.yaml")
     if not (storage.exists(summary_rel) and storage.exists(config_rel)):

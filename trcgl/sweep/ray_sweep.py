@@ -24,13 +24,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from trcgl import records
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import resolve_dataset_name
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
 from trcgl.sweep import leaderboard as lb
 from trcgl.sweep.space import SYNTHETIC_SET, clean_value, searched_folders, trial_config
-from trcgl.train.ray_train import run_training
+from trcgl.train import ray_train
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,24 @@ def _trial(params: dict[str, Any], base: dict[str, Any], run: str) -> None:
     train_or_replay(cfg)
 
 
-def train_or_replay(cfg: Config) -> None:
+def train_or_replay(cfg: Config, option: str = "--force") -> None:
     """Inside a Tune trial: trains ``train.run`` reporting each epoch to Tune, or, when that run already finished
-    (its summary exists), reports its recorded epochs again instead of retraining."""
+    from the same inputs (its summary exists), reports its recorded epochs again instead of retraining.
 
+    Args:
+        cfg: the trial's config.
+        option: the command-line option that recomputes a run made from other values, for the error.
+    """
     storage = Storage(cfg.storage.root, cfg.storage)
     classifier = run_dir(cfg.train.run, "classifier")
-    if storage.exists(f"{classifier}/summary.json"):
+    state = ray_train.claim_output(cfg, storage, resolve_dataset_name(cfg, storage), option=option)
+    if state == "same" and storage.exists(f"{classifier}/summary.json"):
         # finished before the sweep's driver was killed, but Tune had not recorded it: replay its epochs, don't retrain
         log.info("run %s already finished: reporting its recorded epochs", cfg.train.run)
         for epoch in storage.read_json(f"{classifier}/history.json"):
             tune.report(epoch)
         return
-    run_training(cfg, callbacks=[TuneReportCallback()])
+    ray_train.run_training(cfg, callbacks=[TuneReportCallback()])
 
 
 def trial_epochs(cfg: Config) -> int:
@@ -106,6 +112,17 @@ def sweep_base(cfg: Config, storage: Storage) -> Config:
                 f"run jobs.generate for run {cfg.train.run!r}{hint} first, or drop {folder!r} from the space"
             )
     return base
+
+
+def stage_record(cfg: Config, storage: Storage, dataset: str) -> dict[str, Any]:
+    """What ``sweep/`` is made from (:func:`trcgl.records.sweep_record`)."""
+    folders = [run_dir(cfg.train.run, f) for f in searched_folders(cfg.sweep.space)]
+    return records.sweep_record(cfg, storage, dataset, folders)
+
+
+def claim_output(cfg: Config, storage: Storage, dataset: str, force: bool = False, option: str = "--force") -> str:
+    """Claims ``sweep/`` (its trials included) for this config (:func:`trcgl.records.claim`)."""
+    return records.claim(storage, run_dir(cfg.train.run, STAGE), stage_record(cfg, storage, dataset), option, force)
 
 
 def make_tuner(cfg: Config, storage: Storage, base: Config) -> tune.Tuner:
@@ -177,8 +194,15 @@ def _record(result: Any, cfg: Config, storage: Storage) -> dict[str, Any]:
     }
 
 
-def run_sweep(cfg: Config) -> dict[str, Any]:
+def run_sweep(cfg: Config, force: bool = False) -> dict[str, Any]:
     """Runs (or resumes, or, when finished, reads back) the sweep of ``train.run``; writes the leaderboard.
+
+    Args:
+        cfg: the config.
+        force: recompute even when ``sweep/`` was made from other config values (it is cleared first).
+
+    Raises:
+        trcgl.records.StaleStageError: ``sweep/`` was made from other values and ``force`` is off.
 
     Returns:
         The sweep report: trials, finished/stopped/errored counts, the best trial and its params, output folder.
@@ -190,6 +214,7 @@ def run_sweep(cfg: Config) -> dict[str, Any]:
         check_gpus(cfg.train.gpus_per_worker, cfg.ray.autoscaling, "train.gpus_per_worker")
     check_cpu_budget(cfg, cfg.sweep.max_concurrent_trials, cfg.sweep.driver_cpus)
     base = sweep_base(cfg, storage)
+    claim_output(cfg, storage, base.train.dataset or "", force)
     out = run_dir(cfg.train.run, STAGE)
     storage.write_text(posixpath.join(out, "sweep_config.yaml"), dump_yaml(cfg))
     tuner = make_tuner(cfg, storage, base)

@@ -26,6 +26,7 @@ import torch
 from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
+from trcgl import records
 from trcgl.config import Config, ConfigError, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import COLUMNS, DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.losses import build_loss
@@ -344,21 +345,46 @@ def train_loop_per_worker(config: dict) -> None:
 # ---------------------------------------------------------------------------------------------------- driver
 
 
-def run_training(cfg: Config, callbacks: list | None = None) -> dict:
+def stage_record(cfg: Config, storage: Storage, dataset: str, upstream: dict | None = None) -> dict:
+    """What ``{run}/classifier/`` is made from (:func:`trcgl.records.classifier_record`), plus ``upstream``: record
+    hashes of stages the run's config was derived from (the final run of the pipeline records its sweep's)."""
+    record = records.classifier_record(cfg, storage, dataset)
+    return record | {f"{records.INPUT_PREFIX}{k}": v for k, v in (upstream or {}).items()}
+
+
+def claim_output(
+    cfg: Config,
+    storage: Storage,
+    dataset: str,
+    force: bool = False,
+    option: str = "--force",
+    upstream: dict | None = None,
+) -> str:
+    """Claims ``{run}/classifier/`` (its Ray Train checkpoints included) for this config (:func:`records.claim`)."""
+    record = stage_record(cfg, storage, dataset, upstream)
+    return records.claim(storage, run_dir(cfg.train.run, STAGE), record, option, force)
+
+
+def run_training(cfg: Config, callbacks: list | None = None, force: bool = False, upstream: dict | None = None) -> dict:
     """Trains (or resumes) ``train.run`` on Ray Train, then evaluates the best checkpoint on the test split.
 
     Args:
         cfg: the run's config.
         callbacks: extra Ray Train callbacks (a sweep trial reports each epoch to Tune through one).
+        force: recompute even when the run was made from other config values (its folder is cleared first).
+        upstream: record hashes of the stages the config was derived from (see :func:`stage_record`).
+
+    Raises:
+        trcgl.records.StaleStageError: the run was made from other model, loss or train values and ``force`` is off.
 
     Returns:
         Summary: dataset, epochs, best val mAP, test metrics with intervals, output locations.
     """
-
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
     dataset = resolve_dataset_name(cfg, storage)
     cfg.train.dataset = dataset
+    claim_output(cfg, storage, dataset, force, upstream=upstream)
     info = load_dataset_info(storage, dataset)
     storage.write_text(f"{run_dir(cfg.train.run)}/config.yaml", dump_yaml(cfg))
     train_ds, n_train, mix = train_dataset(cfg, storage, info)

@@ -5,7 +5,7 @@
     python -m jobs.benchmark generate [--images 32] [--steps 10] [--batch 8]
     python -m jobs.benchmark autoscale [--workdir DIR] [--actors-max 2] [--idle-timeout-minutes M]
     python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
-    python -m jobs.benchmark faults [--workdir DIR] [--only 1 2 ...]
+    python -m jobs.benchmark faults [--workdir DIR] [--only train-worker-kill sweep-driver-kill ...]
     python -m jobs.benchmark cache [--workdir DIR] [--epochs 3] [--stages classifier diffusion]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
@@ -22,9 +22,9 @@ gpu: on a CUDA GPU, diffusion sampling images/s at fp32 vs bf16 for several batc
 images/s with AMP off/on and torch.compile off/on, with achieved TFLOP/s against the card's dense bf16 peak. Without
 CUDA (or with --dry-run) a small CPU run that only shows the code paths work.
 
-faults: the fault-injection scenarios of tests/faults/ (worker, driver and generation kills, a killed sweep,
-corrupt inputs, S3 outages behind a cut TCP proxy, token auth and a credential scan, bad configuration), one line of
-figures each.
+faults: the fault-injection scenarios of tests/faults/ (train-worker, classifier driver, generation and sweep driver
+kills, corrupt inputs, S3 outages behind a cut TCP proxy, token auth and a credential scan, bad configuration), one
+line of figures each; --only picks scenarios by name (`python -m jobs.benchmark faults --help` lists them).
 
 cache: the tiny classifier and diffusion training jobs with their data streamed from storage every epoch
 (train.cache_mb=0) vs read once and held in Ray's object store (the default); seconds per epoch and per run, and
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging("WARNING")
         return run_autoscale(args_in[1:])
-    if args_in[:1] == ["faults"]:  # its own options (trcgl_dev.benchmarks.ray_faults_bench.py)
+    if args_in[:1] == ["faults"]:  # its own options (trcgl_dev/benchmarks/ray_faults_bench.py)
         from trcgl_dev.benchmarks.ray_faults_bench import run as run_faults
 
         setup_logging("WARNING")

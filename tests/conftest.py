@@ -1,13 +1,15 @@
-"""Shared fixtures: a real local Ray, a real S3-compatible server (moto) on loopback, a rendered tiny PadChest-Synth.
+"""Shared fixtures: a real local Ray, a real S3-compatible server (moto) on loopback, a rendered tiny PadChest-Synth,
+and the fault-free training runs several tests compare with.
 
-Everything the fixtures start they stop themselves, by handle or pid; nothing here runs ``ray stop``.
+Everything the fixtures start they stop themselves, by handle or pid; nothing here runs ``ray stop``. The shared
+training runs are session-scoped fixtures: pytest builds one the first time a test asks for it, whichever test that
+is, and hands the same value to every later test, so no test depends on another having run first.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +17,12 @@ from typing import Any
 
 import pytest
 
-# Test-only credentials for the loopback S3 server, from the environment as in production (never from config).
-# Set before Ray starts so its workers inherit them.
-from trcgl_dev.faults.s3 import FAKE_CREDENTIALS
+from trcgl_dev.faults import record_figures
+from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, ReferenceRun, reference_run
+from trcgl_dev.s3 import FAKE_CREDENTIALS
 
+# Test-only credentials for the loopback S3 server, from the environment as in production (never from config).
+# Set before Ray starts (and before anything imports ray) so its workers inherit them.
 for _key, _value in FAKE_CREDENTIALS.items():
     os.environ.setdefault(_key, _value)
 os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
@@ -30,12 +34,6 @@ if "RAY_AUTH_TOKEN_PATH" not in os.environ:
     with open(os.open(_token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as _fh:
         _fh.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = _token_path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +52,7 @@ def ray_local() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free loopback port; yields its endpoint URL; stopped by pid at the end."""
-    from trcgl_dev.faults.s3 import moto_server
+    from trcgl_dev.s3 import moto_server
 
     with moto_server() as url:
         yield url
@@ -65,7 +63,10 @@ def s3_bucket(s3_endpoint: str) -> str:
     """A fresh, empty bucket on the moto server; returns its name."""
     import boto3
 
-    name = f"trcgl-test-{free_port()}"
+    # imported here, not at the top: trcgl.ray_runtime imports ray, which must not load before the set-up above
+    from trcgl.ray_runtime import free_port
+
+    name = f"trcgl-test-{free_port()}"  # a number no other bucket of this server has now
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
 
@@ -98,30 +99,34 @@ def tiny_prepared(tiny_synth: dict) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def tiny_diffusion(tiny_prepared: tuple[str, str]) -> dict[str, Any]:
     """A tiny diffusion model trained once per session, for the tests that need a trained one: the fault-free
-    reference of fault scenario 1 (its configuration, :func:`trcgl_dev.faults.ray_worker_kill.fault_overrides`),
-    also the generator of scenario 3, the generate and fidelity test and the autoscaling tests.
+    diffusion reference of the train-worker kill (its configuration,
+    :func:`trcgl_dev.faults.ray_worker_kill.fault_overrides`), also the generator of the generation kill, the
+    generate and fidelity test and the autoscaling tests.
 
     Returns:
         root, dataset, result (``run_train_diffusion``'s) and model (its URI, for ``generate.model``).
     """
-    from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
-
     root, dataset = tiny_prepared
-    result = reference_run(Path(root), dataset, "diffusion", REFERENCE_EPOCHS)
+    result = reference_run(Path(root), dataset, "diffusion", REFERENCE_EPOCHS).result
     return {"root": root, "dataset": dataset, "result": result, "model": result["model"]}
 
 
 @pytest.fixture(scope="session")
-def fault_runs() -> dict[str, Any]:
-    """Runs one fault scenario leaves for another to reuse (scenario 2's fresh classifier run is scenario 1's
-    fault-free reference); a scenario that finds nothing here trains its own."""
-    return {}
+def classifier_reference(tiny_prepared: tuple[str, str]) -> ReferenceRun:
+    """A fault-free classifier run with the train-worker kill's configuration
+    (:func:`trcgl_dev.faults.ray_worker_kill.fault_overrides`), trained once per session when a test first asks.
+
+    The train-worker kill compares its faulted classifier with it. The classifier driver kill asks for it (through
+    ``request.getfixturevalue``) only after its kill, as its run under another name; when the run was trained
+    earlier for another test, that scenario trains a fresh run of its own, so neither test's checks depend on the
+    order the tests run in.
+    """
+    root, dataset = tiny_prepared
+    return reference_run(Path(root), dataset, "classifier", REFERENCE_EPOCHS)
 
 
 @pytest.fixture()
 def record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
-    """``record(figures)``: the fault suite keeps a scenario's figures under the test's id (in the file named by
-    ``$TRCGL_FAULT_FIGURES`` when set; see trcgl_dev.faults.record_figures) and gets them back unchanged."""
-    from trcgl_dev.faults import record_figures
-
+    """``record(result)``: the fault suite keeps a scenario's result under the test's id (in the file named by
+    ``$TRCGL_FAULT_FIGURES`` when set; see :func:`trcgl_dev.faults.record_figures`) and gets it back unchanged."""
     return lambda figures: record_figures(request.node.nodeid, figures)

@@ -3,18 +3,18 @@ read back with jobs.results and opened in a real browser (the killed-and-resumed
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from _browser import find_browser, inspect_page, skip_reason
-from conftest import free_port
+
+from trcgl_dev import ray_head
+from trcgl_dev.ray_head import TokenHead, ray_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_SPACE = (
@@ -25,53 +25,16 @@ SWEEP_SPACE = (
 pytestmark = pytest.mark.slow
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(extra)
-    return env
-
-
 @pytest.fixture()
-def token_head(tmp_path):
-    """A `ray start --head --block` with token auth on free loopback ports; stopped by its own pid."""
-    port, dash = free_port(), free_port()
-    env = _env(RAY_AUTH_MODE="token")
-    head_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM stops it at once, not after 30 s
-    temp_dir = tempfile.mkdtemp(prefix="trcgl-rh-", dir="/tmp")  # Unix socket paths must stay under 107 bytes
-    log = open(tmp_path / "head.log", "w")
-    head = subprocess.Popen(
-        [
-            "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
-            # every port free, not Ray's defaults: the session's own local Ray (and its job agent) may hold those
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 90
-    while True:
-        probe = subprocess.run(
-            ["ray", "job", "list", "--address", address], env=env, capture_output=True, text=True, timeout=60
-        )
-        if probe.returncode == 0:
-            break
-        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
-        assert time.time() < deadline, probe.stderr[-2000:]
-        time.sleep(2)
-    yield address
-    head.send_signal(signal.SIGTERM)  # --block: the head stops the processes it started
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+def token_head(tmp_path: Path) -> Iterator[TokenHead]:
+    """A token-auth ``ray start --head --block`` on free loopback ports (:func:`trcgl_dev.ray_head.token_head`),
+    stopped by its own pid and process group. It keeps the user's HOME and lets Ray detect GPUs, as the pipeline job
+    would find them on a real node."""
+    with ray_head.token_head(tmp_path / "head", own_home=False, num_gpus=None) as head:
+        yield head
 
 
-def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_endpoint, s3_bucket, tmp_path):
+def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head: TokenHead, s3_endpoint, s3_bucket, tmp_path):
     from jobs import results
 
     root = f"s3://{s3_bucket}/trcgl"
@@ -82,18 +45,16 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head, s3_en
         # the GPU code paths that exist on CPU, inside real jobs: channels-last and torch.compile (tracing backend)
         "train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",
     ]  # fmt: skip
-    submit = ["ray", "job", "submit", "--address", token_head, "--working-dir", ".", *job]
+    submit = [*ray_cli(), "job", "submit", "--address", token_head.address, "--working-dir", ".", *job]
     refused = subprocess.run(
-        submit, cwd=REPO, env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token")),
+        submit, cwd=REPO, env={**token_head.env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-such-token")},
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert refused.returncode != 0
     assert any(w in (refused.stdout + refused.stderr).lower() for w in ("401", "403", "unauthorized", "token"))
 
     for _ in range(15):  # the head's job agent starts a little after its dashboard answers
-        ok = subprocess.run(
-            submit, cwd=REPO, env=_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=900
-        )
+        ok = subprocess.run(submit, cwd=REPO, env=token_head.env, capture_output=True, text=True, timeout=900)
         if "No available agent to submit job" not in ok.stdout + ok.stderr:
             break
         time.sleep(2)

@@ -21,7 +21,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -34,6 +33,8 @@ from typing import Any
 import yaml
 
 from trcgl.ray_runtime import CONFIG_ENV, load_cluster_config, node_types
+from trcgl.ray_runtime import free_port as _free_port
+from trcgl_dev.ray_head import ray_cli as _ray_cli
 
 log = logging.getLogger(__name__)
 
@@ -226,22 +227,6 @@ def gpu_node_count(counts: dict[str, int], config: dict[str, Any] | None = None)
 
 
 # ------------------------------------------------------------------------------------------------ up / down
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ray_cli() -> list[str]:
-    """The ``ray`` command of this interpreter's Ray (the console script beside it, else its entry point)."""
-    beside = Path(sys.executable).parent / "ray"
-    if beside.exists():
-        return [str(beside)]
-    return [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
 
 
 def state_file(state_dir: str | Path) -> Path:

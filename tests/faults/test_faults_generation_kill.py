@@ -1,4 +1,4 @@
-"""Fault scenario 3: generation killed after K of N images, rerun twice."""
+"""The generation kill: generation killed after K of N images, rerun twice."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ def test_killed_generation_ends_with_exactly_the_planned_images_byte_identical(
     tiny_diffusion: dict, tmp_path: Path, record
 ) -> None:
     root, dataset = tiny_diffusion["root"], tiny_diffusion["dataset"]
-    f = record(generation_kill(Path(root), dataset, tmp_path, model=tiny_diffusion["model"]))
-    assert f["reruns_rc"] == [0, 0], f.get("rerun_log")
-    assert 0 < f["killed_after_images"] < f["planned"], f  # killed part-way
-    assert f["images"] == f["planned"] and f["duplicates"] == 0 and f["missing"] == 0, f
-    assert f["identical_to_uninterrupted"], f  # same seeds, same bytes
-    assert f["identical_actors_batch"], f  # 1 vs 2 actors, batch 4 vs 16: same bytes
-    assert f["second_rerun_wrote"] == 0, f  # the second rerun found everything done
+    r = record(generation_kill(Path(root), dataset, tmp_path, model=tiny_diffusion["model"]))
+    assert r.reruns_rc == [0, 0], r.rerun_log
+    assert 0 < r.killed_after_images < r.planned, r  # killed part-way
+    assert r.images == r.planned and r.duplicates == 0 and r.missing == 0, r
+    assert r.identical_to_uninterrupted, r  # same seeds, same bytes
+    assert r.identical_actors_batch, r  # 1 vs 2 actors, batch 4 vs 16: same bytes
+    assert r.second_rerun_wrote == 0, r  # the second rerun found everything done

@@ -1,8 +1,10 @@
-"""Fault scenarios "Storage", "Security" and "Config", with real parts only.
+"""The storage outage, security, cluster-file and bad configuration scenarios, with real parts only.
 
 S3 outages go through a switchable loopback TCP proxy in front of the session's moto server; the security scenario
 runs a real token-auth Ray head and one real job with a fake AWS secret in the head's environment; bad configurations
-go to the real entry points. The figures come from :mod:`trcgl_dev.faults.scenarios`, which a benchmark can call too.
+go to the real entry points. The figures come from :mod:`trcgl_dev.faults.storage_outage`,
+:mod:`trcgl_dev.faults.security`, :mod:`trcgl_dev.faults.cluster_files` and :mod:`trcgl_dev.faults.bad_config`,
+which the fault benchmark calls too.
 """
 
 from __future__ import annotations
@@ -18,15 +20,11 @@ from urllib.parse import urlparse
 import pytest
 
 from trcgl_dev.faults import record_figures
+from trcgl_dev.faults.bad_config import bad_configs
+from trcgl_dev.faults.cluster_files import cluster_start_commands_without_token
 from trcgl_dev.faults.proxy import TcpProxy
-from trcgl_dev.faults.scenarios import (
-    OPS,
-    bad_configs,
-    cluster_start_commands_without_token,
-    s3_outage_matrix,
-    scan_for_secrets,
-    security,
-)
+from trcgl_dev.faults.security import scan_for_secrets, security
+from trcgl_dev.faults.storage_outage import OPS, OutageResult, s3_outage_matrix
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -104,35 +102,35 @@ def test_proxy_reset_mode_accepts_then_resets(s3_endpoint: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def outages(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], dict[str, Any]]:
+def outages(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], OutageResult]:
     """Every outage case, measured once with the project's StorageConfig defaults (s3fs client)."""
     results = s3_outage_matrix(s3_endpoint, _bucket(s3_endpoint), OUTAGE_CASES, tmp_path_factory.mktemp("outage"))
     record_figures("s3 outages", results)
-    return {(r["op"], r["outage_s"]): r for r in results}
+    return {(r.op, r.outage_s): r for r in results}
 
 
 @pytest.mark.parametrize("outage_s", SHORT_OUTAGES)
 @pytest.mark.parametrize("op", OPS)
 def test_short_outage_is_ridden_out_by_the_configured_retries(
-    outages: dict[tuple[str, float], dict[str, Any]], op: str, outage_s: float
+    outages: dict[tuple[str, float], OutageResult], op: str, outage_s: float
 ) -> None:
-    f = outages[(op, outage_s)]
-    assert f["survived"] and f["error"] is None, f
-    assert not f["partial_published"], f
+    r = outages[(op, outage_s)]
+    assert r.survived and r.error is None, r
+    assert not r.partial_published, r
     # it did wait the outage out (nothing reached the endpoint while cut), and not much longer
-    assert outage_s - 0.5 <= f["seconds"] < outage_s + 20, f
+    assert outage_s - 0.5 <= r.seconds < outage_s + 20, r
     if op == "checkpoint":
-        assert f["later_stage_sees"] == "complete", f
+        assert r.later_stage_sees == "complete", r
 
 
 def test_long_outage_fails_loudly_naming_the_endpoint_and_publishes_nothing(
-    outages: dict[tuple[str, float], dict[str, Any]],
+    outages: dict[tuple[str, float], OutageResult],
 ) -> None:
-    f = outages[LONG_OUTAGE]
-    assert not f["survived"], f
-    assert f["loud"] and f["error_names_endpoint"], f["error"]  # a StorageError naming the proxy's host:port
-    assert not f["partial_published"] and f["later_stage_sees"] == "unfinished", f
-    assert f["seconds"] < 60, f  # bounded: retries give up, the job does not hang
+    r = outages[LONG_OUTAGE]
+    assert not r.survived, r
+    assert r.loud and r.error_names_endpoint, r.error  # a StorageError naming the proxy's host:port
+    assert not r.partial_published and r.later_stage_sees == "unfinished", r
+    assert r.seconds < 60, r  # bounded: retries give up, the job does not hang
 
 
 # ------------------------------------------------------------------------------------------------ security
@@ -149,37 +147,37 @@ def test_secret_scanner_finds_what_it_is_given(tmp_path: Path) -> None:
 
 
 def test_token_auth_refuses_and_no_secret_in_anything_a_job_leaves(s3_endpoint: str, tmp_path: Path) -> None:
-    f = record_figures(
+    r = record_figures(
         "security", security(s3_endpoint, _bucket(s3_endpoint), tmp_path, job_overrides=["synth.rows=120"])
     )
-    auth = f["token_auth"]
-    assert (auth["http_no_token"], auth["http_wrong_token"], auth["http_with_token"]) == (401, 403, 200), auth
-    for case in ("submit_no_token", "submit_wrong_token"):
-        assert auth[case]["refused"] and auth[case]["says_why"], auth[case]
-    assert auth["jobs_created"] == 0, auth  # nothing slipped in
-    job = f["job"]
-    assert job["succeeded"], job["log_tail"]
-    assert job["saved_configs"], job  # the run's saved config.yaml files were among the scanned files
-    assert f["secret_in_node_env"] is not False, f  # the job ran with the secret in its node's environment
-    assert f["control_found"], f  # the scan does find the secret where it is
-    assert f["secret_found_in"] == [], f["secret_found_in"]
+    auth = r.token_auth
+    assert (auth.http_no_token, auth.http_wrong_token, auth.http_with_token) == (401, 403, 200), auth
+    for refusal in (auth.submit_no_token, auth.submit_wrong_token):
+        assert refusal.refused and refusal.says_why, refusal
+    assert auth.jobs_created == 0, auth  # nothing slipped in
+    job = r.job
+    assert job.succeeded, job.log_tail
+    assert job.saved_configs, job  # the run's saved config.yaml files were among the scanned files
+    assert r.secret_in_node_env is not False, r  # the job ran with the secret in its node's environment
+    assert r.control_found, r  # the scan does find the secret where it is
+    assert r.secret_found_in == [], r.secret_found_in
 
 
 def test_every_ray_start_in_the_cluster_files_uses_token_auth() -> None:
     # The catch-all over every cluster/*.yaml; tests/test_cluster_files.py checks each file's auth set-up in depth.
-    f = cluster_start_commands_without_token()
-    assert f["ray_start_commands"] >= 2 and f["without_token"] == [], f
+    r = cluster_start_commands_without_token()
+    assert r.ray_start_commands >= 2 and r.without_token == [], r
 
 
 # ------------------------------------------------------------------------------------------------ config
 
 
 def test_bad_configs_fail_before_any_work_naming_the_problem(s3_endpoint: str) -> None:
-    cases = {c["case"]: c for c in record_figures("bad configs", bad_configs(s3_endpoint))}
+    cases = {c.case: c for c in record_figures("bad configs", bad_configs(s3_endpoint))}
     assert len(cases) == 9, sorted(cases)
     for name, c in cases.items():
-        assert c["error_type"] is not None, f"{name}: nothing was raised"
-        assert c["names_problem"], c  # for the job CLI cases also: exit code, no Ray / no file written
-        assert c["seconds"] < (120 if "job CLI" in name else 10), c
-    assert cases["missing bucket"]["error_type"] == "StorageError"
-    assert cases["unwritable local root"]["error_type"] == "StorageError"
+        assert c.error_type is not None, f"{name}: nothing was raised"
+        assert c.names_problem, c  # for the job CLI cases also: exit code, no Ray / no file written
+        assert c.seconds < (120 if "job CLI" in name else 10), c
+    assert cases["missing bucket"].error_type == "StorageError"
+    assert cases["unwritable local root"].error_type == "StorageError"

@@ -1,4 +1,4 @@
-"""Fault scenario 1: a Ray Train worker killed mid-epoch, in classifier and in diffusion training."""
+"""The train-worker kill: a Ray Train worker killed mid-epoch, in classifier and in diffusion training."""
 
 from __future__ import annotations
 
@@ -13,25 +13,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 @pytest.mark.parametrize("stage", ["classifier", "diffusion"])
 def test_killed_train_worker_recovers_from_a_registered_checkpoint(
-    tiny_prepared, stage: str, record, request: pytest.FixtureRequest, fault_runs: dict
+    tiny_prepared, stage: str, record, request: pytest.FixtureRequest
 ) -> None:
     root, dataset = tiny_prepared
-    # the fault-free reference: the session's shared diffusion model, or scenario 2's fresh classifier run when it
-    # ran first (same configuration by construction); else train_worker_kill trains one
+    # the fault-free reference, the session's shared run of the same configuration (built here if no test asked for
+    # it yet): the diffusion model of tiny_diffusion, or the classifier run of classifier_reference
     reference = (
         request.getfixturevalue("tiny_diffusion")["result"]
         if stage == "diffusion"
-        else fault_runs.get("classifier_reference")
+        else request.getfixturevalue("classifier_reference").result
     )
-    f = record(train_worker_kill(Path(root), dataset, stage, epochs=REFERENCE_EPOCHS, reference=reference))
-    assert f["completed"] and f["error"] is None, f
-    assert f["recovery_s"] is not None, f  # a new worker group came up
-    # resumed from at least the last registered checkpoint (whether that was the latest reported epoch is a figure:
-    # RELIABILITY_NOTES.md saw restarts from an older one)
-    assert f["resumed_from_registered"], f
-    assert f["epochs_unique"] and f["rows_ok"], f  # each epoch once in the history, each row once per epoch
+    r = record(train_worker_kill(Path(root), dataset, stage, epochs=REFERENCE_EPOCHS, reference=reference))
+    assert r.completed and r.error is None, r
+    assert r.recovery_s is not None, r  # a new worker group came up
+    # resumed from at least the last registered checkpoint; whether that was the latest reported epoch is a figure,
+    # since a restart may begin from an older one (https://github.com/ray-project/ray/issues/41700)
+    assert r.resumed_from_registered, r
+    assert r.epochs_unique and r.each_row_once, r  # each epoch once in the history, each row once per epoch
     # the last epoch's loss against a fault-free run of the same config, data order aside. Classifier: fault-free
     # runs spread 0.16-0.21 after two epochs (rank 0's half of the rows), one epoch lost would read about 0.33.
-    # Diffusion: the denoising loss is steady (0.806-0.807 seen).
+    # Diffusion: the denoising loss is steady (about 0.806 with or without the fault).
     tolerance = 0.35 if stage == "classifier" else 0.25
-    assert abs(f["final"] - f["final_no_fault"]) <= tolerance * f["final_no_fault"], f
+    assert abs(r.final - r.final_no_fault) <= tolerance * r.final_no_fault, r

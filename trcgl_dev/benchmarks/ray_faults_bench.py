@@ -1,19 +1,26 @@
 """``python -m jobs.benchmark faults``: every fault scenario of ``tests/faults/`` once, one line of figures each.
 
 The scenarios run real components on this machine: a local Ray (started here, 2 CPUs; the driver-kill scenarios
-start their jobs as further drivers on it), a moto S3 server on a free loopback port behind a
-TCP proxy that is cut, a token-auth Ray head, real PNG files. The tiny PadChest-Synth is rendered and prepared once
-under ``--workdir``. Scenarios (numbers as in the issue):
+start their jobs as further drivers on it), a moto S3 server on a free loopback port behind a TCP proxy that is cut,
+a token-auth Ray head, real PNG files. The tiny PadChest-Synth is rendered and prepared once under ``--workdir``.
+Scenarios, by the name ``--only`` takes:
 
-1. a Ray Train worker killed mid-epoch (classifier, diffusion);  2. the classifier job's driver killed, rerun;
-3. generation killed after K of N images, rerun twice;  4. the sweep's driver killed, rerun;
-5. corrupt images and malformed metadata rows in prepare;  6. S3 unreachable for 2 s / 8 s during a read, a write
-and a checkpoint upload, and for 30 s during a write;  7. token auth and a credential scan;  8. bad configuration.
+  train-worker-kill       a Ray Train worker killed mid-epoch (classifier, diffusion)
+  classifier-driver-kill  the classifier job's driver killed, the same command rerun
+  generation-kill         generation killed after K of N images, rerun twice
+  sweep-driver-kill       the sweep's driver killed, the same command rerun
+  corrupt-inputs          corrupt images and malformed metadata rows in prepare
+  storage-outage          S3 unreachable for 2 s / 8 s during a read, a write and a checkpoint upload, and for 30 s
+                          during a write
+  security                token auth and a credential scan; token auth on every ``ray start`` of cluster/*.yaml
+  bad-config              bad configuration at the real entry points
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
 import shutil
 import tempfile
@@ -21,9 +28,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trcgl_dev.faults.ray_worker_kill import (
+    REFERENCE_EPOCHS,
+    ReferenceRun,
+    WorkerKillResult,
+    reference_run,
+    train_worker_kill,
+)
+
 log = logging.getLogger(__name__)
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
+SCENARIOS = (
+    "train-worker-kill",
+    "classifier-driver-kill",
+    "generation-kill",
+    "sweep-driver-kill",
+    "corrupt-inputs",
+    "storage-outage",
+    "security",
+    "bad-config",
+)
 
 
 def _bucket(endpoint: str, name: str) -> str:
@@ -33,8 +57,8 @@ def _bucket(endpoint: str, name: str) -> str:
     return name
 
 
-def _line(number: int, name: str, text: str) -> str:
-    return f"faults  {number} {name:<22} {text}"
+def _line(label: str, text: str) -> str:
+    return f"faults  {label:<30} {text}"
 
 
 def prepare_tiny(root: Path) -> str:
@@ -49,20 +73,22 @@ def prepare_tiny(root: Path) -> str:
     return run_prepare(cfg)["dataset"]
 
 
-def _fmt_worker(f: dict[str, Any]) -> str:
-    mauc = (f"; test mAUC {f['test_mAUC']:.3f} vs {f['test_mAUC_no_fault']:.3f}"
-            if f.get("test_mAUC") is not None else "")  # fmt: skip
+def _fmt_worker(f: WorkerKillResult) -> str:
+    mauc = (f"; test mAUC {f.test_mauc:.3f} vs {f.test_mauc_no_fault:.3f}"
+            if f.test_mauc is not None else "")  # fmt: skip
+    loss = ("last epoch's loss n/a" if f.final is None or f.final_no_fault is None
+            else f"last epoch's loss {f.final:.3f} vs {f.final_no_fault:.3f}")  # fmt: skip
     return (
-        f"{'completed' if f['completed'] else 'FAILED ' + str(f['error'])}; recovery {f['recovery_s']} s; "
-        f"resumed at epoch {f['resumed_from']} (last registered checkpoint: epoch {f['killed_after_epoch']}, "
-        f"latest reported: {f['reported_before_kill']} epoch(s) -> resumed from the latest: "
-        f"{f['resumed_from_latest']}); epochs once: {f['epochs_unique']}; rows once per epoch: {f['rows_ok']}; "
-        f"last epoch's loss {f['final']:.3f} vs {f['final_no_fault']:.3f} without the fault{mauc}"
+        f"{'completed' if f.completed else 'FAILED ' + str(f.error)}; recovery {f.recovery_s} s; "
+        f"resumed at epoch {f.resumed_from} (last registered checkpoint: epoch {f.killed_after_epoch}, "
+        f"latest reported: {f.reported_before_kill} epoch(s) -> resumed from the latest: "
+        f"{f.resumed_from_latest}); epochs once: {f.epochs_unique}; rows once per epoch: {f.each_row_once}; "
+        f"{loss} without the fault{mauc}"
     )
 
 
-def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
-    """Runs the chosen scenarios; returns the printed lines."""
+def run_scenarios(workdir: Path, only: set[str]) -> list[str]:
+    """Runs the chosen scenarios (names of :data:`SCENARIOS`); returns the printed lines."""
     import ray
 
     from trcgl.ray_runtime import local_dashboard
@@ -79,103 +105,113 @@ def run_scenarios(workdir: Path, only: set[int]) -> list[str]:
         ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
     dataset = prepare_tiny(root)
     log.info("tiny dataset %s ready in %.0f s", dataset, time.perf_counter() - t0)
-    from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, reference_run
 
-    # one fault-free diffusion model: scenario 1's reference and scenario 3's generator (as in the test suite)
-    diffusion = reference_run(root, dataset, "diffusion", REFERENCE_EPOCHS) if only & {1, 3} else None
-    classifier_reference = None
-    if 2 in only:  # before 1: its fresh run under another name is scenario 1's classifier reference
-        from trcgl_dev.faults.kills import classifier_driver_kill
+    # one fault-free diffusion model: the train-worker kill's diffusion reference and the generation kill's generator
+    # (as in the test suite)
+    diffusion = (
+        reference_run(root, dataset, "diffusion", REFERENCE_EPOCHS)
+        if only & {"train-worker-kill", "generation-kill"}
+        else None
+    )
 
-        f = (
-            classifier_driver_kill(root, dataset, workdir / "s2", epochs=REFERENCE_EPOCHS)
-            if _mk(workdir / "s2")
-            else {}
-        )
-        classifier_reference = f.pop("fresh_result")
-        say(_line(2, "classifier driver kill",
-                  f"killed at {f['killed_at_s']} s (registered checkpoint: epoch {f['last_registered']}, reported "
-                  f"{f['reported']}); rerun rc {f['rerun_rc']} resumed at epoch {f['resumed_from']} (at/after the "
-                  f"checkpoint: {f['resumed_at_or_after_checkpoint']}); epochs once: {f['epochs_unique']}; rows once: "
-                  f"{f['rows_ok']}; another run name starts at epoch {f['fresh_start_epoch']}"))  # fmt: skip
-    if 1 in only:
-        from trcgl_dev.faults.ray_worker_kill import train_worker_kill
+    @functools.cache
+    def classifier_reference() -> ReferenceRun:
+        """The train-worker kill's fault-free classifier reference, trained on first use (as the test suite's
+        ``classifier_reference`` fixture): the classifier driver kill asks for it after its kill, as its fresh run."""
+        return reference_run(root, dataset, "classifier", REFERENCE_EPOCHS)
 
-        for stage, ref in (("classifier", classifier_reference), ("diffusion", diffusion)):
-            f = train_worker_kill(root, dataset, stage, REFERENCE_EPOCHS, reference=ref)
-            say(_line(1, f"train worker kill/{stage[:4]}", _fmt_worker(f)))
-    if 3 in only:
+    if "classifier-driver-kill" in only:  # first: its fresh run is then the train-worker kill's reference
+        from trcgl_dev.faults.driver_kill import classifier_driver_kill
+
+        folder = _mk(workdir / "classifier-driver-kill")
+        c = classifier_driver_kill(root, dataset, folder, epochs=REFERENCE_EPOCHS, fresh=classifier_reference)
+        say(_line("classifier driver kill",
+                  f"killed at {c.killed_at_s} s (registered checkpoint: epoch {c.last_registered}, reported "
+                  f"{c.reported}); rerun rc {c.rerun_rc} resumed at epoch {c.resumed_from} (at/after the "
+                  f"checkpoint: {c.resumed_at_or_after_checkpoint}); epochs once: {c.epochs_unique}; rows once: "
+                  f"{c.each_row_once}; another run name starts at epoch {c.fresh_start_epoch}"))  # fmt: skip
+    if "train-worker-kill" in only:
+        for stage in ("classifier", "diffusion"):
+            ref = classifier_reference() if stage == "classifier" else diffusion
+            w = train_worker_kill(root, dataset, stage, REFERENCE_EPOCHS, reference=ref.result if ref else None)
+            say(_line(f"train-worker kill {stage}", _fmt_worker(w)))
+    if "generation-kill" in only:
         from trcgl_dev.faults.generation_kill import generation_kill
 
-        model = diffusion["model"] if diffusion else None
-        f = generation_kill(root, dataset, workdir / "s3", model=model) if _mk(workdir / "s3") else {}
-        say(_line(3, "generation kill",
-                  f"killed after {f['killed_after_images']} of {f['planned']} images; after 2 reruns (rc "
-                  f"{f['reruns_rc']}): {f['images']} images, {f['duplicates']} duplicates, {f['missing']} missing; "
-                  f"byte-identical to an uninterrupted run: {f['identical_to_uninterrupted']}; 1 vs 2 actors and "
-                  f"batch 4 vs 16 identical: {f['identical_actors_batch']}; second rerun rewrote "
-                  f"{f['second_rerun_wrote']} parts"))  # fmt: skip
-    if 4 in only:
-        from trcgl_dev.faults.kills import sweep_driver_kill
+        model = diffusion.result["model"] if diffusion else None
+        g = generation_kill(root, dataset, _mk(workdir / "generation-kill"), model=model)
+        say(_line("generation kill",
+                  f"killed after {g.killed_after_images} of {g.planned} images; after 2 reruns (rc "
+                  f"{g.reruns_rc}): {g.images} images, {g.duplicates} duplicates, {g.missing} missing; "
+                  f"byte-identical to an uninterrupted run: {g.identical_to_uninterrupted}; 1 vs 2 actors and "
+                  f"batch 4 vs 16 identical: {g.identical_actors_batch}; second rerun rewrote "
+                  f"{g.second_rerun_wrote} parts"))  # fmt: skip
+    if "sweep-driver-kill" in only:
+        from trcgl_dev.faults.driver_kill import sweep_driver_kill
 
-        f = sweep_driver_kill(root, workdir / "s4") if _mk(workdir / "s4") else {}
-        say(_line(4, "sweep driver kill",
-                  f"killed at {f['killed_at_s']} s with {f['finished_before_kill']} trial(s) finished; rerun rc "
-                  f"{f['rerun_rc']} restored the experiment: {f['resumed']}; leaderboard {f.get('trials')} trials "
-                  f"({f.get('unique_trials')} unique), finished trials retrained {f.get('retrained')}, configs "
-                  f"sampled twice {f.get('configs_sampled_twice')}"))  # fmt: skip
-    if 5 in only:
+        s = sweep_driver_kill(root, _mk(workdir / "sweep-driver-kill"))
+        say(_line("sweep driver kill",
+                  f"killed at {s.killed_at_s} s with {s.finished_before_kill} trial(s) finished; rerun rc "
+                  f"{s.rerun_rc} restored the experiment: {s.resumed}; leaderboard {s.trials} trials "
+                  f"({s.unique_trials} unique), finished trials retrained {s.retrained}, configs "
+                  f"sampled twice {s.configs_sampled_twice}"))  # fmt: skip
+    if "corrupt-inputs" in only:
         from trcgl_dev.faults.bad_inputs import corrupt_inputs
 
-        f = corrupt_inputs(workdir / "s5") if _mk(workdir / "s5") else {}
-        say(_line(5, "corrupt inputs",
-                  f"job ok: {f['ok']}; good rows {f['kept']}/{f['good']} kept ({f['good_lost']} lost); bad inputs "
-                  f"{f['bad_reported']}/{f['bad_planted']} reported with their reason ({len(f['wrong_reason'])} "
-                  f"wrong reasons); duplicates {f['duplicates']}; {f['seconds']} s"))  # fmt: skip
-    if only & {6, 7, 8}:
-        from trcgl_dev.faults.s3 import moto_server
+        b = corrupt_inputs(_mk(workdir / "corrupt-inputs"))
+        say(_line("corrupt inputs",
+                  f"job ok: {b.job_succeeded}; good rows {b.kept}/{b.good} kept ({b.good_lost} lost); bad inputs "
+                  f"{b.bad_reported}/{b.bad_planted} reported with their reason ({len(b.wrong_reason)} "
+                  f"wrong reasons); duplicates {b.duplicates}; {b.seconds} s"))  # fmt: skip
+    if only & {"storage-outage", "security", "bad-config"}:
+        from trcgl_dev.s3 import moto_server
 
         with moto_server() as endpoint:
-            if 6 in only:
-                from trcgl_dev.faults.scenarios import s3_outage_matrix
+            if "storage-outage" in only:
+                from trcgl_dev.faults.storage_outage import s3_outage_matrix
 
                 cases = [(op, s) for s in (2.0, 8.0) for op in ("read", "write", "checkpoint")] + [("write", 30.0)]
-                for f in s3_outage_matrix(endpoint, _bucket(endpoint, "faults-s3"), cases, workdir / "s6"):
-                    outcome = "survived" if f["survived"] else "failed loudly" if f["error"] else "FAILED SILENTLY"
-                    named = f" (error names the endpoint: {f['error_names_endpoint']})" if f["error"] else ""
-                    say(_line(6, f"s3 outage {f['outage_s']:.0f} s {f['op']}",
-                              f"{outcome}{named} after {f['seconds']:.1f} s; partial output published: "
-                              f"{f['partial_published']}"))  # fmt: skip
-            if 7 in only:
-                from trcgl_dev.faults.scenarios import cluster_start_commands_without_token, security
+                outages = s3_outage_matrix(
+                    endpoint, _bucket(endpoint, "faults-s3"), cases, _mk(workdir / "storage-outage")
+                )
+                for o in outages:
+                    outcome = "survived" if o.survived else "failed loudly" if o.error else "FAILED SILENTLY"
+                    named = f" (error names the endpoint: {o.error_names_endpoint})" if o.error else ""
+                    say(_line(f"s3 outage {o.outage_s:.0f} s {o.op}",
+                              f"{outcome}{named} after {o.seconds:.1f} s; partial output published: "
+                              f"{o.partial_published}"))  # fmt: skip
+            if "security" in only:
+                from trcgl_dev.faults.cluster_files import cluster_start_commands_without_token
+                from trcgl_dev.faults.security import security
 
-                f = security(endpoint, _bucket(endpoint, "faults-sec"), workdir / "s7")
-                auth = f["token_auth"]
+                sec = security(endpoint, _bucket(endpoint, "faults-sec"), _mk(workdir / "security"))
                 unguarded = cluster_start_commands_without_token()
-                say(_line(7, "security",
-                          f"token auth: {_short(auth)}; job with the secret in the nodes' environment: "
-                          f"{_short(f['job'])}; scanned {f['scanned_files']} files, secret found in "
-                          f"{len(f['secret_found_in'])} (control found: {f['control_found']}); cluster start commands "
+                say(_line("security",
+                          f"token auth: {_short(sec.token_auth)}; job with the secret in the nodes' environment: "
+                          f"{_short(sec.job)}; scanned {sec.scanned_files} files, secret found in "
+                          f"{len(sec.secret_found_in)} (control found: {sec.control_found}); cluster start commands "
                           f"without token auth: {_short(unguarded)}"))  # fmt: skip
-            if 8 in only:
-                from trcgl_dev.faults.scenarios import bad_configs
+            if "bad-config" in only:
+                from trcgl_dev.faults.bad_config import bad_configs
 
-                cases = bad_configs(endpoint)
-                for c in cases:
-                    say(_line(8, f"bad config {c['case']}"[:30],
-                              f"{c['error_type']} in {c['seconds']:.2f} s, names the problem: {c['names_problem']}: "
-                              f"{str(c['message'])[:110]}"))  # fmt: skip
+                for c in bad_configs(endpoint):
+                    say(_line(f"bad config {c.case}"[:30],
+                              f"{c.error_type} in {c.seconds:.2f} s, names the problem: {c.names_problem}: "
+                              f"{c.message[:110]}"))  # fmt: skip
     return lines
 
 
 def _short(value: Any, limit: int = 160) -> str:
+    """A result's fields, logs left out, shortened to ``limit`` characters."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     text = str({k: v for k, v in value.items() if not str(k).endswith("log")} if isinstance(value, dict) else value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _mk(folder: Path) -> bool:
+def _mk(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    return True
+    return folder
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -183,15 +219,13 @@ def run(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.benchmark faults", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder, removed after)")
-    p.add_argument("--only", type=int, nargs="+", default=list(SCENARIOS), help="scenario numbers to run (1-8)")
+    p.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS), metavar="SCENARIO",
+                   help="scenarios to run, by name (default: all)")  # fmt: skip
     args = p.parse_args(argv)
-    unknown = sorted(set(args.only) - set(SCENARIOS))
-    if unknown:
-        p.error(f"--only: unknown scenario numbers {unknown}; known: {list(SCENARIOS)}")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="trcgl-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    from trcgl_dev.faults.s3 import fake_credentials
+    from trcgl_dev.s3 import fake_credentials
 
     try:
         with fake_credentials():  # before Ray starts: its workers talk to the loopback S3 server too

@@ -1,48 +1,102 @@
-"""Fault scenario 1: a Ray Train worker killed (SIGKILL) mid-epoch, in classifier and in diffusion training.
+"""The train-worker kill scenario: a Ray Train worker killed (SIGKILL) mid-epoch, in classifier and in diffusion
+training, compared with a fault-free reference run of the same configuration.
 
 The training job runs in a thread of this process on the current Ray (``train.max_failures`` lets Ray Train restart
 the worker group); once Ray Train has registered a checkpoint and the next epoch is under way, one
 ``RayTrainWorker`` actor is killed. Afterwards the run's ``history.json`` says where each attempt started
 (``start_epoch``) and what each epoch saw (``train_images``, ``train_id_checksum`` summed over the workers).
-RELIABILITY_NOTES.md: a restart may begin from a checkpoint older than the latest reported one (ray issue 41700), so
-the figures say how often the resume point was the latest reported epoch rather than assume it.
+A restart may begin from a checkpoint older than the latest reported one
+(https://github.com/ray-project/ray/issues/41700), so the figures say whether the resume point was the latest
+reported epoch rather than assume it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trcgl.config import load_config
+from trcgl_dev.faults import Figures
+from trcgl_dev.faults.run_files import epochs_saw_each_row_once, read_history, registered_epochs, train_ids
 
 log = logging.getLogger(__name__)
 
-REFERENCE_EPOCHS = 2  # epochs of the suite's and the benchmark's scenario 1 runs (and so of shared references)
+REFERENCE_EPOCHS = 2  # epochs of the faulted runs of the suite and the benchmark, and so of the shared references
 
 
-def _registered(folder: Path) -> list[int]:
-    snapshot = folder / "checkpoint_manager_snapshot.json"
-    try:
-        data = json.loads(snapshot.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    return sorted(int(r["metrics"]["epoch"]) for r in data.get("checkpoint_results", []))
+@dataclass
+class ReferenceRun:
+    """A fault-free training run with the train-worker kill scenario's configuration (:func:`fault_overrides`).
+
+    Attributes:
+        stage: "classifier" or "diffusion".
+        run: its run name (``train.run``).
+        result: the training job's result (``run_training`` / ``run_train_diffusion``).
+        started_at: wall-clock time (``time.time()``) when its training began, so a scenario can tell whether the
+            run began after a point of its own (see
+            :func:`trcgl_dev.faults.driver_kill.classifier_driver_kill`).
+    """
+
+    stage: str
+    run: str
+    result: dict[str, Any]
+    started_at: float
 
 
-def _history(folder: Path) -> list[dict[str, Any]]:
-    try:
-        return json.loads((folder / "history.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
+@dataclass
+class WorkerKillResult(Figures):
+    """What :func:`train_worker_kill` measured.
+
+    Attributes:
+        stage: "classifier" or "diffusion".
+        completed: the training job returned a result after the kill.
+        error: the training job's exception (type and message), or None.
+        killed_after_epoch: epoch of the newest registered checkpoint at the kill.
+        reported_before_kill: epochs rank 0 had reported at the kill.
+        recovery_s: seconds from the kill to a new Train worker alive; None if none came up.
+        resumed_from: first epoch of the attempt after the kill (0: from scratch).
+        resumed_from_registered: ``resumed_from >= killed_after_epoch + 1`` (not older than the registered
+            checkpoint).
+        resumed_from_latest: ``resumed_from == reported_before_kill`` (from the latest reported epoch).
+        epochs_unique: every epoch exactly once in the final history.
+        each_row_once: every epoch saw each train row once over the workers
+            (:func:`~trcgl_dev.faults.run_files.epochs_saw_each_row_once`; diffusion's rows repeated by group
+            weight).
+        final: the last epoch's training loss of the faulted run (see :func:`_final`); None if it did not finish.
+        final_no_fault: the same of the fault-free reference run.
+        test_mauc: the faulted classifier's test mAUC (None for diffusion or when it did not finish).
+        test_mauc_no_fault: the reference classifier's test mAUC (None for diffusion).
+        reference_shared: the reference was given by the caller rather than trained here.
+        seconds: wall time from the start of the faulted run to its end.
+    """
+
+    stage: str
+    completed: bool
+    error: str | None
+    killed_after_epoch: int
+    reported_before_kill: int
+    recovery_s: float | None
+    resumed_from: int
+    resumed_from_registered: bool
+    resumed_from_latest: bool
+    epochs_unique: bool
+    each_row_once: bool
+    final: float | None
+    final_no_fault: float | None
+    test_mauc: float | None
+    test_mauc_no_fault: float | None
+    reference_shared: bool
+    seconds: float
 
 
 def _train_workers() -> list[int]:
+    """Pids of the live ``RayTrainWorker`` actors of the Ray this process is connected to."""
     import ray
     from ray.util.state import list_actors
 
@@ -67,14 +121,13 @@ def _final(stage: str, out: dict[str, Any], root: Path) -> float | None:
     """The figure compared with the fault-free run: the last epoch's training loss.
 
     For the classifier that is rank 0's mean loss in the run's ``history.json``, not the test mAUC: two epochs of the
-    tiny model score near chance (test mAUC 0.47-0.59 over fault-free runs of 2026-11-28, one epoch or two alike),
-    so mAUC could not tell a run that lost an epoch from one that did not; the loss can (about 0.33 after one epoch,
-    0.16-0.21 after two).
+    tiny model score near chance whether they trained one epoch or two, so mAUC cannot tell a run that lost an epoch
+    from one that did not; the loss can (about 0.33 after one epoch, 0.16-0.21 after two).
     """
     if stage == "diffusion":
         value = out.get("last_loss")
     else:
-        history = _history(root / "runs" / out["run"] / stage)
+        history = read_history(root / "runs" / out["run"] / stage)
         value = history[-1]["train_loss"] if history else None
     return None if value is None else float(value)
 
@@ -87,12 +140,13 @@ def fault_overrides(root: Path, dataset: str, stage: str, epochs: int) -> list[s
     return common
 
 
-def reference_run(root: Path, dataset: str, stage: str, epochs: int, run: str | None = None) -> dict[str, Any]:
+def reference_run(root: Path, dataset: str, stage: str, epochs: int, run: str | None = None) -> ReferenceRun:
     """Trains the fault-free reference of :func:`train_worker_kill` (run ``worker-kill-{stage}-no-fault`` unless
-    ``run`` names another) and returns the training job's result."""
-    return _run(
-        stage, [*fault_overrides(root, dataset, stage, epochs), f"train.run={run or f'worker-kill-{stage}-no-fault'}"]
-    )
+    ``run`` names another) on the current Ray."""
+    run = run or f"worker-kill-{stage}-no-fault"
+    started_at = time.time()
+    result = _run(stage, [*fault_overrides(root, dataset, stage, epochs), f"train.run={run}"])
+    return ReferenceRun(stage, run, result, started_at)
 
 
 def train_worker_kill(
@@ -103,23 +157,24 @@ def train_worker_kill(
     kill_delay_s: float = 1.0,
     timeout_s: float = 600.0,
     reference: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Kills one Train worker mid-epoch in ``stage`` ("classifier" or "diffusion") training; compares with the same
-    config trained without a fault under another run name (``reference``: that run's result when it was already
-    trained with :func:`fault_overrides`' config, else trained here).
+) -> WorkerKillResult:
+    """Kills one Train worker mid-epoch in ``stage`` training and compares the outcome with a fault-free run.
 
-    Returns:
-        Figures: ``completed``, ``error``, ``killed_after_epoch`` (the newest registered checkpoint's epoch at the
-        kill), ``reported_before_kill`` (epochs rank 0 had reported), ``recovery_s`` (kill to a new worker alive),
-        ``resumed_from`` (first epoch of the attempt after the kill; 0 = from scratch),
-        ``resumed_from_registered`` (resumed_from >= killed_after_epoch + 1), ``resumed_from_latest``
-        (resumed_from == reported_before_kill), ``epochs_unique`` (every epoch once in the final history),
-        ``rows_ok`` (every epoch saw each row once, as :func:`trcgl_dev.faults.kills.epochs_saw_each_row_once`
-        checks: diffusion's rows repeated by group weight), ``final`` / ``final_no_fault`` (the last epoch's loss,
-        see :func:`_final`), ``test_mAUC`` / ``test_mAUC_no_fault`` (classifier) and ``seconds``.
+    Args:
+        root: the storage root holding the prepared dataset.
+        dataset: the prepared dataset's name.
+        stage: "classifier" or "diffusion".
+        epochs: epochs of the faulted run (and of the reference).
+        kill_delay_s: seconds after the first registered checkpoint before the kill, to land inside the next epoch.
+        timeout_s: how long the run may take before the scenario gives up.
+        reference: the result of a fault-free run already trained with :func:`fault_overrides`' configuration and
+            the same ``epochs`` (e.g. :attr:`ReferenceRun.result`); None: one is trained here.
+
+    Raises:
+        ValueError: an unknown ``stage``.
+        TimeoutError: no checkpoint was registered within ``timeout_s``.
+        RuntimeError: the run ended before the kill point, or no Train worker was alive to kill.
     """
-    from trcgl_dev.faults.kills import epochs_saw_each_row_once, train_ids
-
     if stage not in ("classifier", "diffusion"):
         raise ValueError(f"stage must be classifier or diffusion, got {stage!r}")
     run = f"worker-kill-{stage}"
@@ -137,14 +192,14 @@ def train_worker_kill(
     thread = threading.Thread(target=target, name=f"trcgl-{run}", daemon=True)
     thread.start()
     deadline = time.perf_counter() + timeout_s
-    while not _registered(folder) and thread.is_alive():
+    while not registered_epochs(folder) and thread.is_alive():
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{run}: no checkpoint registered in {timeout_s:.0f} s")
         time.sleep(0.25)
     if not thread.is_alive():
         raise RuntimeError(f"{run} ended before the kill point: {out.get('error') or 'finished too fast'}")
     time.sleep(kill_delay_s)  # into the next epoch
-    killed_after, reported = max(_registered(folder)), len(_history(folder))
+    killed_after, reported = max(registered_epochs(folder)), len(read_history(folder))
     workers = _train_workers()
     if not workers:
         raise RuntimeError(f"{run}: no live RayTrainWorker to kill")
@@ -158,35 +213,36 @@ def train_worker_kill(
     thread.join(timeout=max(1.0, deadline - time.perf_counter()))
     seconds = time.perf_counter() - t0
 
-    history = _history(folder)
+    history = read_history(folder)
     epochs_seen = [int(h["epoch"]) for h in history]
     starts = [int(h.get("start_epoch", 0)) for h in history]
     after = [s for e, s in zip(epochs_seen, starts, strict=True) if e > killed_after]
     resumed_from = min(after) if after else (max(starts) if starts else 0)
     cfg = load_config("tiny", [*common, f"train.run={run}"])
     weights = None if stage == "classifier" else dict(cfg.diffusion.group_weights)
-    rows_ok = epochs_saw_each_row_once(history, train_ids(root, dataset, weights), cfg.train.num_workers)
+    each_row_once = epochs_saw_each_row_once(history, train_ids(root, dataset, weights), cfg.train.num_workers)
     reference_shared = reference is not None
     if reference is None:
-        reference = reference_run(root, dataset, stage, epochs)
-    figures = {
-        "stage": stage,
-        "completed": "result" in out and not thread.is_alive(),
-        "error": out.get("error"),
-        "killed_after_epoch": killed_after,
-        "reported_before_kill": reported,
-        "recovery_s": None if recovery is None else round(recovery, 1),
-        "resumed_from": resumed_from,
-        "resumed_from_registered": resumed_from >= killed_after + 1,
-        "resumed_from_latest": resumed_from == reported,
-        "epochs_unique": epochs_seen == list(range(epochs)),
-        "rows_ok": rows_ok,
-        "final": _final(stage, out["result"], root) if "result" in out else None,
-        "final_no_fault": _final(stage, reference, root),
-        "test_mAUC": out["result"]["test"]["mAUC"] if stage == "classifier" and "result" in out else None,
-        "test_mAUC_no_fault": reference["test"]["mAUC"] if stage == "classifier" else None,
-        "reference_shared": reference_shared,
-        "seconds": round(seconds, 1),
-    }
+        reference = reference_run(root, dataset, stage, epochs).result
+    result = out.get("result")  # present once the faulted run returned
+    figures = WorkerKillResult(
+        stage=stage,
+        completed="result" in out and not thread.is_alive(),
+        error=out.get("error"),
+        killed_after_epoch=killed_after,
+        reported_before_kill=reported,
+        recovery_s=None if recovery is None else round(recovery, 1),
+        resumed_from=resumed_from,
+        resumed_from_registered=resumed_from >= killed_after + 1,
+        resumed_from_latest=resumed_from == reported,
+        epochs_unique=epochs_seen == list(range(epochs)),
+        each_row_once=each_row_once,
+        final=_final(stage, result, root) if "result" in out else None,
+        final_no_fault=_final(stage, reference, root),
+        test_mauc=result["test"]["mAUC"] if stage == "classifier" and "result" in out else None,
+        test_mauc_no_fault=reference["test"]["mAUC"] if stage == "classifier" else None,
+        reference_shared=reference_shared,
+        seconds=round(seconds, 1),
+    )
     log.info("train worker kill: %s", figures)
     return figures

@@ -1,10 +1,14 @@
-"""A moto S3 server on loopback, for the fault benchmark and the tests' S3 fixture."""
+"""A moto S3 server on loopback and the fake credentials it takes, shared by the tests' S3 fixture and the fault
+benchmark.
+
+moto accepts any key, so the credentials here are placeholders; setting them keeps real credentials from ever being
+sent to the loopback server and lets a run against it work on a machine that has none.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,10 +18,17 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """A moto S3 server on a free loopback port (stopped by pid); yields its endpoint URL."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    """A moto S3 server on a free loopback port; yields its endpoint URL once it answers.
+
+    The server is stopped by its own pid on exit (SIGTERM, then SIGKILL after 10 s).
+
+    Raises:
+        RuntimeError: the server exited or did not answer within 30 s.
+    """
+    # lazy: trcgl.ray_runtime imports ray, and tests/conftest.py imports this module before it sets Ray's environment
+    from trcgl.ray_runtime import free_port
+
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -43,7 +54,7 @@ def moto_server() -> Iterator[str]:
             proc.kill()
 
 
-# The loopback server accepts any key; these are what the tests' conftest sets too.
+# The loopback server accepts any key; tests/conftest.py sets these before Ray starts.
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -53,10 +64,10 @@ FAKE_CREDENTIALS = {
 
 @contextlib.contextmanager
 def fake_credentials() -> Iterator[None]:
-    """Test credentials in this process's environment for a loopback S3 server, the previous values restored after.
+    """:data:`FAKE_CREDENTIALS` in this process's environment; the previous values are restored on exit.
 
-    Enter it before Ray starts: its workers inherit the environment then. Real credentials never go to the moto
-    server, and a run against it works on a machine that has none.
+    Enter it before Ray starts: Ray's workers inherit the environment of the process that starts Ray, so they talk to
+    the loopback server with these too.
     """
     before = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
     os.environ.update(FAKE_CREDENTIALS)

@@ -1,0 +1,262 @@
+"""The driver-kill scenarios: a job's driver process killed (its whole process group, SIGKILL), then the same command
+run again. The classifier driver kill (``jobs.train_classifier``) and the sweep driver kill (``jobs.sweep``) are here;
+the generation kill (:mod:`trcgl_dev.faults.generation_kill`) uses the same :func:`kill_when` and :func:`run_job`.
+
+Each job runs as ``python -m jobs.X``, as a user would run it: a driver on the Ray the caller is connected to (the
+cluster outlives the killed driver, as under ``ray job submit``), or with its own local Ray when the caller has none.
+The figures come from what the jobs left in storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from trcgl_dev.faults import Figures
+from trcgl_dev.faults.ray_worker_kill import ReferenceRun, reference_run
+from trcgl_dev.faults.run_files import epochs_saw_each_row_once, read_history, registered_epochs, train_ids
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+FRESH_RUN = "kill-driver-other"  # the classifier driver kill's own fresh run, when it trains one
+
+
+def job_env() -> dict[str, str]:
+    """The environment of a job a scenario starts: ours, with ``RAY_ADDRESS`` naming the Ray this process is
+    connected to, if any.
+
+    The job is then one more driver on that cluster, as under ``ray job submit``: killing it leaves the cluster up,
+    and Ray ends the dead driver's actors, tasks and placement groups, which the rerun must not trip over. Without a
+    connected Ray the job starts its own local one (and the kill takes it down too).
+    """
+    from trcgl.ray_runtime import connected_address
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    address = connected_address()
+    if address:
+        env["RAY_ADDRESS"] = address
+    return env
+
+
+def kill_when(
+    cmd: list[str], ready: Callable[[], bool], log_path: Path, timeout_s: float = 600.0, poll_s: float = 0.5
+) -> float:
+    """Starts ``cmd`` in its own process group and SIGKILLs the group once ``ready()`` holds.
+
+    Returns:
+        Seconds from start to the kill.
+
+    Raises:
+        RuntimeError: the job exited, or ``ready()`` did not hold within ``timeout_s`` (the job is killed first);
+            the message ends with the job's last log lines.
+    """
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=job_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(cmd[:4])} exited ({proc.returncode}) before the kill point: "
+                                   + log_path.read_text(errors="replace")[-2000:])  # fmt: skip
+            if time.perf_counter() - t0 > timeout_s:
+                raise RuntimeError(f"kill point not reached in {timeout_s:.0f} s: "
+                                   + log_path.read_text(errors="replace")[-2000:])  # fmt: skip
+            time.sleep(poll_s)
+        return time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+
+
+def run_job(cmd: list[str], timeout_s: float = 600.0) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` to the end in the repository, with :func:`job_env` (output captured)."""
+    return subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout_s)
+
+
+@dataclass
+class ClassifierDriverKillResult(Figures):
+    """What :func:`classifier_driver_kill` measured.
+
+    Attributes:
+        killed_at_s: seconds from the job's start to the kill.
+        last_registered: epoch of the newest checkpoint Ray Train had registered at the kill.
+        reported: epochs rank 0 had reported at the kill.
+        resumed_from: first epoch the rerun trained (0: from scratch; -1: it trained nothing).
+        resumed_at_or_after_checkpoint: ``resumed_from >= last_registered + 1``.
+        resumed_from_latest_reported: ``resumed_from == reported``.
+        epochs: epochs in the final history.
+        epochs_unique: the final history holds each epoch exactly once.
+        each_row_once: every epoch saw each train row once over the workers
+            (:func:`~trcgl_dev.faults.run_files.epochs_saw_each_row_once`).
+        rerun_rc: exit code of the rerun.
+        rerun_log: the end of the rerun's output when it failed, else "".
+        fresh_run: the run name of the fault-free run under another name, trained after the kill.
+        fresh_run_shared: that run was the caller's (the shared classifier reference) rather than trained here.
+        fresh_start_epoch: the fresh run's first epoch (0: it did not pick up the killed run; -1: no history).
+        fresh_epochs: the epochs the fresh run trained.
+    """
+
+    killed_at_s: float
+    last_registered: int
+    reported: int
+    resumed_from: int
+    resumed_at_or_after_checkpoint: bool
+    resumed_from_latest_reported: bool
+    epochs: int
+    epochs_unique: bool
+    each_row_once: bool
+    rerun_rc: int
+    rerun_log: str
+    fresh_run: str
+    fresh_run_shared: bool
+    fresh_start_epoch: int
+    fresh_epochs: list[int]
+
+
+def classifier_driver_kill(
+    root: Path,
+    dataset: str,
+    workdir: Path,
+    epochs: int = 2,
+    fresh: Callable[[], ReferenceRun] | None = None,
+) -> ClassifierDriverKillResult:
+    """``jobs.train_classifier`` killed (driver and, without a connected Ray, its local Ray) after its first
+    registered checkpoint, the same command run again, then a run under another name looked at.
+
+    The run under another name must start at epoch 0 although the killed run's checkpoints sit beside it. It has the
+    configuration of the train-worker kill scenario's fault-free classifier reference
+    (:func:`~trcgl_dev.faults.ray_worker_kill.reference_run`, same ``epochs``), so one run can serve both scenarios:
+    ``fresh`` gives that shared run and is called only after the kill and the rerun. A run that began training
+    before the kill could not show that a new run name ignores the killed run's checkpoints, so when the run
+    ``fresh`` gives began earlier (another scenario asked for it first), or without ``fresh``, a fresh run
+    (:data:`FRESH_RUN`) is trained here.
+
+    Args:
+        root: the storage root holding the prepared dataset.
+        dataset: the prepared dataset's name.
+        workdir: scratch for the killed job's log.
+        epochs: epochs of every run here.
+        fresh: gives the shared fault-free classifier reference (trained on first call).
+    """
+    run = "kill-driver"
+    base = [sys.executable, "-m", "jobs.train_classifier", "--config", "tiny", "--set", f"storage.root={root}",
+            f"train.dataset={dataset}", f"train.epochs={epochs}", "train.bootstrap=10"]  # fmt: skip
+    classifier = root / "runs" / run / "classifier"
+    killed_at = kill_when(
+        [*base, f"train.run={run}"], lambda: bool(registered_epochs(classifier)), workdir / "first.log"
+    )
+    killed_wall = time.time()  # kill_when has killed the job's process group when it returns
+    last_registered = max(registered_epochs(classifier))
+    reported = len(read_history(classifier))
+    rerun = run_job([*base, f"train.run={run}"])
+    history = read_history(classifier)
+    epochs_seen = [int(h["epoch"]) for h in history]
+    resumed = [int(h.get("start_epoch", 0)) for h in history if int(h.get("start_epoch", 0)) > 0]
+    resumed_from = min(resumed) if resumed else (0 if history else -1)
+    each_row_once = epochs_saw_each_row_once(history, train_ids(root, dataset), 2)  # tiny: 2 Train workers
+    shared = fresh() if fresh is not None else None
+    fresh_shared = shared is not None and shared.started_at >= killed_wall
+    fresh_run = shared.run if fresh_shared else reference_run(root, dataset, "classifier", epochs, run=FRESH_RUN).run
+    fresh_history = read_history(root / "runs" / fresh_run / "classifier")
+    figures = ClassifierDriverKillResult(
+        killed_at_s=round(killed_at, 1),
+        last_registered=last_registered,
+        reported=reported,
+        resumed_from=resumed_from,
+        resumed_at_or_after_checkpoint=resumed_from >= last_registered + 1,
+        resumed_from_latest_reported=resumed_from == reported,
+        epochs=len(epochs_seen),
+        epochs_unique=epochs_seen == list(range(epochs)),
+        each_row_once=each_row_once,
+        rerun_rc=rerun.returncode,
+        rerun_log=(rerun.stdout + rerun.stderr)[-1500:] if rerun.returncode else "",
+        fresh_run=fresh_run,
+        fresh_run_shared=fresh_shared,
+        fresh_start_epoch=int(fresh_history[0].get("start_epoch", -1)) if fresh_history else -1,
+        fresh_epochs=[int(h["epoch"]) for h in fresh_history],
+    )
+    log.info("classifier driver kill: %s", figures)
+    return figures
+
+
+@dataclass
+class SweepDriverKillResult(Figures):
+    """What :func:`sweep_driver_kill` measured. The leaderboard figures are None when the rerun failed.
+
+    Attributes:
+        killed_at_s: seconds from the sweep's start to the kill.
+        finished_before_kill: trials whose summary existed at the kill.
+        rerun_rc: exit code of the rerun.
+        resumed: the rerun restored the Tune experiment (its log says "resuming the sweep").
+        rerun_log: the end of the rerun's stderr when it failed, else "".
+        retrained: trials finished before the kill that were trained again (their summaries rewritten).
+        trials: rows on the final leaderboard.
+        unique_trials: distinct trial ids on it.
+        finished_kept: every trial finished before the kill is on it.
+        configs_sampled_twice: leaderboard rows whose sampled parameters repeat another row's.
+    """
+
+    killed_at_s: float
+    finished_before_kill: int
+    rerun_rc: int
+    resumed: bool
+    rerun_log: str = ""
+    retrained: int | None = None
+    trials: int | None = None
+    unique_trials: int | None = None
+    finished_kept: bool | None = None
+    configs_sampled_twice: int | None = None
+
+
+def sweep_driver_kill(root: Path, workdir: Path, trials: int = 2) -> SweepDriverKillResult:
+    """``jobs.sweep`` killed once its first trial finished, then the same command again.
+
+    Args:
+        root: the storage root holding the prepared tiny dataset.
+        workdir: scratch for the killed sweep's log.
+        trials: ``sweep.num_samples``.
+    """
+    import pandas as pd
+
+    space = ("sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
+             "model.gcn: {type: choice, values: [true, false]}}")  # fmt: skip
+    cmd = [sys.executable, "-m", "jobs.sweep", "--config", "tiny", "--set", f"storage.root={root}",
+           "train.run=kill-sweep", f"sweep.num_samples={trials}", "train.epochs=1", "sweep.scheduler=asha",
+           "train.bootstrap=10", space]  # fmt: skip
+    folder = root / "runs" / "kill-sweep" / "sweep"
+    killed_at = kill_when(
+        cmd, lambda: bool(list((folder / "trials").glob("*/classifier/summary.json"))), workdir / "sweep.log"
+    )
+    done = {p.parts[-3]: p.stat().st_mtime for p in (folder / "trials").glob("*/classifier/summary.json")}
+    rerun = run_job(cmd)
+    figures = SweepDriverKillResult(
+        killed_at_s=round(killed_at, 1),
+        finished_before_kill=len(done),
+        rerun_rc=rerun.returncode,
+        resumed="resuming the sweep" in rerun.stderr,
+    )
+    if rerun.returncode != 0:
+        figures.rerun_log = rerun.stderr[-1500:]
+        return figures
+    board = pd.read_parquet(folder / "leaderboard.parquet")
+    params = board[[c for c in board.columns if c.startswith("param.")]].astype(str).agg("|".join, axis=1)
+    figures.retrained = sum(
+        (folder / "trials" / t / "classifier" / "summary.json").stat().st_mtime != m for t, m in done.items()
+    )
+    figures.trials = len(board)
+    figures.unique_trials = int(board["trial_id"].nunique())
+    figures.finished_kept = sorted(done) == sorted(set(done) & set(board["trial_id"]))
+    figures.configs_sampled_twice = int(len(params) - params.nunique())
+    log.info("sweep driver kill: %s", figures)
+    return figures

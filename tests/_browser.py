@@ -2,7 +2,8 @@
 
 ``--remote-debugging-pipe``: JSON messages separated by NUL bytes on file descriptors 3 and 4, so no websocket
 library and no port. :func:`find_browser` returns None when no binary is installed (Debian: ``apt-get install
-chromium``; or point ``$TRCGL_CHROMIUM`` at one); tests then skip with :func:`skip_reason`.
+chromium``; or point ``$TRCGL_CHROMIUM`` at one); :func:`browser_or_skip` then skips with :func:`skip_reason`, or
+fails under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -183,6 +184,19 @@ INSPECT_JS = r"""
   });
 })()
 """
+
+
+def browser_or_skip() -> str:
+    """The Chromium binary; without one, the test skips saying where it looked, or fails under ``CI=true`` (where
+    ``.ci/run`` installs it, so a missing browser is a broken CI, not a reason to skip)."""
+    import pytest
+
+    binary = find_browser()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but " + skip_reason())
+        pytest.skip(skip_reason())
+    return binary
 
 
 def skip_reason() -> str:

@@ -24,7 +24,7 @@ from trcgl_dev.s3 import FAKE_CREDENTIALS
 # Test-only credentials for the loopback S3 server, from the environment as in production (never from config).
 # Set before Ray starts (and before anything imports ray) so its workers inherit them.
 for _key, _value in FAKE_CREDENTIALS.items():
-    os.environ.setdefault(_key, _value)
+    os.environ[_key] = _value  # real credentials, if any, are never sent to the loopback server
 os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _browser import find_browser, inspect_page, skip_reason
+from _browser import browser_or_skip, inspect_page
 
 from trcgl_dev import ray_head
-from trcgl_dev.ray_head import TokenHead, ray_cli
+from trcgl_dev.ray_head import ray_cli
+from trcgl_dev.s3 import FAKE_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_SPACE = (
@@ -25,19 +26,24 @@ SWEEP_SPACE = (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def token_head(tmp_path: Path) -> Iterator[TokenHead]:
-    """A token-auth ``ray start --head --block`` on free loopback ports (:func:`trcgl_dev.ray_head.token_head`),
-    stopped by its own pid and process group. It keeps the user's HOME and lets Ray detect GPUs, as the pipeline job
-    would find them on a real node."""
-    with ray_head.token_head(tmp_path / "head", own_home=False, num_gpus=None) as head:
-        yield head
+@pytest.fixture(scope="module")
+def pipeline_job(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The tiny pipeline submitted as a Ray job to a token-auth head (:func:`trcgl_dev.ray_head.token_head`, which
+    keeps the user's HOME and lets Ray detect GPUs, as the job would find them on a real node) with storage on the
+    loopback S3 server; the head is stopped by its own pid and process group.
 
+    Yields:
+        root (the s3:// storage root), the submit command's results (``refused``: without the token; ``ok``), and a
+        scratch folder.
+    """
+    import boto3
 
-def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head: TokenHead, s3_endpoint, s3_bucket, tmp_path):
-    from jobs import results
+    from trcgl.ray_runtime import free_port
 
-    root = f"s3://{s3_bucket}/trcgl"
+    tmp = tmp_path_factory.mktemp("pipeline-job")
+    bucket = f"trcgl-test-{free_port()}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    root = f"s3://{bucket}/trcgl"
     job = [
         "--", "python", "-m", "jobs.pipeline", "--config", "tiny", "--set", f"storage.root={root}",
         f"storage.endpoint_url={s3_endpoint}", "sweep.num_samples=1", "train.epochs=1", "diffusion.epochs=1",
@@ -45,19 +51,27 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head: Token
         # the GPU code paths that exist on CPU, inside real jobs: channels-last and torch.compile (tracing backend)
         "train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",
     ]  # fmt: skip
-    submit = [*ray_cli(), "job", "submit", "--address", token_head.address, "--working-dir", ".", *job]
-    refused = subprocess.run(
-        submit, cwd=REPO, env={**token_head.env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "no-such-token")},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    with ray_head.token_head(tmp / "head", own_home=False, num_gpus=None) as head:
+        submit = [*ray_cli(), "job", "submit", "--address", head.address, "--working-dir", ".", *job]
+        refused = subprocess.run(
+            submit, cwd=REPO, env={**head.env, "RAY_AUTH_TOKEN_PATH": str(tmp / "no-such-token")},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        for _ in range(15):  # the head's job agent starts a little after its dashboard answers
+            ok = subprocess.run(submit, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=900)
+            if "No available agent to submit job" not in ok.stdout + ok.stderr:
+                break
+            time.sleep(2)
+    yield {"root": root, "endpoint": s3_endpoint, "refused": refused, "ok": ok, "tmp": tmp}
+
+
+def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
+    from jobs import results
+
+    root, s3_endpoint, tmp_path = pipeline_job["root"], pipeline_job["endpoint"], pipeline_job["tmp"]
+    refused, ok = pipeline_job["refused"], pipeline_job["ok"]
     assert refused.returncode != 0
     assert any(w in (refused.stdout + refused.stderr).lower() for w in ("401", "403", "unauthorized", "token"))
-
-    for _ in range(15):  # the head's job agent starts a little after its dashboard answers
-        ok = subprocess.run(submit, cwd=REPO, env=token_head.env, capture_output=True, text=True, timeout=900)
-        if "No available agent to submit job" not in ok.stdout + ok.stderr:
-            break
-        time.sleep(2)
     assert ok.returncode == 0, (ok.stdout + ok.stderr)[-4000:]
     assert "report:" in ok.stdout + ok.stderr  # the summary table and report path reach the job log
 
@@ -90,21 +104,25 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(token_head: Token
         storage.read_json(datasets[0])["files"]
     )
     config_text = storage.read_bytes(datasets[0].replace("_manifest.json", "config.yaml")).decode()
-    assert "testing" not in config_text  # credentials from the environment never reach saved configs
+    # credentials from the environment (this run's random fake secret) never reach saved configs
+    assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in config_text
     baseline = storage.list_files("runs/tiny/baseline/classifier")
     assert "runs/tiny/baseline/classifier/best/model.pt" in baseline
     assert any(f.startswith("runs/tiny/baseline/classifier/checkpoint_") and f.endswith("model.pt") for f in baseline)
 
-    html = dest / "report.html"
+    assert (dest / "report.html").exists()
+
+
+def test_pipeline_report_opens_in_a_browser(pipeline_job):
+    """The report the pipeline job wrote, downloaded by jobs.results, in a real headless Chromium."""
+    html = pipeline_job["tmp"] / "report" / "report.html"
     assert html.exists()
-    binary = find_browser()
-    if binary is None:
-        pytest.skip(skip_reason())
-    page, png = inspect_page(binary, html, tmp_path / "profile")
+    binary = browser_or_skip()
+    page, png = inspect_page(binary, html, pipeline_job["tmp"] / "profile")
     assert page["resources"] == []
     captions = [t["caption"] for t in page["tables"]]
     assert "Leaderboard" in captions and "Stages" in captions
     summary_table = page["tables"][0]
     assert [r[0] for r in summary_table["rows"]] == ["best", "baseline"]
     assert page["images"] and all(i["complete"] and i["naturalWidth"] > 0 for i in page["images"])
-    shutil.copy(html, tmp_path / "kept-report.html")
+    shutil.copy(html, pipeline_job["tmp"] / "kept-report.html")

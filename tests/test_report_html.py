@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _browser import find_browser, inspect_page, skip_reason
+from _browser import browser_or_skip, inspect_page
 from PIL import Image as PILImage
 
 from trcgl.pipeline.html import PNG_SIGNATURE, Code, Image, Images, Section, Table, Text, render, versions
@@ -167,9 +167,7 @@ def test_png_signature_constant():
 
 
 def test_report_renders_in_headless_chromium(tmp_path: Path):
-    binary = find_browser()
-    if binary is None:
-        pytest.skip(skip_reason())
+    binary = browser_or_skip()
     red = _pil_png((40, 24), (255, 0, 0))
     plot = _matplotlib_png()
     plot_size = PILImage.open(io.BytesIO(plot)).size

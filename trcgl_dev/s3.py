@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -54,10 +55,11 @@ def moto_server() -> Iterator[str]:
             proc.kill()
 
 
-# The loopback server accepts any key; tests/conftest.py sets these before Ray starts.
+# The loopback server accepts any key; tests/conftest.py sets these before Ray starts. Random per process, so a scan
+# for a leaked secret looks for this run's value, never a literal that could occur by chance.
 FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_ACCESS_KEY_ID": f"trcgl-test-key-{secrets.token_hex(4)}",
+    "AWS_SECRET_ACCESS_KEY": f"trcgl-test-secret-{secrets.token_hex(12)}",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 

@@ -158,7 +158,8 @@ def test_token_auth_refuses_and_no_secret_in_anything_a_job_leaves(s3_endpoint: 
     job = r.job
     assert job.succeeded, job.log_tail
     assert job.saved_configs, job  # the run's saved config.yaml files were among the scanned files
-    assert r.secret_in_node_env is not False, r  # the job ran with the secret in its node's environment
+    # the job ran with the secret in its node's environment (read from /proc, which every Linux machine has)
+    assert r.secret_in_node_env is True, r
     assert r.control_found, r  # the scan does find the secret where it is
     assert r.secret_found_in == [], r.secret_found_in
 

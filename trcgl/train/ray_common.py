@@ -63,9 +63,8 @@ def hold_if_small(ds: ray.data.Dataset, nbytes: int, cache_mb: float, what: str)
     """``ds`` read once and held in Ray's object store when its estimated size ``nbytes`` is within ``cache_mb``
     (``train.cache_mb``); else ``ds`` as it is, which Ray Train executes again (read, filter, map tasks) every epoch.
 
-    On small data those per-epoch tasks cost more than the training: a tiny-config classifier epoch took 6.6 s
-    streamed and 2.7 s held on 2 CPUs (``python -m jobs.benchmark cache``). The held blocks belong to the driver, so
-    they outlive a Train worker restart.
+    On small data those per-epoch tasks cost more than the training (``python -m jobs.benchmark cache`` compares the
+    two; BENCHMARKS.md has its figures). The held blocks belong to the driver, so they outlive a Train worker restart.
     """
     if nbytes <= 0:
         log.info("%s: size unknown, streamed from storage each epoch", what)

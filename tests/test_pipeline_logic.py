@@ -11,12 +11,13 @@ from trcgl.storage import Storage
 
 
 def test_filtered_set_without_threshold_fails_before_any_work():
-    cfg = load_config("tiny", ["generate.fidelity_threshold=null"])
+    filtered = "sweep.space={synthetic_set: {type: choice, values: [synthetic, synthetic_filtered]}}"
+    cfg = load_config("tiny", [filtered, "generate.fidelity_threshold=null"])
     assert "synthetic_filtered" in cfg.sweep.space["synthetic_set"]["values"]
     with pytest.raises(ConfigError, match="fidelity_threshold"):
         check_pipeline(cfg)
-    check_pipeline(load_config("tiny", ["generate.fidelity_threshold=0.1"]))
-    check_pipeline(load_config("tiny", ["sweep.enabled=false"]))  # no sweep: nothing draws from it
+    check_pipeline(load_config("tiny", [filtered, "generate.fidelity_threshold=0.1"]))
+    check_pipeline(load_config("tiny", [filtered, "sweep.enabled=false"]))  # no sweep: nothing draws from it
 
 
 def test_synthetic_space_without_diffusion_fails():

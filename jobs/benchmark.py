@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl_dev.benchmarks.ray_faults_bench import run as run_faults
 
         setup_logging("WARNING")
-        return run_faults(args_in[1:])
+        return 1 if run_faults(args_in[1:]) else 0  # a failure count: any line that said FAILED fails the command
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="which", required=True)
     prep = sub.add_parser("prepare", help="Ray Data prepare vs PC_Dataset + DataLoader")

@@ -29,9 +29,10 @@ from trcgl_dev.faults.storage_outage import OPS, OutageResult, s3_outage_matrix
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 SHORT_OUTAGES = (2.0, 8.0)
-LONG_OUTAGE = ("checkpoint", 30.0)
-# 2 s and 8 s for every op; the 30 s outage only once, for the checkpoint (the op whose failure could leave a partial
-# publish), because it costs about 35 s. All seven cases run at once, each through its own proxy and prefix.
+LONG_OUTAGE = ("folder", 30.0)
+# 2 s and 8 s for every op; the 30 s outage only once, for the folder upload through trcgl.storage (files, then the
+# manifest: the op whose failure could leave a partial publish), because it costs about 35 s. All seven cases run at
+# once, each through its own proxy and prefix.
 OUTAGE_CASES = [(op, s) for s in SHORT_OUTAGES for op in OPS] + [LONG_OUTAGE]
 
 
@@ -119,7 +120,7 @@ def test_short_outage_is_ridden_out_by_the_configured_retries(
     assert not r.partial_published, r
     # it did wait the outage out (nothing reached the endpoint while cut), and not much longer
     assert outage_s - 0.5 <= r.seconds < outage_s + 20, r
-    if op == "checkpoint":
+    if op == "folder":
         assert r.later_stage_sees == "complete", r
 
 

@@ -30,8 +30,12 @@ def test_killed_train_worker_recovers_from_a_registered_checkpoint(
     # since a restart may begin from an older one (https://github.com/ray-project/ray/issues/41700)
     assert r.resumed_from_registered, r
     assert r.epochs_unique and r.each_row_once, r  # each epoch once in the history, each row once per epoch
-    # the last epoch's loss against a fault-free run of the same config, data order aside. Classifier: fault-free
-    # runs spread 0.16-0.21 after two epochs (rank 0's half of the rows), one epoch lost would read about 0.33.
-    # Diffusion: the denoising loss is steady (about 0.806 with or without the fault).
-    tolerance = 0.35 if stage == "classifier" else 0.25
-    assert abs(r.final - r.final_no_fault) <= tolerance * r.final_no_fault, r
+    # as many rows trained over the run as the fault-free run of the same config: an epoch lost (or trained twice)
+    # after the restart changes the sum, whether or not the loss shows it
+    assert r.epochs_no_fault == list(range(REFERENCE_EPOCHS)), r
+    assert r.rows_trained == r.rows_trained_no_fault > 0, r
+    if stage == "classifier":
+        # the last epoch's loss against the fault-free run's, data order aside: fault-free runs spread 0.16-0.21
+        # after two epochs (rank 0's half of the rows), one epoch lost would read about 0.33. The diffusion loss
+        # barely moves between epochs, so there it is a recorded figure only (r.final, r.final_no_fault).
+        assert abs(r.final - r.final_no_fault) <= 0.35 * r.final_no_fault, r

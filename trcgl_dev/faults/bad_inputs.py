@@ -21,7 +21,8 @@ class CorruptInputsResult(Figures):
     """What :func:`corrupt_inputs` measured.
 
     Attributes:
-        job_succeeded: the prepare job returned (it raises on failure, so a result always says True).
+        job_succeeded: the prepare job returned a report naming its dataset, and the dataset could be read back.
+        error: the job's (or the read-back's) exception, type and message, when it did not succeed; else None.
         good: good rows planted.
         kept: distinct image ids in the prepared dataset.
         good_lost: good rows missing from the dataset.
@@ -35,6 +36,7 @@ class CorruptInputsResult(Figures):
     """
 
     job_succeeded: bool
+    error: str | None
     good: int
     kept: int
     good_lost: int
@@ -73,17 +75,28 @@ def corrupt_inputs(workdir: Path) -> CorruptInputsResult:
         ],
     )
     t0 = time.perf_counter()
-    report = run_prepare(cfg)
+    error: str | None = None
+    report: dict = {}
+    kept: list[str] = []
+    try:
+        report = run_prepare(cfg)
+    except Exception as exc:  # a figure: a failed job then keeps no rows and reports no bad input
+        error = f"{type(exc).__name__}: {exc}"[:500]
     seconds = time.perf_counter() - t0
-    kept = read_dataset(Storage(str(root)), report["dataset"])["image_id"].to_pylist()
-    by_image = {r["image_id"]: r["reason"] for r in report["rejected_image_list"]}
-    by_row = dict(report["dropped_metadata_by_reason"])
+    if error is None:
+        try:
+            kept = read_dataset(Storage(str(root)), report["dataset"])["image_id"].to_pylist()
+        except Exception as exc:  # a report naming no readable dataset is no success either
+            error = f"{type(exc).__name__}: {exc}"[:500]
+    by_image = {r["image_id"]: r["reason"] for r in report.get("rejected_image_list", [])}
+    by_row = dict(report.get("dropped_metadata_by_reason", {}))
     planted = len(BAD_IMAGE_REASONS) + sum(BAD_ROW_REASONS.values())
     reported_images = sum(1 for iid in BAD_IMAGE_REASONS if iid in by_image)
     reported_rows = sum(min(by_row.get(reason, 0), n) for reason, n in BAD_ROW_REASONS.items())
     wrong = [iid for iid, reason in BAD_IMAGE_REASONS.items() if by_image.get(iid) not in (None, reason)]
     figures = CorruptInputsResult(
-        job_succeeded=True,
+        job_succeeded=error is None,
+        error=error,
         good=len(ids["good"]),
         kept=len(set(kept)),
         good_lost=len(set(ids["good"]) - set(kept)),

@@ -97,8 +97,8 @@ class ClassifierDriverKillResult(Figures):
         resumed_from_latest_reported: ``resumed_from == reported``.
         epochs: epochs in the final history.
         epochs_unique: the final history holds each epoch exactly once.
-        each_row_once: every epoch saw each train row once over the workers
-            (:func:`~trcgl_dev.faults.run_files.epochs_saw_each_row_once`).
+        each_row_once: every epoch saw each train row once over the workers, less exactly the equal split's
+            remainder (:func:`~trcgl_dev.faults.run_files.epochs_saw_each_row_once`).
         rerun_rc: exit code of the rerun.
         rerun_log: the end of the rerun's output when it failed, else "".
         fresh_run: the run name of the fault-free run under another name, trained after the kill.

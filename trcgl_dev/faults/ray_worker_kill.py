@@ -4,7 +4,9 @@ training, compared with a fault-free reference run of the same configuration.
 The training job runs in a thread of this process on the current Ray (``train.max_failures`` lets Ray Train restart
 the worker group); once Ray Train has registered a checkpoint and the next epoch is under way, one
 ``RayTrainWorker`` actor is killed. Afterwards the run's ``history.json`` says where each attempt started
-(``start_epoch``) and what each epoch saw (``train_images``, ``train_id_checksum`` summed over the workers).
+(``start_epoch``) and what each epoch saw (``train_images``, ``train_id_checksum`` summed over the workers); the
+rows trained summed over the epochs are compared with the fault-free run's, which tells a lost or repeated epoch even
+where the loss cannot (the diffusion loss barely moves from one epoch to the next).
 A restart may begin from a checkpoint older than the latest reported one
 (https://github.com/ray-project/ray/issues/41700), so the figures say whether the resume point was the latest
 reported epoch rather than assume it.
@@ -23,7 +25,13 @@ from typing import Any
 
 from trcgl.config import load_config
 from trcgl_dev.faults import Figures
-from trcgl_dev.faults.run_files import epochs_saw_each_row_once, read_history, registered_epochs, train_ids
+from trcgl_dev.faults.run_files import (
+    epochs_saw_each_row_once,
+    read_history,
+    registered_epochs,
+    rows_trained,
+    train_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +73,15 @@ class WorkerKillResult(Figures):
             checkpoint).
         resumed_from_latest: ``resumed_from == reported_before_kill`` (from the latest reported epoch).
         epochs_unique: every epoch exactly once in the final history.
-        each_row_once: every epoch saw each train row once over the workers
-            (:func:`~trcgl_dev.faults.run_files.epochs_saw_each_row_once`; diffusion's rows repeated by group
-            weight).
+        each_row_once: every epoch saw each train row once over the workers, less exactly the equal split's
+            remainder (:func:`~trcgl_dev.faults.run_files.epochs_saw_each_row_once`; diffusion's rows repeated by
+            group weight).
+        rows_trained: rows fed to training summed over the epochs of the faulted run's final history
+            (:func:`~trcgl_dev.faults.run_files.rows_trained`): an epoch lost or trained twice changes it.
+        rows_trained_no_fault: the same of the fault-free reference run.
+        epochs_no_fault: the epochs in the reference run's history.
         final: the last epoch's training loss of the faulted run (see :func:`_final`); None if it did not finish.
+            A figure; for diffusion not a check (the loss barely moves between epochs).
         final_no_fault: the same of the fault-free reference run.
         test_mauc: the faulted classifier's test mAUC (None for diffusion or when it did not finish).
         test_mauc_no_fault: the reference classifier's test mAUC (None for diffusion).
@@ -87,6 +100,9 @@ class WorkerKillResult(Figures):
     resumed_from_latest: bool
     epochs_unique: bool
     each_row_once: bool
+    rows_trained: int
+    rows_trained_no_fault: int
+    epochs_no_fault: list[int]
     final: float | None
     final_no_fault: float | None
     test_mauc: float | None
@@ -118,7 +134,7 @@ def _run(stage: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def _final(stage: str, out: dict[str, Any], root: Path) -> float | None:
-    """The figure compared with the fault-free run: the last epoch's training loss.
+    """The last epoch's training loss, the figure the classifier's check compares with the fault-free run's.
 
     For the classifier that is rank 0's mean loss in the run's ``history.json``, not the test mAUC: two epochs of the
     tiny model score near chance whether they trained one epoch or two, so mAUC cannot tell a run that lost an epoch
@@ -225,6 +241,7 @@ def train_worker_kill(
     if reference is None:
         reference = reference_run(root, dataset, stage, epochs).result
     result = out.get("result")  # present once the faulted run returned
+    reference_history = read_history(root / "runs" / reference["run"] / stage)
     figures = WorkerKillResult(
         stage=stage,
         completed="result" in out and not thread.is_alive(),
@@ -237,6 +254,9 @@ def train_worker_kill(
         resumed_from_latest=resumed_from == reported,
         epochs_unique=epochs_seen == list(range(epochs)),
         each_row_once=each_row_once,
+        rows_trained=rows_trained(history),
+        rows_trained_no_fault=rows_trained(reference_history),
+        epochs_no_fault=[int(h["epoch"]) for h in reference_history],
         final=_final(stage, result, root) if "result" in out else None,
         final_no_fault=_final(stage, reference, root),
         test_mauc=result["test"]["mAUC"] if stage == "classifier" and "result" in out else None,

@@ -1,9 +1,14 @@
 """The storage outage scenario: one :class:`~trcgl.storage.Storage` operation while its S3 endpoint is unreachable.
 
 A :class:`~trcgl_dev.faults.proxy.TcpProxy` sits in front of a real S3-compatible endpoint (moto in the tests) and is
-cut just before the operation (a read, a write, or a checkpoint upload published with a manifest) for a set time.
+cut just before the operation (a read, a write, or a folder upload published with a manifest) for a set time.
 The figures say whether the configured retries rode the outage out, how long the operation took, and, when it failed,
 whether the failure was loud, named the endpoint and left nothing a later stage would take as complete.
+
+Every operation goes through our own :class:`~trcgl.storage.Storage` code only. The folder upload is a stage's
+publish (:meth:`~trcgl.storage.Storage.write_bytes` per file, then :meth:`~trcgl.storage.Storage.publish`) of a
+folder shaped like a checkpoint; it is not Ray Train's checkpoint upload (``ray.train.report`` persisting through
+``storage_filesystem``), which this scenario does not cut.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from trcgl_dev.faults.proxy import TcpProxy
 
 log = logging.getLogger(__name__)
 
-OPS = ("read", "write", "checkpoint")
-CHECKPOINT_FILES = {"model.pt": 384 * 1024, "optimizer.pt": 192 * 1024, "state.json": 0}  # name -> random bytes
+OPS = ("read", "write", "folder")
+# the uploaded folder's files, shaped like a small checkpoint: name -> random bytes (0: a JSON state)
+FOLDER_FILES = {"model.pt": 384 * 1024, "optimizer.pt": 192 * 1024, "state.json": 0}
 _MAX_ERROR_CHARS = 600
 
 
@@ -38,13 +44,13 @@ class OutageResult(Figures):
     """What :func:`s3_outage` measured.
 
     Attributes:
-        op: "read", "write" or "checkpoint".
+        op: "read", "write" or "folder".
         client: the ``storage.s3_client`` used ("s3fs" or "pyarrow").
         outage_s: how long the endpoint was cut.
         retries: ``storage.retries`` used.
         connect_timeout_s: ``storage.connect_timeout_s`` used.
         survived: the operation returned and its result checks out (the bytes read or written, or a manifest
-            listing exactly the checkpoint's files, each whole).
+            listing exactly the folder's files, each whole).
         seconds: the operation's wall time.
         error: the operation's exception (type and message, shortened), or None.
         loud: the exception was a :class:`~trcgl.errors.StorageError`.
@@ -53,7 +59,7 @@ class OutageResult(Figures):
         partial_published: a later stage could take an incomplete output as complete: a manifest although the
             upload failed, or one listing files that are missing or of another size; for a write, an object that is
             not the whole new value.
-        later_stage_sees: for a checkpoint, "complete" (a manifest exists) or "unfinished"; None for other ops.
+        later_stage_sees: for a folder upload, "complete" (a manifest exists) or "unfinished"; None for other ops.
         connections_forwarded: connections the proxy accepted.
         connections_reset: connections the cut reset.
     """
@@ -80,22 +86,23 @@ def _error_text(exc: BaseException) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
 
 
-def _make_checkpoint(folder: Path) -> dict[str, bytes]:
-    """A small local checkpoint folder (weights, optimizer state, a JSON state) like the trainer writes."""
+def _make_folder(folder: Path) -> dict[str, bytes]:
+    """A small local folder shaped like a checkpoint (weights, optimizer state, a JSON state)."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes] = {}
-    for name, size in CHECKPOINT_FILES.items():
+    for name, size in FOLDER_FILES.items():
         data = os.urandom(size) if size else json.dumps({"epoch": 1, "step": 40, "val_mAP": 0.31}).encode()
         (folder / name).write_bytes(data)
         files[name] = data
     return files
 
 
-def _upload_checkpoint(storage: Storage, local: Path, rel_dir: str) -> None:
-    """Uploads every file of ``local`` under ``rel_dir``, then publishes the manifest last (as the stages do)."""
+def _upload_folder(storage: Storage, local: Path, rel_dir: str) -> None:
+    """Uploads every file of ``local`` under ``rel_dir`` through ``storage``, then publishes the manifest last (as
+    the stages publish their outputs)."""
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         storage.write_bytes(f"{rel_dir}/{path.relative_to(local).as_posix()}", path.read_bytes())
-    storage.publish(rel_dir, {"stage": "checkpoint", "epoch": 1})
+    storage.publish(rel_dir, {"stage": "faults-folder", "epoch": 1})
 
 
 def s3_outage(
@@ -117,9 +124,9 @@ def s3_outage(
         endpoint_url: the real S3-compatible endpoint, ``http://host:port``.
         bucket: an existing bucket on it.
         outage_s: how long the endpoint is cut.
-        op: ``"read"`` (read_bytes of an existing object), ``"write"`` (write_bytes) or ``"checkpoint"`` (a folder
-            of files uploaded one by one, then published with :meth:`Storage.publish`).
-        workdir: local scratch (the checkpoint folder is built here).
+        op: ``"read"`` (read_bytes of an existing object), ``"write"`` (write_bytes) or ``"folder"`` (a folder of
+            files uploaded one by one, then published with :meth:`Storage.publish`).
+        workdir: local scratch (the folder to upload is built here).
         client: ``storage.s3_client`` for the operation: ``"s3fs"`` or ``"pyarrow"`` (pyarrow's client serves
             reads and listings; writes always go through s3fs).
         storage_cfg: settings to start from (endpoint and client are set here); default: ``StorageConfig()``.
@@ -137,12 +144,12 @@ def s3_outage(
     root = f"s3://{bucket}/{prefix}"
     direct = Storage(root, StorageConfig(endpoint_url=endpoint_url, region=base.region))
     payload = os.urandom(256 * 1024)
-    checkpoint: dict[str, bytes] = {}
-    local = Path(workdir) / f"checkpoint-{uuid.uuid4().hex[:8]}"
+    folder: dict[str, bytes] = {}
+    local = Path(workdir) / f"folder-{uuid.uuid4().hex[:8]}"
     if op == "read":
         direct.write_bytes("object.bin", payload)
-    elif op == "checkpoint":
-        checkpoint = _make_checkpoint(local)
+    elif op == "folder":
+        folder = _make_folder(local)
 
     error: BaseException | None = None
     result: bytes | None = None
@@ -165,7 +172,7 @@ def s3_outage(
             elif op == "write":
                 storage.write_bytes("object.bin", payload)
             else:
-                _upload_checkpoint(storage, local, "checkpoint")
+                _upload_folder(storage, local, "folder")
         except Exception as exc:  # the figure is the point: record what the caller would have seen
             error = exc
         seconds = round(time.monotonic() - started, 3)
@@ -183,15 +190,15 @@ def s3_outage(
         ok = ok and stored == payload
         partial = stored is not None and stored != payload
     else:
-        manifest = direct.manifest("checkpoint")
+        manifest = direct.manifest("folder")
         later_stage_sees = "unfinished" if manifest is None else "complete"
         if manifest is not None:  # complete only if it lists exactly the files, each there whole
             listed = manifest.get("files", {})
-            intact = set(listed) == set(checkpoint) and all(
+            intact = set(listed) == set(folder) and all(
                 listed[name] == len(data)
-                and direct.exists(f"checkpoint/{name}")
-                and direct.read_bytes(f"checkpoint/{name}") == data
-                for name, data in checkpoint.items()
+                and direct.exists(f"folder/{name}")
+                and direct.read_bytes(f"folder/{name}") == data
+                for name, data in folder.items()
             )
             partial = error is not None or not intact
         ok = ok and manifest is not None and not partial

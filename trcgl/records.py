@@ -170,7 +170,8 @@ def claim(storage: Storage, folder: str, record: Mapping[str, Any], force_option
 
 # ---------------------------------------------------------------------------------------------------- the stages
 # What each stage's outputs depend on. Keys left out change how a stage runs, not what it writes: resources and
-# parallelism (generation is byte-identical across actor counts and batch sizes), caching, retries, and identities
+# parallelism (generation is byte-identical across actor counts; not across batch sizes, whose rounding differs, so
+# generate.batch_size is recorded), caching, retries, and identities
 # (train.run names the folder itself; train.dataset is replaced by the resolved dataset name).
 
 CLASSIFIER_EXECUTION_KEYS = (
@@ -190,7 +191,6 @@ GENERATE_EXECUTION_KEYS = (
     "generate.actors_max",
     "generate.num_gpus",
     "generate.cpus_per_actor",
-    "generate.batch_size",
     "generate.model",
     "generate.reference_checkpoint",
     "generate.grid_examples",

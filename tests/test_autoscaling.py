@@ -85,9 +85,9 @@ def test_generate_scales_gpu_nodes_from_zero_and_back(
 def test_sweep_with_one_gpu_per_trial_scales_gpu_nodes(
     tiny_prepared: tuple[str, str], local_cluster: rcl.LocalCluster, tmp_path: Path
 ) -> None:
-    """2 trials at once, each one Train worker holding 1 GPU: the autoscaler adds GPU nodes (a node per trial, up
-    to the pool's max of 2), both trials finish on the fake GPUs (the workers fall back to the CPU and say so; the
-    process group is gloo) and each is on the leaderboard once. (Scale-down is the generate test's check.)"""
+    """2 trials at once, each one Train worker holding 1 GPU: the autoscaler adds a GPU node per trial (the pool's
+    max of 2), both trials finish on the fake GPUs (the workers fall back to the CPU and say so; the process group
+    is gloo) and each is on the leaderboard once. (Scale-down is the generate test's check.)"""
     import sys
 
     root, dataset = tiny_prepared
@@ -108,8 +108,11 @@ def test_sweep_with_one_gpu_per_trial_scales_gpu_nodes(
     assert watch.rc == 0, tail
     gpu_seen = [rcl.gpu_node_count(c, config) for _, c in watch.samples]
     assert gpu_seen and gpu_seen[0] == 0, gpu_seen[:5]
-    assert max(gpu_seen) >= 1, gpu_seen
-    print(f"GPU nodes seen during the sweep: max {max(gpu_seen)}")
+    # Both trials start together (2 samples, 2 slots; their drivers need 0.01 CPU each) and each one's Train worker
+    # holds the single GPU of a gpu_worker for its whole run, so while both train two GPU nodes are up at once. A
+    # GPU node also lives on for the idle timeout after its last task, so the 1 s poll cannot miss the pair.
+    assert max(gpu_seen) == 2, gpu_seen
+    print(f"GPU nodes seen during the sweep: max {max(gpu_seen)}, samples {gpu_seen}")
     assert TRAIN_FALLBACK in watch.log, tail
 
     board = pq.read_table(Path(root) / "runs" / "gpusweep" / "sweep" / "leaderboard.parquet").to_pandas()

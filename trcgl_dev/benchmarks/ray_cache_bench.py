@@ -1,14 +1,19 @@
 """``python -m jobs.benchmark cache``: Ray Train epochs with the data streamed from storage vs held in memory.
 
-The same training job twice on the tiny PadChest-Synth (rendered and prepared first, under ``--workdir``), on one
-local Ray with 2 CPUs: first with ``train.cache_mb=0`` (every epoch executes the dataset's read and filter tasks
-again, as Ray Train does with a lazy dataset), then with the default ``train.cache_mb`` (the driver reads the splits
-once and holds them in the object store). Classifier, then diffusion training. Each run has its own run name, so
-neither resumes the other.
+The same training job four times per stage on the tiny PadChest-Synth (rendered and prepared first, under
+``--workdir``), on one local Ray with 2 CPUs: with ``train.cache_mb=0`` ("streamed": every epoch executes the
+dataset's read and filter tasks again, as Ray Train does with a lazy dataset) and with the default ``train.cache_mb``
+("held": the driver reads the splits once and holds them in the object store). Classifier, then diffusion training.
+Each run has its own run name, so none resumes another.
 
-Printed per stage and mode: the train loop's seconds per epoch (from ``history.json``; the first epoch also warms
-up), their mean after the first, and the whole run's seconds (``run_training`` / ``run_train_diffusion``, evaluation
-included); then held / streamed for both (below 1.0: holding is faster).
+The modes run in both orders, streamed then held, then held then streamed: on one warm Ray the later run of a pair
+starts with what the earlier one left (idle worker processes with torch and the model code imported, the dataset's
+files in the OS page cache), so a single fixed order would credit that to the mode that always runs second.
+
+Printed per stage, order and mode: the train loop's seconds per epoch (from ``history.json``; the first epoch also
+warms up), their mean after the first, and the whole run's seconds (``run_training`` / ``run_train_diffusion``,
+evaluation included); then held / streamed for each order, and the mean of the orders' ratios, in which an order
+effect that helps whichever mode runs second cancels to first order (below 1.0: holding is faster).
 """
 
 from __future__ import annotations
@@ -25,12 +30,26 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+ORDERS = (("streamed", "held"), ("held", "streamed"))  # each mode once first, once second
+
+
 @dataclass
 class CacheRun:
-    stage: str  # classifier | diffusion
-    mode: str  # streamed | held
+    """One timed training run.
+
+    Attributes:
+        stage: ``classifier`` or ``diffusion``.
+        mode: ``streamed`` (``train.cache_mb=0``) or ``held``.
+        epoch_seconds: the train loop's seconds per epoch.
+        run_seconds: the whole run, evaluation included.
+        first: the mode that ran first in this run's pair (the order it belongs to).
+    """
+
+    stage: str
+    mode: str
     epoch_seconds: list[float]
     run_seconds: float
+    first: str = "streamed"
 
     @property
     def steady(self) -> float:
@@ -40,22 +59,46 @@ class CacheRun:
 
 
 @dataclass
+class CacheRatio:
+    """held / streamed of one stage: for one order of the pair, or the mean over the orders."""
+
+    stage: str
+    order: str  # "streamed first", "held first", or "mean of N orders"
+    epoch: float  # ratio of the steady seconds per epoch
+    run: float  # ratio of the whole runs' seconds
+
+
+@dataclass
 class CacheBenchResult:
     rows: dict[str, int]
     runs: list[CacheRun] = field(default_factory=list)
+
+    def ratios(self) -> list[CacheRatio]:
+        """held / streamed per stage and order (in the order they ran), then per stage the mean of its orders'
+        ratios when it ran in more than one order."""
+        by = {(r.stage, r.first, r.mode): r for r in self.runs}
+        out: list[CacheRatio] = []
+        for stage in dict.fromkeys(r.stage for r in self.runs):
+            pairs = []
+            for first in dict.fromkeys(r.first for r in self.runs if r.stage == stage):
+                held, streamed = by.get((stage, first, "held")), by.get((stage, first, "streamed"))
+                if held and streamed:
+                    pairs.append(CacheRatio(stage, f"{first} first", held.steady / streamed.steady,
+                                            held.run_seconds / streamed.run_seconds))  # fmt: skip
+            out += pairs
+            if len(pairs) > 1:
+                out.append(CacheRatio(stage, f"mean of {len(pairs)} orders", sum(p.epoch for p in pairs) / len(pairs),
+                                      sum(p.run for p in pairs) / len(pairs)))  # fmt: skip
+        return out
 
     def lines(self) -> list[str]:
         out = [f"cache  tiny PadChest-Synth: {self.rows.get('train', 0)} train / {self.rows.get('val', 0)} val rows"]
         for r in self.runs:
             epochs = " ".join(f"{s:.1f}" for s in r.epoch_seconds)
-            out.append(f"cache  {r.stage:<10} {r.mode:<8}: epochs {epochs} s (after the first: {r.steady:.1f} s); "
-                       f"run {r.run_seconds:.1f} s")  # fmt: skip
-        by = {(r.stage, r.mode): r for r in self.runs}
-        for stage in dict.fromkeys(r.stage for r in self.runs):
-            held, streamed = by.get((stage, "held")), by.get((stage, "streamed"))
-            if held and streamed:
-                out.append(f"cache  {stage:<10} held/streamed: epoch {held.steady / streamed.steady:.2f}, "
-                           f"run {held.run_seconds / streamed.run_seconds:.2f}")  # fmt: skip
+            out.append(f"cache  {r.stage:<10} {r.mode:<8} ({r.first} first): epochs {epochs} s (after the first: "
+                       f"{r.steady:.1f} s); run {r.run_seconds:.1f} s")  # fmt: skip
+        for q in self.ratios():
+            out.append(f"cache  {q.stage:<10} held/streamed, {q.order}: epoch {q.epoch:.2f}, run {q.run:.2f}")
         return out
 
 
@@ -65,7 +108,8 @@ def _history(root: Path, run: str, stage: str) -> list[float]:
 
 
 def run(workdir: str | None = None, epochs: int = 3, stages: tuple[str, ...] = ("classifier", "diffusion")):
-    """Renders and prepares the tiny dataset, then times each stage streamed and held (see the module docstring)."""
+    """Renders and prepares the tiny dataset, then times each stage streamed and held, in both orders (see the
+    module docstring)."""
     import ray
 
     from trcgl.config import load_config
@@ -86,16 +130,25 @@ def run(workdir: str | None = None, epochs: int = 3, stages: tuple[str, ...] = (
         result = CacheBenchResult(rows=load_dataset_info(Storage(str(root)), dataset).split_sizes)
         tag = time.strftime("%H%M%S")
         for stage in stages:
-            for mode, cache in (("streamed", "train.cache_mb=0"), ("held", None)):
-                name = f"cache-{stage}-{mode}-{tag}"
-                overrides = [f"storage.root={root}", f"train.dataset={dataset}", f"train.run={name}",
-                             "train.bootstrap=10", f"train.epochs={epochs}", f"diffusion.epochs={epochs}"]  # fmt: skip
-                cfg = load_config("tiny", overrides + ([cache] if cache else []))
-                t0 = time.perf_counter()
-                (run_training if stage == "classifier" else run_train_diffusion)(cfg)
-                seconds = time.perf_counter() - t0
-                result.runs.append(CacheRun(stage, mode, _history(root, name, stage), seconds))
-                log.info("%s %s: %.1f s", stage, mode, seconds)
+            for order in ORDERS:
+                for mode in order:
+                    name = f"cache-{stage}-{order[0]}-first-{mode}-{tag}"
+                    overrides = [
+                        f"storage.root={root}",
+                        f"train.dataset={dataset}",
+                        f"train.run={name}",
+                        "train.bootstrap=10",
+                        f"train.epochs={epochs}",
+                        f"diffusion.epochs={epochs}",
+                    ]
+                    if mode == "streamed":
+                        overrides.append("train.cache_mb=0")  # held: the preset's default cache_mb
+                    cfg = load_config("tiny", overrides)
+                    t0 = time.perf_counter()
+                    (run_training if stage == "classifier" else run_train_diffusion)(cfg)
+                    seconds = time.perf_counter() - t0
+                    result.runs.append(CacheRun(stage, mode, _history(root, name, stage), seconds, first=order[0]))
+                    log.info("%s %s (%s first): %.1f s", stage, mode, order[0], seconds)
         return result
     finally:
         if started:

@@ -92,6 +92,18 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 _MISSING = object()
 
 
+def _upstream_recomputed(old: Any, new: Any) -> bool:
+    """Whether an input changed because the same upstream output was recomputed (same folder or URI, another record),
+    rather than because the stage now reads other inputs (which its own config keys say)."""
+    if old is None or new is None:
+        return False
+    if isinstance(old, dict) and isinstance(new, dict):
+        if "uri" in old or "uri" in new:
+            return old.get("uri") == new.get("uri") and old != new
+        return set(old) == set(new) and old != new  # the same folders, other records
+    return old != new  # a record hash
+
+
 def read_record(storage: Storage, folder: str) -> dict[str, Any] | None:
     """The record of ``folder``, or None when it has none."""
     rel = posixpath.join(folder, RECORD)
@@ -148,8 +160,12 @@ def claim(storage: Storage, folder: str, record: Mapping[str, Any], force_option
                 f"they were made from; recompute it with {force_option}, or choose another run name"
             )
         own = own_changes(old, record)
-        inputs_changed = any(k.startswith(INPUT_PREFIX) for k in changed_keys(old, record))
-        if own and not inputs_changed:
+        recomputed = any(
+            _upstream_recomputed(old.get(k), record.get(k))
+            for k in changed_keys(old, record)
+            if k.startswith(INPUT_PREFIX)
+        )
+        if own and not recomputed:
             raise StaleStageError(
                 f"{storage.uri(folder)!r} was made by stage {record['stage']!r} with other config values "
                 f"({describe_changes(old, record, own)}); recompute it with {force_option}, or choose another run name"

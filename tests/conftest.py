@@ -125,6 +125,45 @@ def classifier_reference(tiny_prepared: tuple[str, str]) -> ReferenceRun:
     return reference_run(Path(root), dataset, "classifier", REFERENCE_EPOCHS)
 
 
+# The whole tiny pipeline as the end-to-end job: one epoch per stage, a one-trial sweep over lr and the GCN switch,
+# and the GPU code paths that exist on CPU (channels-last, torch.compile with the tracing backend) inside real jobs.
+PIPELINE_JOB_SET = [
+    "sweep.num_samples=1", "train.epochs=1", "diffusion.epochs=1", "generate.fidelity_threshold=0.0",
+    "sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
+    "model.gcn: {type: choice, values: [true, false]}}",
+    "train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny pipeline submitted as a Ray job to a token-auth head whose environment holds this run's (random)
+    fake AWS secret, with storage on the loopback S3 server: the security scenario
+    (:func:`trcgl_dev.faults.security.security`) around the end-to-end job, so one head and one job serve both the
+    token and secret-leak checks (tests/faults) and the end-to-end read-back (tests/test_pipeline_jobs.py).
+
+    Returns:
+        root (the s3:// storage root), endpoint, security (the scenario's result, the job's among it) and tmp (a
+        scratch folder).
+    """
+    import boto3
+
+    from trcgl.ray_runtime import free_port
+    from trcgl_dev.faults.security import security
+
+    tmp = tmp_path_factory.mktemp("pipeline-job")
+    bucket = f"trcgl-test-{free_port()}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    root = f"s3://{bucket}/trcgl"
+    entry = [
+        "python", "-m", "jobs.pipeline", "--config", "tiny", "--set", f"storage.root={root}",
+        f"storage.endpoint_url={s3_endpoint}", *PIPELINE_JOB_SET,
+    ]  # fmt: skip
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]  # random per test run (above): the job's own credentials
+    result = security(s3_endpoint, bucket, tmp / "security", secret=secret, entrypoint=entry, timeout_s=1200)
+    return {"root": root, "endpoint": s3_endpoint, "security": result, "tmp": tmp}
+
+
 @pytest.fixture()
 def record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
     """``record(result)``: the fault suite keeps a scenario's result under the test's id (in the file named by

@@ -17,6 +17,7 @@ import pytest
 from trcgl.config import ConfigError, apply_overrides, load_config
 from trcgl.storage import Storage
 from trcgl.study.rows import check_ablation, needs_generation, row_config, row_slug, study_ratios
+from trcgl_dev.faults.driver_kill import job_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,20 +83,18 @@ def test_ratios_come_from_the_sweep_only_when_it_drew_synthetic_data(tmp_path: P
     assert study_ratios(cfg, storage)[:2] == (0.7, 0.0)
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-
-
 @pytest.mark.slow
 def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], tmp_path: Path) -> None:
     root, _ = tiny_prepared
+    # the study is one more driver on the session's Ray (job_env), as under `ray job submit`: killing it leaves the
+    # cluster up and Ray ends the dead driver's trials, which the rerun must not trip over
     cmd = [
         sys.executable, "-m", "jobs.ablation", "--config", "tiny", "--set", f"storage.root={root}", "train.run=abl",
         "train.epochs=1", "ablation.aug_ratio_tail=2.0",
     ]  # fmt: skip
     rows_dir = Path(root) / "runs" / "abl" / "ablation" / "rows"
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(cmd, cwd=REPO, env=job_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     try:  # kill the whole study once its first row has finished
         while not list(rows_dir.glob("*/seed0/classifier/summary.json")):
@@ -110,7 +109,7 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     done = {p: p.stat().st_mtime for p in rows_dir.glob("*/seed0/classifier/summary.json")}
     assert not (Path(root) / "runs" / "abl" / "ablation" / "table.parquet").exists()
 
-    second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     for path, mtime in done.items():  # finished rows were not trained again
         assert path.stat().st_mtime == mtime, path

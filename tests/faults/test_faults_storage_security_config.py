@@ -23,7 +23,7 @@ from trcgl_dev.faults import record_figures
 from trcgl_dev.faults.bad_config import bad_configs
 from trcgl_dev.faults.cluster_files import cluster_start_commands_without_token
 from trcgl_dev.faults.proxy import TcpProxy
-from trcgl_dev.faults.security import scan_for_secrets, security
+from trcgl_dev.faults.security import scan_for_secrets
 from trcgl_dev.faults.storage_outage import OPS, OutageResult, s3_outage_matrix
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -147,10 +147,9 @@ def test_secret_scanner_finds_what_it_is_given(tmp_path: Path) -> None:
     assert scan_for_secrets([tmp_path], ["not-there"]) == []
 
 
-def test_token_auth_refuses_and_no_secret_in_anything_a_job_leaves(s3_endpoint: str, tmp_path: Path) -> None:
-    r = record_figures(
-        "security", security(s3_endpoint, _bucket(s3_endpoint), tmp_path, job_overrides=["synth.rows=120"])
-    )
+def test_token_auth_refuses_and_no_secret_in_anything_a_job_leaves(pipeline_on_token_head: dict) -> None:
+    # the end-to-end pipeline job (tests/conftest.py) runs on the token head with the secret in its environment
+    r = record_figures("security", pipeline_on_token_head["security"])
     auth = r.token_auth
     assert (auth.http_no_token, auth.http_wrong_token, auth.http_with_token) == (401, 403, 200), auth
     for refusal in (auth.submit_no_token, auth.submit_wrong_token):

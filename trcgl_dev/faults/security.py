@@ -3,7 +3,8 @@ secret in the nodes' environment leaves that secret nowhere a reader of the run 
 
 :func:`security` starts a token-auth head (:func:`trcgl_dev.ray_head.token_head`) with the secret in its
 environment, as an instance's environment would hold it; checks that calls without the token or with a wrong one are
-refused (:func:`token_auth_refusal`); runs one small real job on it (:func:`run_prepare_job`) and scans everything the
+refused (:func:`token_auth_refusal`); runs one real job on it (:func:`run_job`: by default the tiny prepare job; the
+test suite runs the whole tiny pipeline there, which its end-to-end test then reads back) and scans everything the
 job left (saved configs, job logs, the Jobs API, Ray's session logs) for the secret (:func:`scan_for_secrets`).
 Processes started here are stopped by pid and process group; nothing runs ``ray stop``.
 """
@@ -74,18 +75,20 @@ class TokenAuthResult(Figures):
 
 
 @dataclass
-class PrepareJobResult(Figures):
-    """What :func:`run_prepare_job` left and measured.
+class JobResult(Figures):
+    """What :func:`run_job` left and measured.
 
     Attributes:
+        entrypoint: the job's command (``python -m jobs.X ...``).
         succeeded: ``ray job submit`` exited 0.
         seconds: wall time of the submission, waiting for the head's job agent included.
         job_id: the submission id.
         objects: objects the job wrote (all downloaded into the evidence folder).
         saved_configs: keys of the config.yaml files among them.
-        log_tail: the end of the submit output when the job failed, else "".
+        log_tail: the end of the submit output (the job's log as ``ray job submit`` streams it).
     """
 
+    entrypoint: list[str]
     succeeded: bool
     seconds: float
     job_id: str
@@ -100,7 +103,7 @@ class SecurityResult(Figures):
 
     Attributes:
         token_auth: the refusal checks (:func:`token_auth_refusal`).
-        job: the job run with the secret in the node's environment (:func:`run_prepare_job`).
+        job: the job run with the secret in the node's environment (:func:`run_job`).
         secret_in_node_env: a process of the head's group held the secret in its environment, so the job had it
             (None: no ``/proc`` to look in).
         scanned_files: files scanned.
@@ -112,7 +115,7 @@ class SecurityResult(Figures):
     """
 
     token_auth: TokenAuthResult
-    job: PrepareJobResult
+    job: JobResult
     secret_in_node_env: bool | None
     scanned_files: int
     secret_found_in: list[str]
@@ -214,26 +217,30 @@ def token_auth_refusal(head: TokenHead) -> TokenAuthResult:
     return figures
 
 
-def run_prepare_job(
-    head: TokenHead, endpoint_url: str, bucket: str, evidence: Path, overrides: Sequence[str] = ()
-) -> PrepareJobResult:
-    """Submits ``python -m jobs.prepare --config tiny`` (storage on ``s3://bucket/trcgl``) to the head, the way the
-    cluster README does (``--working-dir . --runtime-env cluster/runtime_env.yaml``), and saves what a reader of the
-    run can reach into ``evidence``: the job's logs, ``GET /api/jobs/``, and every object the job wrote.
+def prepare_entrypoint(root: str, endpoint_url: str, overrides: Sequence[str] = ()) -> list[str]:
+    """``python -m jobs.prepare --config tiny`` with storage at ``root`` on ``endpoint_url`` (the default job)."""
+    return [
+        "python", "-m", "jobs.prepare", "--config", "tiny", "--set", f"storage.root={root}",
+        f"storage.endpoint_url={endpoint_url}", *overrides,
+    ]  # fmt: skip
+
+
+def run_job(
+    head: TokenHead, entrypoint: Sequence[str], endpoint_url: str, bucket: str, evidence: Path, timeout_s: float = 900
+) -> JobResult:
+    """Submits ``entrypoint`` (a job writing to ``s3://bucket/...``) to the head, the way the cluster README does
+    (``--working-dir . --runtime-env cluster/runtime_env.yaml``), and saves what a reader of the run can reach into
+    ``evidence``: the job's logs, ``GET /api/jobs/``, and every object in the bucket.
     """
     import boto3
 
     evidence.mkdir(parents=True, exist_ok=True)
-    root = f"s3://{bucket}/trcgl"
-    job_id = f"faults-prepare-{uuid.uuid4().hex[:8]}"
-    entry = [
-        "python", "-m", "jobs.prepare", "--config", "tiny", "--set", f"storage.root={root}",
-        f"storage.endpoint_url={endpoint_url}", *overrides,
-    ]  # fmt: skip
+    entry = list(entrypoint)
+    job_id = f"faults-{entry[2].split('.')[-1] if len(entry) > 2 else 'job'}-{uuid.uuid4().hex[:8]}"
     extra = ["--submission-id", job_id, "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml"]
     started = time.monotonic()
     for _ in range(15):  # the head's job agent starts a little after its dashboard answers
-        done = _submit(head, head.env, entry, extra)
+        done = _submit(head, head.env, entry, extra, timeout_s)
         if "No available agent to submit job" not in done.stdout + done.stderr:
             break
         time.sleep(2)
@@ -255,20 +262,27 @@ def run_prepare_job(
         dest = evidence / "s3" / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, key, str(dest))
-    figures = PrepareJobResult(
+    figures = JobResult(
+        entrypoint=entry,
         succeeded=done.returncode == 0,
         seconds=round(seconds, 3),
         job_id=job_id,
         objects=len(keys),
         saved_configs=sorted(k for k in keys if k.endswith("config.yaml")),
-        log_tail="" if done.returncode == 0 else (done.stdout + done.stderr)[-3000:],
+        log_tail=(done.stdout + done.stderr)[-4000:],
     )
-    log.info("prepare job on the token head: succeeded %s, %d objects", figures.succeeded, figures.objects)
+    log.info("%s on the token head: succeeded %s, %d objects", job_id, figures.succeeded, figures.objects)
     return figures
 
 
 def security(
-    endpoint_url: str, bucket: str, workdir: Path, secret: str | None = None, job_overrides: Sequence[str] = ()
+    endpoint_url: str,
+    bucket: str,
+    workdir: Path,
+    secret: str | None = None,
+    job_overrides: Sequence[str] = (),
+    entrypoint: Sequence[str] | None = None,
+    timeout_s: float = 900,
 ) -> SecurityResult:
     """Token refusal, then a real job run with a fake AWS secret in the nodes' environment, then a scan of everything
     the run left for that secret.
@@ -284,7 +298,9 @@ def security(
         bucket: an existing, empty bucket on it.
         workdir: scratch for the head and the evidence.
         secret: the fake secret; default: a fresh random one.
-        job_overrides: more ``--set`` overrides for the job (e.g. a smaller ``synth.rows``).
+        job_overrides: more ``--set`` overrides for the default prepare job (e.g. a smaller ``synth.rows``).
+        entrypoint: the job to run instead of the tiny prepare job (writing to ``bucket`` on ``endpoint_url``).
+        timeout_s: how long the job may take.
     """
     started = time.monotonic()
     workdir = Path(workdir)
@@ -293,7 +309,8 @@ def security(
     with token_head(workdir, {"AWS_SECRET_ACCESS_KEY": secret}, keep_temp_dir=True) as head:
         try:
             refusal = token_auth_refusal(head)
-            job = run_prepare_job(head, endpoint_url, bucket, evidence, job_overrides)
+            entry = entrypoint or prepare_entrypoint(f"s3://{bucket}/trcgl", endpoint_url, job_overrides)
+            job = run_job(head, entry, endpoint_url, bucket, evidence, timeout_s)
             in_node_env = _group_environ_holds(head.pid, secret)  # the job did have it, from the node
         except BaseException:
             shutil.rmtree(head.temp_dir, ignore_errors=True)

@@ -23,15 +23,21 @@ from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trcgl.config import check_generator_size
     from trcgl.study.ray_ablation import FORCEABLE, run_ablation
-    from trcgl.study.rows import check_ablation
+    from trcgl.study.rows import check_ablation, needs_generation
+
+    def check(cfg):
+        check_ablation(cfg)
+        if needs_generation(cfg):
+            check_generator_size(cfg)
 
     return _cli.run(
         lambda cfg, args: run_ablation(cfg, force=args.force),
         __doc__,
         argv,
         force_stages=FORCEABLE,
-        check=check_ablation,
+        check=check,
     )
 
 

@@ -2,7 +2,7 @@
 
     python -m jobs.benchmark prepare [--rows 2000] [--render-size 512] [--size 224] [--scale 10]
     python -m jobs.benchmark train [--backbone resnet18] [--size 128] [--batch 32] [--steps 12] [--threads 2]
-    python -m jobs.benchmark generate [--images 32] [--steps 10] [--batch 8]
+    python -m jobs.benchmark generate [--images 32] [--steps 10] [--batch 8] [--no-pool]
     python -m jobs.benchmark autoscale [--workdir DIR] [--actors-max 2] [--idle-timeout-minutes M]
     python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
     python -m jobs.benchmark faults [--workdir DIR] [--only train-worker-kill sweep-driver-kill ...]
@@ -15,8 +15,10 @@ PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak me
 train: images/s of training steps for (a) backbone + linear head, (b) full TRCGL-Net, (c) full TRCGL-Net in a
 1-worker Ray Train run reading a Ray Dataset shard; ratios b/a (target >= 0.8) and c/b (target >= 0.9).
 
-generate: images/s of (a) an in-process loop over the generator class and (b) the Ray Data actor-pool job with 1,
-then 2 actors; b/a with 1 actor (target >= 0.9) and the 1 -> 2 actor scaling.
+generate: images/s of (a) the presets' route (edit at data.image_size, with controls) in an in-process loop over the
+generator class, (c) the route before it (32 px sampling upsampled, no controls) and their ratio a/c; (b) the Ray
+Data actor-pool job on route (a) with 1, then 2 actors (skipped with --no-pool); b/a with 1 actor (target >= 0.9)
+and the 1 -> 2 actor scaling.
 
 gpu: on a CUDA GPU, diffusion sampling images/s at fp32 vs bf16 for several batch sizes and classifier training
 images/s with AMP off/on and torch.compile off/on, with achieved TFLOP/s against the card's dense bf16 peak. Without
@@ -65,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--batch", type=int, default=32)
     tr.add_argument("--steps", type=int, default=12, help="timed steps (after 3 warm-up steps)")
     tr.add_argument("--threads", type=int, default=2)
-    gen = sub.add_parser("generate", help="generation: in-process loop vs Ray Data actor pool (1 and 2 actors)")
+    gen = sub.add_parser("generate", help="generation: new vs old route; in-process loop vs Ray Data actor pool")
     gen.add_argument("--images", type=int, default=32)
     gen.add_argument("--steps", type=int, default=10, help="sampling steps per image")
     gen.add_argument("--batch", type=int, default=8)
     gen.add_argument("--preset", default="demo", help="config preset whose diffusion architecture is measured")
+    gen.add_argument("--no-pool", action="store_true", help="only the in-process routes (a) and (c): no Ray")
     gpu = sub.add_parser("gpu", help="GPU code paths: sampling fp32/bf16, training AMP/compile, TFLOP/s vs peak")
     gpu.add_argument("--dry-run", action="store_true", help="CPU, small sizes, even where CUDA is present")
     gpu.add_argument("--preset", default="demo", help="config preset whose architectures are measured")
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.which == "generate":
         from trcgl_dev.benchmarks.ray_generate_bench import run as run_generate
 
-        result = run_generate(args.images, args.steps, args.batch, args.preset)
+        result = run_generate(args.images, args.steps, args.batch, args.preset, pool=not args.no_pool)
     elif args.which == "cache":
         from trcgl_dev.benchmarks.ray_cache_bench import run as run_cache
 

@@ -41,6 +41,7 @@ def summary_text(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trcgl.config import check_generator_size
     from trcgl.pipeline.ray_pipeline import FORCEABLE, check_pipeline, run_pipeline
 
     def job(cfg, args):
@@ -48,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(summary_text(summary))
         return summary
 
-    return _cli.run(job, __doc__, argv, force_stages=FORCEABLE, check=check_pipeline)
+    def check(cfg):
+        check_pipeline(cfg)
+        if cfg.pipeline.diffusion:
+            check_generator_size(cfg)
+
+    return _cli.run(job, __doc__, argv, force_stages=FORCEABLE, check=check)
 
 
 if __name__ == "__main__":

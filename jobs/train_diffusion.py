@@ -16,9 +16,16 @@ from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trcgl.config import check_generator_size
     from trcgl.diffusion.ray_diffusion import run_train_diffusion
 
-    return _cli.run(lambda cfg, args: run_train_diffusion(cfg, force=args.force), __doc__, argv, force_stages=())
+    return _cli.run(
+        lambda cfg, args: run_train_diffusion(cfg, force=args.force),
+        __doc__,
+        argv,
+        force_stages=(),
+        check=check_generator_size,
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_generate_benchmark_runs(ray_local, capsys):
     assert main(["generate", "--images", "4", "--steps", "2", "--batch", "2", "--preset", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "ratio b/a with 1 actor" in out and "scaling 1 -> 2 actors" in out
+    assert "new route / old route (a/c)" in out
 
 
 @pytest.mark.parametrize("epochs", [[9.0, 3.0, 5.0], [4.0]])

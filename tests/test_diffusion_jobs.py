@@ -31,6 +31,7 @@ def _info_rows():
     labels = [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 0, 1], [0, 1, 0, 0]]
     rows = pd.DataFrame(
         {
+            "image_id": [f"real-{i}" for i in range(len(labels))],
             "labels": labels,
             "localizations": [[], ["loc left"], ["loc right"], [], ["loc apical"], []],
             "projection": ["PA"] * 6,
@@ -64,7 +65,7 @@ def test_generator_class_called_directly(tmp_path):
     from trcgl.diffusion.prompts import prompt_vocabulary
 
     info, rows = _info_rows()
-    cfg = load_config("tiny", [f"storage.root={tmp_path}", "data.image_size=24"])
+    cfg = load_config("tiny", [f"storage.root={tmp_path}", "data.image_size=24", "diffusion.image_size=24"])
     model = TextToXray.build(cfg.diffusion, prompt_vocabulary(info.classes, ["loc left", "loc right", "loc apical"]))
     model.save_pretrained(str(tmp_path / "model"))
     plan = make_plan(info, rows, GenerateConfig(aug_ratio_tail=1.0, rows_per_file=4))
@@ -74,6 +75,7 @@ def test_generator_class_called_directly(tmp_path):
     table = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
     assert [r["image_id"] for r in table] == plan["image_id"].head(4).tolist()
     assert all(len(r["image"]) == 24 * 24 * 2 and r["source"] == "synthetic" for r in table)
+    assert all(r["mode"] == "sample" and len(r["control_image"]) == 24 * 24 * 2 for r in table)  # controls on
     assert gen(pd.DataFrame({"payload": part_payloads(plan)[:1]}))["skipped"].all()  # exists: skipped
 
 
@@ -112,6 +114,9 @@ def test_train_diffusion_then_generate_then_score_fidelity(tiny_diffusion):
     # a killed run fills only the gap: tests/faults/test_faults_generation_kill.py
     grids = [f for f in storage.list_files(f"{out}/grids") if f.endswith(".png")]
     assert len(grids) == len(first["per_class"]) and first["fidelity"] is None  # no reference classifier yet
+    # realism needs no reference: every generated image (fewer than generate.realism_max_images) against train positives
+    assert first["realism"]["n_synthetic"] == first["images"] and first["realism"]["real_split"] == "train"
+    assert storage.read_json(f"{out}/realism.json") == first["realism"]
 
     # fidelity with a reference classifier (an untrained one: this checks the mechanics, not the figures)
     from trcgl.data.dataset import load_dataset_info
@@ -131,16 +136,22 @@ def test_train_diffusion_then_generate_then_score_fidelity(tiny_diffusion):
                 f"train.dataset={dataset}",
                 f"generate.model={tiny_diffusion['model']}",
                 f"generate.reference_checkpoint={storage.uri('reference')}",
-                "generate.fidelity_threshold=0.0",
+                "generate.fidelity_threshold=-1.0",
                 "generate.fidelity_keep_fraction=0.5",
             ],
         )
     )
-    assert {r["class"] for r in scored["fidelity"]} == set(first["per_class"])
-    assert all(r["auroc"] is None or 0.0 <= r["auroc"] <= 1.0 for r in scored["fidelity"])
-    # threshold 0 passes every image; the keep fraction then keeps the better-scoring half of each class
-    assert scored["filtered"]["of"] == first["images"]
+    assert {r["class"] for r in scored["fidelity"]} == set(first["per_class"]) and scored["fidelity_split"] == "val"
+    aurocs = ("auroc_real", "auroc_synthetic", "auroc_control", "auroc_synthetic_vs_control")
+    assert all(r[a] is None or 0.0 <= r[a] <= 1.0 for r in scored["fidelity"] for a in aurocs)
+    assert all(r["controls"] == r["synthetic"] for r in scored["fidelity"])  # generate.controls: one per image
+    assert all(r["visible_pixels"] is not None for r in scored["fidelity"])  # PadChest-Synth: the renderer says
+    table = pq.read_table(storage.path(f"{out}/fidelity.parquet")).to_pandas()
+    assert {"auroc_real", "auroc_control", "mean_margin", "visible"} <= set(table.columns)
+    # a margin (score minus its control's) of -1 passes every image; the keep fraction keeps the better half of each
+    assert scored["filtered"]["ranked_by"] == "margin" and scored["filtered"]["of"] == first["images"]
     assert scored["filtered"]["kept"] == sum(math.ceil(n / 2) for n in first["per_class"].values())
+    assert len(scored["filtered"]["grids"]) == len(first["per_class"])  # kept vs dropped, one per class
     assert storage.manifest(run_dir("gen", "synthetic_filtered"))["fidelity_keep_fraction"] == 0.5
 
 
@@ -192,8 +203,8 @@ def test_fidelity_table_auroc():
     real = np.array([[0.2, 0.1], [0.3, 0.9], [0.95, 0.5]])
     real_labels = np.array([[0, 0], [0, 1], [1, 0]])
     table = fidelity_table(classes, syn, ["a", "a", "b"], real, real_labels).set_index("class")
-    assert table.loc["a", "auroc"] == 1.0  # synthetic a-scores 0.9, 0.8 above real negatives 0.2, 0.3
-    assert table.loc["b", "auroc"] == 1.0  # 0.7 above the real b-negatives' 0.1 and 0.5
+    assert table.loc["a", "auroc_synthetic"] == 1.0  # synthetic a-scores 0.9, 0.8 above real negatives 0.2, 0.3
+    assert table.loc["b", "auroc_synthetic"] == 1.0  # 0.7 above the real b-negatives' 0.1 and 0.5
     assert table.loc["a", "mean_score_synthetic"] == pytest.approx(0.85)
     assert table.loc["a", "mean_score_real_positive"] == pytest.approx(0.95)
     assert table.loc["a", "real_negatives"] == 2 and table.loc["b", "synthetic"] == 1
@@ -220,3 +231,47 @@ def test_repeat_by_group_weights_rows_and_its_module_stays_light():
     code = "import sys, trcgl.diffusion.grouping; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_grids_and_realism_without_a_reference_classifier(tmp_path):
+    """Realism needs no reference: written beside the grids, against real train positives in the class mix."""
+    import pyarrow as pa
+
+    from trcgl.data.images import encode_prepared
+    from trcgl.diffusion.ray_generate import fidelity_and_grids
+
+    storage = Storage(str(tmp_path))
+    cfg = load_config("tiny", [f"storage.root={tmp_path}", "train.run=r", "generate.realism_max_images=12"])
+    rng = np.random.default_rng(0)
+    labels = np.zeros((40, 3), dtype=np.uint8)
+    labels[:15, 1], labels[10:25, 2], labels[25:, 0] = 1, 1, 1
+    split = ["train"] * 30 + ["val"] * 5 + ["test"] * 5
+    real = pa.table(
+        {
+            "split": split,
+            "labels": pa.array(labels.tolist(), pa.list_(pa.uint8(), 3)),
+            "image": [encode_prepared(rng.random((16, 16))) for _ in range(40)],
+        }
+    )
+    for j in range(2):  # two parts: picks span both
+        storage.write_parquet(f"datasets/ds/part-{j:05d}.parquet", real.slice(20 * j, 20))
+    parts = [storage.path(f"datasets/ds/part-{j:05d}.parquet") for j in range(2)]
+    info = DatasetInfo(
+        "ds", ["normal", "a", "b"], ["head", "tail", "tail"], labels[:30].sum(0), np.eye(3), 16, parts, {}
+    )
+    out = run_dir("r", "synthetic")
+    storage.write_parquet(
+        f"{out}/part-00000.parquet",
+        pa.table(
+            {
+                "image_id": [f"syn-{i}" for i in range(20)],
+                "image": [encode_prepared(rng.random((16, 16))) for _ in range(20)],
+                "target_class": ["a"] * 14 + ["b"] * 6,
+            }
+        ),
+    )
+    result = fidelity_and_grids(cfg, storage, info, out)
+    assert result["fidelity"] is None and len(result["grids"]) == 2
+    assert result["realism"]["n_synthetic"] == 12 and result["realism"]["n_real"] == 12  # the same class mix
+    assert 0.0 <= result["realism"]["auroc"] <= 1.0 and result["realism"]["real_split"] == "train"
+    assert storage.read_json(f"{out}/realism.json") == result["realism"]

@@ -75,3 +75,37 @@ def test_summary_table_cells_carry_intervals():
     assert table.loc[0, "head_mAP"] == "0.500"
     assert table.loc[0, "tail_mAP"] == "-"
     assert table.loc[0, "synthetic rows"] == 12
+
+
+def test_report_shows_realism_fidelity_with_controls_and_kept_vs_dropped(tmp_path):
+    import numpy as np
+
+    from trcgl.diffusion.fidelity import FIDELITY_COLUMNS, filter_grid, sample_grid
+    from trcgl.pipeline.html import Images, Table, render
+    from trcgl.pipeline.report import synthetic_section
+    from trcgl.storage import run_dir
+
+    storage = Storage(str(tmp_path))
+    films = np.random.default_rng(0).random((6, 16, 16))
+    grids = f"{run_dir('r', 'synthetic')}/grids"
+    storage.write_bytes(f"{grids}/pneumothorax.png", sample_grid("pneumothorax", films[:3], films[3:]))
+    storage.write_bytes(f"{grids}/filtered/pneumothorax.png", filter_grid("pneumothorax", films[:2], films[2:3]))
+    fidelity_row = dict.fromkeys(FIDELITY_COLUMNS) | {"class": "pneumothorax", "auroc_real": 0.7, "visible": True}
+    generated = {
+        "images": 6,
+        "realism": {"auroc": 0.93, "laplacian_std_ratio": 0.4, "n_synthetic": 6, "n_real": 6, "real_split": "train"},
+        "fidelity": [fidelity_row],
+        "filtered": {"kept": 2, "of": 3, "ranked_by": "margin", "grids": [f"{grids}/filtered/pneumothorax.png"]},
+    }
+    section = synthetic_section(storage, "r", generated)
+    tables = {b.caption: b.frame for b in section.blocks if isinstance(b, Table)}
+    assert list(tables) == [
+        "Realism (two-sample test)",
+        "Fidelity with controls (reference: the baseline; real images: val split)",
+    ]
+    assert tables["Realism (two-sample test)"].iloc[0, 0] == 0.93
+    fidelity = tables["Fidelity with controls (reference: the baseline; real images: val split)"]
+    assert {"auroc_real", "auroc_synthetic", "auroc_control", "auroc_synthetic_vs_control", "visible"} <= set(fidelity)
+    pictures = [[i.caption for i in b.items] for b in section.blocks if isinstance(b, Images)]
+    assert pictures == [["pneumothorax"], ["kept vs dropped: pneumothorax"]]  # the filtered grid shown once
+    assert "kept 2 of 3 images, ranked by its score&#x27;s margin over its own control" in render("r", [section])

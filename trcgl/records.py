@@ -26,7 +26,7 @@ from typing import Any
 
 from trcgl.config import Config, config_hash, to_dict
 from trcgl.errors import ConfigError
-from trcgl.storage import Storage
+from trcgl.storage import Storage, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ CLASSIFIER_EXECUTION_KEYS = (
     "train.checkpoints_to_keep",
     "train.eval_local_rows",
     "train.cache_mb",
+    "train.oracle",  # replaced by the oracle folder it resolves to, recorded as an input
 )
 DIFFUSION_EXECUTION_KEYS = ()
 GENERATE_EXECUTION_KEYS = (
@@ -210,10 +211,12 @@ GENERATE_EXECUTION_KEYS = (
     "generate.model",
     "generate.reference_checkpoint",
     "generate.grid_examples",
+    "generate.realism_max_images",
 )
 # what only synthetic_filtered/ depends on (the fidelity filter), beside everything synthetic/ depends on
 FIDELITY_KEYS = ("generate.fidelity_threshold", "generate.fidelity_keep_fraction")
 SWEEP_EXECUTION_KEYS = ("sweep.max_concurrent_trials", "sweep.driver_cpus", "sweep.enabled")
+ORACLE_STAGE = "oracle"  # runs/{run}/oracle/: rows rendered by PadChest-Synth's renderer (trcgl.data.synth.oracle)
 
 
 def _under_root(storage: Storage, uri: str) -> str | None:
@@ -235,12 +238,25 @@ def folder_hash(storage: Storage, uri_or_rel: str, strip: str = "") -> str | Non
     return upstream_hash(storage, rel)
 
 
+def extra_folders(cfg: Config) -> list[str]:
+    """The folders of generated rows a classifier run draws its extra rows from (relative to the root, or URIs).
+
+    ``train.extra_source=synthetic``: ``train.synthetic``; ``oracle``: ``train.oracle``, by default the run's own
+    ``runs/{train.run}/oracle`` (written by ``jobs.oracle``); ``real``: none (copies of real rows).
+    """
+    if cfg.train.extra_source == ORACLE_STAGE:
+        return [cfg.train.oracle or run_dir(cfg.train.run, ORACLE_STAGE)]
+    return list(cfg.train.synthetic) if cfg.train.extra_source == "synthetic" else []
+
+
 def classifier_record(cfg: Config, storage: Storage, dataset: str) -> dict[str, Any]:
-    """A classifier run: model, loss and train keys, the dataset, and the synthetic folders it mixes in."""
-    mixes = cfg.train.extra_source == "synthetic" and (cfg.train.aug_ratio_tail > 0 or cfg.train.aug_ratio_medium > 0)
-    synthetic = {f: folder_hash(storage, f) for f in cfg.train.synthetic} if mixes else {}
+    """A classifier run: model, loss and train keys, the dataset, and the synthetic (or oracle) folders it mixes in."""
+    mixes = cfg.train.aug_ratio_tail > 0 or cfg.train.aug_ratio_medium > 0
+    folders = {f: folder_hash(storage, f) for f in extra_folders(cfg)} if mixes else {}
     keys = flat_keys(cfg, ("model", "loss", "train"), CLASSIFIER_EXECUTION_KEYS)
-    return stage_record("classifier", keys, dataset=dataset, synthetic=synthetic)
+    if cfg.train.extra_source == ORACLE_STAGE:
+        return stage_record("classifier", keys, dataset=dataset, synthetic={}, oracle=folders)
+    return stage_record("classifier", keys, dataset=dataset, synthetic=folders)
 
 
 def diffusion_record(cfg: Config, dataset: str) -> dict[str, Any]:

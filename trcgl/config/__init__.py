@@ -5,7 +5,7 @@ command-line overrides (:mod:`.loading`), and checked on the way (:mod:`.checks`
 the rest of ``trcgl`` but the error types and the label-set catalogue (``trcgl/data/labelsets/*.yaml``), both leaves.
 """
 
-from trcgl.config.checks import check_space, filters_fidelity, validate
+from trcgl.config.checks import check_generator_size, check_space, filters_fidelity, validate
 from trcgl.config.loading import (
     LOCAL_PATH_KEYS,
     PRESET_DIR,
@@ -62,6 +62,7 @@ __all__ = [
     "TrainConfig",
     "absolute_local_paths",
     "apply_overrides",
+    "check_generator_size",
     "check_space",
     "coerce",
     "config_hash",

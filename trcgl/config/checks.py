@@ -17,6 +17,9 @@ from trcgl.errors import ConfigError
 SYNTHETIC_SET = "synthetic_set"  # pseudo-key: which synthetic folder of the run trials draw from
 SYNTHETIC_FOLDERS = ("synthetic", "synthetic_filtered")
 TYPES = ("choice", "uniform", "loguniform", "int")
+EXTRA_SOURCES = ("synthetic", "real", "oracle")  # train.extra_source
+ABLATION_EXTRAS = ("none", "synthetic", "synthetic_filtered", "real", "oracle")  # ablation.rows.<name>.extra
+GENERATE_MODES = ("sample", "edit")
 
 
 def field_type(dotted: str) -> Any:
@@ -95,6 +98,27 @@ def filters_fidelity(cfg: Config) -> bool:
     return cfg.generate.fidelity_threshold is not None or cfg.generate.fidelity_keep_fraction is not None
 
 
+def check_generator_size(cfg: Config) -> None:
+    """The generator must produce ``data.image_size``: synthetic rows are never resized to the classifier's size.
+
+    An image upsampled from a smaller generator is blurred as no real row is, and every synthetic row is a tail
+    positive, so "blurred means tail" becomes the cheapest feature a classifier can learn (and fidelity scores
+    measure the blur). There is no resolution-matching opt-in: set ``diffusion.image_size`` to ``data.image_size``.
+    Run by the jobs that train or sample the generator (``jobs.train_diffusion``, ``jobs.generate``, the
+    pipeline with ``pipeline.diffusion`` and the ablation's rows that draw synthetic data) before any work, not by
+    :func:`validate`: a classifier-only run may use any ``data.image_size``.
+
+    Raises:
+        ConfigError: naming both keys and their values.
+    """
+    if cfg.diffusion.image_size != cfg.data.image_size:
+        raise ConfigError(
+            f"config key 'diffusion.image_size' is {cfg.diffusion.image_size} but 'data.image_size' is "
+            f"{cfg.data.image_size}: the generator must produce the classifier's resolution (synthetic rows are never "
+            f"resized); set diffusion.image_size={cfg.data.image_size}"
+        )
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     d = cfg.data
@@ -132,9 +156,20 @@ def validate(cfg: Config) -> None:
     kf = cfg.generate.fidelity_keep_fraction
     if kf is not None and not 0 < kf <= 1:
         raise ConfigError(f"config key 'generate.fidelity_keep_fraction' must be in (0, 1] or null, got {kf}")
+    if cfg.generate.mode not in GENERATE_MODES:
+        raise ConfigError(f"config key 'generate.mode' must be sample or edit, got {cfg.generate.mode!r}")
+    if not 0 < cfg.generate.strength <= 1:
+        raise ConfigError(f"config key 'generate.strength' must be in (0, 1], got {cfg.generate.strength}")
     sw = cfg.sweep
-    if cfg.train.extra_source not in ("synthetic", "real"):
-        raise ConfigError(f"config key 'train.extra_source' must be synthetic or real, got {cfg.train.extra_source!r}")
+    if cfg.train.extra_source not in EXTRA_SOURCES:
+        raise ConfigError(
+            f"config key 'train.extra_source' must be one of {list(EXTRA_SOURCES)}, got {cfg.train.extra_source!r}"
+        )
+    if cfg.train.extra_source == "oracle" and d.source != "padchest-synth":
+        raise ConfigError(
+            f"config key 'train.extra_source' is oracle, which renders with PadChest-Synth's renderer (the only source "
+            f"with a true generative process), but config key 'data.source' is {d.source!r}"
+        )
     if cfg.train.cache_mb < 0:
         raise ConfigError(f"config key 'train.cache_mb' must be >= 0, got {cfg.train.cache_mb}")
     if cfg.train.eval_local_rows < 0:
@@ -165,10 +200,14 @@ def validate(cfg: Config) -> None:
     for name, row in ab.rows.items():
         if not isinstance(row, dict):
             raise ConfigError(f"config key 'ablation.rows.{name}' must be a mapping of overrides, got {row!r}")
-        if row.get("extra", "none") not in ("none", "synthetic", "synthetic_filtered", "real"):
+        if row.get("extra", "none") not in ABLATION_EXTRAS:
             raise ConfigError(
-                f"config key 'ablation.rows.{name}.extra' must be none, synthetic, synthetic_filtered or real, "
-                f"got {row['extra']!r}"
+                f"config key 'ablation.rows.{name}.extra' must be one of {list(ABLATION_EXTRAS)}, got {row['extra']!r}"
+            )
+        if row.get("extra") == "oracle" and d.source != "padchest-synth":
+            raise ConfigError(
+                f"config key 'ablation.rows.{name}.extra' is oracle, which renders with PadChest-Synth's renderer, but "
+                f"config key 'data.source' is {d.source!r}"
             )
     for key in ("access_key", "secret_key", "aws_secret_access_key", "aws_access_key_id", "token"):
         if key in to_dict(cfg.storage):

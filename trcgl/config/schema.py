@@ -170,9 +170,11 @@ class TrainConfig:
     synthetic: list[str] = field(default_factory=list)  # synthetic Parquet folders (relative to root, or URIs)
     aug_ratio_tail: float = 0.0  # synthetic samples per real sample of a tail-class positive
     aug_ratio_medium: float = 0.0
-    # where the extra rows of aug_ratio_* come from: "synthetic" (train.synthetic) or "real" (copies of real train
-    # positives drawn with replacement: class-balanced re-sampling, the control for synthesis)
+    # where the extra rows of aug_ratio_* come from: "synthetic" (train.synthetic), "real" (copies of real train
+    # positives drawn with replacement: class-balanced re-sampling, the control for synthesis) or "oracle" (rows
+    # rendered fresh by PadChest-Synth's renderer, jobs.oracle: the upper bound; data.source=padchest-synth only)
     extra_source: str = "synthetic"
+    oracle: str | None = None  # oracle folder for extra_source=oracle (relative to root, or URI); None: {run}/oracle
     bootstrap: int = 200  # bootstrap resamples for 95 % intervals
     # a CPU run scores a split of at most this many images in the driver rather than on a Ray Data actor pool
     # (starting actors that each load the model costs more than scoring a few hundred images); 0: always the pool
@@ -192,7 +194,9 @@ class DiffusionConfig:
     pretrained: str | None = None  # path or s3:// to a Stable-Diffusion-family pipeline (source=pretrained)
     text_encoder: str | None = None  # path or s3:// to a pretrained transformers text encoder; None: train a small one
     freeze_text_encoder: bool = False
-    image_size: int = 64  # diffusion resolution (pixels for scratch; the VAE's input size for pretrained)
+    # the generator's output side (pixels for scratch; the VAE's input size for pretrained); jobs that train or sample
+    # it refuse a value other than data.image_size (trcgl.config.checks.check_generator_size)
+    image_size: int = 64
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
     cross_attention_dim: int = 64
@@ -230,12 +234,23 @@ class GenerateConfig:
     num_gpus: float = 0.0  # per actor; actors fall back to CPU where a GPU is declared but CUDA is absent
     cpus_per_actor: float = 1.0
     seed: int = 0
+    # "sample": images drawn from noise with the prompt of a real positive's label set; "edit": a real train image
+    # negative for the class, noised to ``strength`` and denoised with the class added to its prompt (SDEdit)
+    mode: str = "sample"
+    strength: float = 0.6  # edit: fraction of the sampler's schedule the donor is noised to, in (0, 1]
+    region: bool = True  # edit: change only a soft mask over the side and level of a real positive's localizations
+    # each row also gets a control image: the same path (same seed, donor, strength, mask) with the empty prompt
+    controls: bool = True
     reference_checkpoint: str | None = None  # classifier checkpoint scoring fidelity; None: the run's classifier/best
-    fidelity_threshold: float | None = None  # keep synthetic images whose target-class score reaches this
-    # keep this fraction of each class's synthetic images, the highest-scoring ones (relative, so it never keeps none
-    # when the reference scores a rare class low); with fidelity_threshold as well, both apply
+    # keep synthetic images whose fidelity score reaches this. The score is the margin: the reference's score for the
+    # target class on the image minus on its own control image (generate.controls), in [-1, 1]: above 0, the prompt
+    # raised the score; without control images, the raw score in [0, 1] (with a warning)
+    fidelity_threshold: float | None = None
+    # keep this fraction of each class's synthetic images, the highest by the same score (relative, so it never keeps
+    # none when the reference scores a rare class low); with fidelity_threshold as well, both apply
     fidelity_keep_fraction: float | None = None
     grid_examples: int = 8  # synthetic and real examples per class in the sample grids
+    realism_max_images: int = 256  # synthetic (and as many real) images in the realism two-sample test; 0: none
 
 
 @dataclass
@@ -278,8 +293,10 @@ class AblationConfig:
     A row maps dotted config keys to values (overrides of the run's config) plus the pseudo-key ``extra``: where the
     extra tail/medium training rows come from. ``none``: no extra rows; ``synthetic`` / ``synthetic_filtered``: the
     run's generated folder of that name, at the study's ratios; ``real``: copies of real train positives drawn with
-    replacement (class-balanced re-sampling) at the same ratios, the control for synthesis. Everything else (data,
-    split, backbone, image size, epochs, seed policy) is the run's config and is the same for every row.
+    replacement (class-balanced re-sampling) at the same ratios, the control for synthesis; ``oracle``: the run's
+    ``oracle/`` folder (the generation plan's rows rendered fresh by PadChest-Synth's renderer, the upper bound; only
+    with data.source=padchest-synth). Everything else (data, split, backbone, image size, epochs, seed policy) is the
+    run's config and is the same for every row.
     """
 
     rows: dict[str, dict[str, Any]] = field(default_factory=default_ablation_rows)

@@ -18,6 +18,10 @@ Two sources, one interface:
   channels for the VAE; decoded images are averaged back to 1 channel. SD conventions are kept: prompts padded to the
   tokenizer's ``model_max_length``, no padding mask.
 
+Generation: :meth:`TextToXray.sample` draws images from noise; :meth:`TextToXray.edit` noises real images part of the
+way and denoises them towards a prompt (SDEdit), optionally only inside a soft mask (:mod:`trcgl.diffusion.regions`).
+Both make ``cfg.image_size`` images, which the generation jobs require to be ``data.image_size``.
+
 Training: :meth:`TextToXray.training_loss` (epsilon MSE, classifier-free-guidance dropout to :data:`EMPTY_PROMPT`),
 then :meth:`TextToXray.update_ema` after each optimiser step. The EMA shadow weights are buffers of the module (so
 ``state_dict`` carries them and ``parameters()`` does not): build the optimiser from
@@ -162,6 +166,13 @@ class EmaWeights(nn.Module):
     def shadows(self) -> dict[str, Tensor]:
         """Parameter name → its shadow tensor."""
         return {name: getattr(self, self._key(name)) for name in self.names}
+
+
+def _cpu_float(array: np.ndarray | Tensor) -> Tensor:
+    """An array or tensor as a float32 CPU tensor."""
+    if isinstance(array, Tensor):
+        return array.detach().to("cpu", torch.float32)
+    return torch.as_tensor(np.asarray(array, dtype=np.float32))
 
 
 def _tensor_bytes(tensor: Tensor) -> bytes:
@@ -534,6 +545,125 @@ class TextToXray(nn.Module):
             x = sampler.step(eps, t, x).prev_sample
         return self._to_images(x)
 
+    @torch.no_grad()
+    def edit(
+        self,
+        images: np.ndarray | Tensor,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        strength: float,
+        masks: np.ndarray | Tensor | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        use_ema: bool = True,
+    ) -> np.ndarray:
+        """Edits real images towards their prompts (SDEdit, https://arxiv.org/abs/2108.01073), optionally in a region.
+
+        Each image is mapped to model space (pixels in [-1, 1], or the VAE posterior's mean: no draw, so the start is
+        deterministic), noised to the sampler timestep that ``strength`` reaches with noise drawn as :meth:`sample`
+        draws it for the same seed, and denoised from there by the same sampler with classifier-free guidance. With
+        masks, after every step the model state outside the mask is replaced by the original noised to the current
+        timestep (RePaint-style blending, https://arxiv.org/abs/2201.09865; at the latent resolution for a latent
+        model), and the result is composited in pixel space, ``m * edited + (1 - m) * image``: where ``m == 0`` the
+        output is the input, bit for bit. Deterministic for fixed seeds; the batch changes only float rounding, as
+        for :meth:`sample`.
+
+        Args:
+            images: (B, S, S) float in [0, 1], S = ``cfg.image_size``.
+            prompts: B prompts (:data:`EMPTY_PROMPT` gives the generator's own path without a condition).
+            seeds: B seeds; image i's noise is ``torch.randn`` from ``torch.Generator().manual_seed(seeds[i])``.
+            strength: in (0, 1]: the share of the ``steps`` timesteps run (at least one); 1 starts from the schedule's
+                noisiest timestep.
+            masks: (B, S, S) in [0, 1] (1: may change), or None to edit the whole image.
+            steps: sampler steps of the full schedule; None: ``cfg.sample_steps``.
+            guidance_scale: as for :meth:`sample`.
+            use_ema: edit with the EMA weights (else the raw ones).
+
+        Returns:
+            (B, S, S) float32 in [0, 1].
+
+        Raises:
+            ValueError: on mismatched lengths or shapes, or a strength outside (0, 1].
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        size = self.cfg.image_size
+        if not prompts:
+            return np.zeros((0, size, size), dtype=np.float32)
+        originals = _cpu_float(images)  # (B, S, S)
+        if originals.shape != (len(prompts), size, size):
+            raise ValueError(f"images must be ({len(prompts)}, {size}, {size}), got {tuple(originals.shape)}")
+        weights = None
+        if masks is not None:
+            weights = _cpu_float(masks).clamp(0.0, 1.0)  # (B, S, S)
+            if weights.shape != originals.shape:
+                raise ValueError(f"masks must match images {tuple(originals.shape)}, got {tuple(weights.shape)}")
+        steps = steps or self.cfg.sample_steps
+        scale = self.cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        was_training = self.training
+        self.eval()
+        try:
+            with self.ema_applied() if use_ema else nullcontext():
+                edited = self._denoise_from(originals, list(prompts), seeds, strength, weights, steps, scale)
+        finally:
+            self.train(was_training)
+        edited = edited.float().cpu()  # (B, S, S)
+        if weights is not None:
+            edited = weights * edited + (1.0 - weights) * originals  # exact input where the mask is 0
+        return edited.numpy().astype(np.float32)
+
+    def _denoise_from(
+        self,
+        originals: Tensor,
+        prompts: list[str],
+        seeds: Sequence[int],
+        strength: float,
+        masks: Tensor | None,
+        steps: int,
+        scale: float,
+    ) -> Tensor:
+        """The editing loop (:meth:`edit`); originals and masks (B, S, S) on the CPU; returns (B, S, S) in [0, 1]."""
+        sampler = make_sampler(self.noise_scheduler, self.cfg.sampler)
+        sampler.set_timesteps(steps, device=self.device)
+        start = steps - min(steps, max(1, int(round(strength * steps))))
+        timesteps = sampler.timesteps[start * sampler.order :]
+        if hasattr(sampler, "set_begin_index"):
+            sampler.set_begin_index(start * sampler.order)  # multistep samplers count steps from here
+        x0 = self._encode_mean(originals[:, None].to(self.device))  # (B, C, s, s)
+        noise = self._initial_noise(seeds).to(x0.dtype)  # (B, C, s, s)
+        x = self.noise_scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(prompts)))  # (B, C, s, s)
+        keep = None
+        if masks is not None:
+            keep = F.interpolate(masks[:, None].to(self.device), size=x0.shape[-2:], mode="area")  # (B, 1, s, s)
+        guided = scale != 1.0
+        hidden, mask = self._encode_text([EMPTY_PROMPT] * len(prompts) + prompts if guided else prompts)
+        for i, t in enumerate(timesteps):
+            inp = torch.cat([x, x]) if guided else x  # (2B or B, C, s, s)
+            inp = sampler.scale_model_input(inp, t)
+            eps = self.unet(inp, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+            if guided:
+                eps_uncond, eps_cond = eps.chunk(2)  # (B, C, s, s) each
+                eps = eps_uncond + scale * (eps_cond - eps_uncond)
+            x = sampler.step(eps, t, x).prev_sample
+            if keep is not None:  # outside the mask: the original at the noise level x now has
+                if i + 1 < len(timesteps):
+                    known = self.noise_scheduler.add_noise(x0, noise, timesteps[i + 1 : i + 2].repeat(len(prompts)))
+                else:
+                    known = x0
+                x = keep * x + (1.0 - keep) * known
+        return self._to_images(x)
+
+    def _encode_mean(self, images: Tensor) -> Tensor:
+        """(B, 1, S, S) in [0, 1] → model space like :meth:`_to_model_space`, with the VAE posterior's mean."""
+        x = images * 2.0 - 1.0
+        if not self.latent:
+            return x
+        latents = self.vae.encode(x.repeat(1, 3, 1, 1)).latent_dist.mean  # (B, 4, s, s)
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
     # ------------------------------------------------------------------------------------------------ checkpoints
 
     def _metadata(self) -> dict:
@@ -549,7 +679,6 @@ class TextToXray(nn.Module):
         """
         if "://" in folder and not folder.startswith("file://"):
             import pyarrow.fs as pafs
-
 
             tmp = tempfile.mkdtemp(prefix="trcgl-diffusion-")
             try:

@@ -1,14 +1,25 @@
 """The generation plan and the generator class, without Ray.
 
 A plan is a table with one row per image to make: the class it is for, the label set and prompt it is made with, its
-seed and its output id. For each tail (and, with ``generate.aug_ratio_medium``, medium) class with n real train
-positives, ``round(ratio x n)`` images (at most ``generate.per_class_max``) are planned. Image i of class k copies the
-label set and localizations of a real train row positive for k (chosen by a seed derived from the row identity), so
-synthetic rows keep real co-occurrence instead of carrying the single tail label.
+seed, its output id and, in edit mode, the real image it is edited from. For each tail (and, with
+``generate.aug_ratio_medium``, medium) class with n real train positives, ``round(ratio x n)`` images (at most
+``generate.per_class_max``) are planned.
+
+``generate.mode``:
+
+* ``sample``: image i of class k is drawn from noise with the label set, localizations and projection of a real train
+  row positive for k (chosen by a seed derived from the row identity), so synthetic rows keep real co-occurrence
+  instead of carrying the single tail label.
+* ``edit``: image i of class k is a real train row NEGATIVE for k (the donor) edited towards its own label set plus k
+  (``normal`` dropped), restricted with ``generate.region`` to the side and level of the localizations of a real
+  positive of k (:mod:`trcgl.diffusion.regions`); the prompt names the new label set, those localizations and the
+  donor's projection. The finding lands on many real anatomies and label combinations, which duplication cannot do.
 
 Every choice derives from (``generate.seed``, class, index): nothing depends on worker, batch or order, so a rerun,
 another actor count or another batch size plans the same rows. Rows are cut into files of ``generate.rows_per_file``;
-file j is ``part-{j:05d}.parquet`` and a file that exists is skipped on a rerun.
+file j is ``part-{j:05d}.parquet`` and a file that exists is skipped on a rerun. With ``generate.controls`` each row
+also carries a control image: the same seed, donor, strength and mask with the empty prompt, so the generator's own
+texture can be measured apart from the finding.
 """
 
 from __future__ import annotations
@@ -28,12 +39,17 @@ import torch
 
 from trcgl.config import Config, GenerateConfig, StorageConfig, from_dict, to_dict
 from trcgl.data.dataset import DatasetInfo
-from trcgl.data.images import encode_prepared, resize_square
-from trcgl.diffusion.prompts import build_prompt
+from trcgl.data.images import decode_prepared, encode_prepared
+from trcgl.diffusion.prompts import EMPTY_PROMPT, build_prompt
+from trcgl.diffusion.regions import region_mask
 from trcgl.storage import Storage
 from trcgl.train.devices import amp_enabled
 
 log = logging.getLogger(__name__)
+
+
+NORMAL = "normal"  # the label-set class an edit that adds a finding removes
+PLAN_COLUMNS = ["image_id", "target_class", "labels", "prompt", "seed", "localizations", "donor_id", "donor_file"]
 
 
 def derived_seed(*parts: object) -> int:
@@ -54,37 +70,61 @@ def class_counts(info: DatasetInfo, cfg: GenerateConfig) -> dict[int, int]:
 
 
 def make_plan(info: DatasetInfo, train_rows: pd.DataFrame, cfg: GenerateConfig) -> pd.DataFrame:
-    """The generation plan.
+    """The generation plan (module docstring: the two modes).
 
     Args:
         info: dataset classes, groups, train counts.
-        train_rows: real train rows with ``labels`` (K multi-hot), ``localizations`` and ``projection``.
-        cfg: ratios, caps, seed, rows per file.
+        train_rows: real train rows with ``image_id``, ``labels`` (K multi-hot), ``localizations`` and
+            ``projection``; edit mode also needs ``file`` (the prepared Parquet part holding the row), as
+            :func:`read_train_rows` gives them.
+        cfg: mode, ratios, caps, seed, rows per file.
 
     Returns:
-        Columns image_id, target_class, labels (K list), prompt, seed, part; ordered by (class index, index).
+        Columns image_id, target_class, labels (K list), prompt, seed, localizations (the list the prompt and the
+        region use), donor_id (the real train row the labels come from: the positive copied in sample mode, the
+        negative edited in edit mode), donor_file (edit mode: the prepared part holding the donor's image; else
+        None), part; ordered by (class index, index).
     """
     labels = np.asarray(train_rows["labels"].tolist(), dtype=np.uint8).reshape(len(train_rows), info.num_classes)
+    normal = info.classes.index(NORMAL) if NORMAL in info.classes else None
+    edit = cfg.mode == "edit"
     rows = []
     for k, n in sorted(class_counts(info, cfg).items()):
-        donors = np.flatnonzero(labels[:, k] == 1)
-        slug = info.classes[k].replace(" ", "-")
+        name = info.classes[k]
+        positives = np.flatnonzero(labels[:, k] == 1)
+        negatives = np.flatnonzero(labels[:, k] == 0)
+        if edit and not len(negatives):
+            log.warning("class %r: no train row is negative for it, nothing to edit", name)
+            continue
+        slug = name.replace(" ", "-")
         for i in range(n):
-            donor = int(donors[derived_seed(cfg.seed, "donor", info.classes[k], i) % len(donors)])
-            row_labels = labels[donor]
+            donor_file = None
+            if edit:  # the image of a negative, the labels plus k, the localizations of a positive
+                donor = int(negatives[derived_seed(cfg.seed, "donor", name, i) % len(negatives)])
+                positive = int(positives[derived_seed(cfg.seed, "region", name, i) % len(positives)])
+                row_labels = labels[donor].copy()
+                row_labels[k] = 1
+                if normal is not None:
+                    row_labels[normal] = 0
+                donor_file = str(train_rows["file"].iat[donor])
+            else:  # everything from a positive
+                donor = positive = int(positives[derived_seed(cfg.seed, "donor", name, i) % len(positives)])
+                row_labels = labels[positive]
+            localizations = [str(v) for v in train_rows["localizations"].iat[positive]]
             classes = [c for c, v in zip(info.classes, row_labels, strict=True) if v]
             rows.append(
                 {
                     "image_id": f"syn-{slug}-{i:05d}",
-                    "target_class": info.classes[k],
+                    "target_class": name,
                     "labels": row_labels.tolist(),
-                    "prompt": build_prompt(
-                        classes, list(train_rows["localizations"].iat[donor]), str(train_rows["projection"].iat[donor])
-                    ),
-                    "seed": derived_seed(cfg.seed, "image", info.classes[k], i),
+                    "prompt": build_prompt(classes, localizations, str(train_rows["projection"].iat[donor])),
+                    "seed": derived_seed(cfg.seed, "image", name, i),
+                    "localizations": localizations,
+                    "donor_id": str(train_rows["image_id"].iat[donor]),
+                    "donor_file": donor_file,
                 }
             )
-    plan = pd.DataFrame(rows, columns=["image_id", "target_class", "labels", "prompt", "seed"])
+    plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
     plan["part"] = np.arange(len(plan)) // cfg.rows_per_file
     return plan
 
@@ -105,18 +145,27 @@ def output_schema(num_classes: int) -> pa.Schema:
             ("seed", pa.int64()),
             ("source", pa.string()),
             ("generator", pa.string()),
+            ("mode", pa.string()),  # generate.mode: "sample" or "edit"
+            ("donor_id", pa.string()),  # the real train row the labels come from (edit: the image edited too)
+            # the same path with the empty prompt (same seed, donor, strength and mask): the generator's own texture;
+            # null with generate.controls off
+            ("control_image", pa.binary()),
         ]
     )
 
 
 class Generator:
-    """Samples plan parts and writes each as one Parquet file (Ray Data runs it on an actor pool; tests call it).
+    """Samples or edits plan parts and writes each as one Parquet file (Ray Data runs it on an actor pool; tests call
+    it).
 
     Args:
         cfg: the whole config as a plain dict.
         model_uri: diffusion model folder (local or s3://).
         out_dir: output folder relative to the storage root.
         num_classes: K.
+
+    Raises:
+        ValueError: the model's output side is not ``data.image_size`` (synthetic rows are never resized).
     """
 
     def __init__(self, cfg: dict, model_uri: str, out_dir: str, num_classes: int) -> None:
@@ -136,21 +185,72 @@ class Generator:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(self.cfg.generate.cpus_per_actor)))
         self.model = TextToXray.from_pretrained(model_uri, StorageConfig(**cfg["storage"])).to(self.device).eval()
+        if self.model.cfg.image_size != self.cfg.data.image_size:
+            raise ValueError(
+                f"the diffusion model at {model_uri} makes {self.model.cfg.image_size} px images but "
+                f"'data.image_size' is {self.cfg.data.image_size}: synthetic rows are never resized; train one with "
+                f"diffusion.image_size={self.cfg.data.image_size}"
+            )
         self.generator_id = self.model.checkpoint_id()
         self.amp = amp_enabled(self.cfg.diffusion.amp, self.device)  # bf16 sampling on CUDA only
 
+    def _donor_images(self, rows: pd.DataFrame) -> np.ndarray:
+        """(n, S, S) float32 in [0, 1]: each row's donor image, read once per prepared part it lies in."""
+        found: dict[str, bytes] = {}
+        for file, ids in rows.groupby("donor_file", sort=True)["donor_id"]:
+            wanted = sorted(set(ids))
+            table = pq.read_table(
+                self.storage.pyarrow_fs.open_input_file(file),
+                columns=["image_id", "image"],
+                filters=[("image_id", "in", wanted)],
+            )
+            found.update(zip(table["image_id"].to_pylist(), table["image"].to_pylist(), strict=True))
+            missing = set(wanted) - set(found)
+            if missing:
+                raise FileNotFoundError(f"donor images {sorted(missing)[:3]} are not in {file}")
+        images = np.stack([decode_prepared(found[i]) for i in rows["donor_id"]])  # (n, S, S)
+        size = self.cfg.data.image_size
+        if images.shape[1:] != (size, size):
+            raise ValueError(f"donor images are {images.shape[1]} px but 'data.image_size' is {size}")
+        return images
+
+    def _make(
+        self, prompts: list[str], seeds: list[int], donors: np.ndarray | None, masks: np.ndarray | None
+    ) -> np.ndarray:
+        """(b, S, S) in [0, 1]: sampled from noise, or edited from the donors (b, S, S) within masks (b, S, S)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if donors is None:
+                return self.model.sample(prompts, seeds)
+            return self.model.edit(donors, prompts, seeds, self.cfg.generate.strength, masks)
+
     def write_part(self, part: int, rows: pd.DataFrame) -> tuple[int, bool]:
-        """Samples and writes one part unless it exists; returns (rows, skipped)."""
+        """Samples or edits one part, with its control images, and writes it unless it exists; returns (rows,
+        skipped)."""
         rel = posixpath.join(self.out_dir, part_name(part))
         if self.storage.exists(rel):
             return len(rows), True
-        size, bs = self.cfg.data.image_size, self.cfg.generate.batch_size
+        g, size = self.cfg.generate, self.cfg.data.image_size
+        edit = g.mode == "edit"
+        donors = self._donor_images(rows) if edit else None  # (n, S, S)
+        masks = None
+        if edit and g.region:
+            masks = np.stack([region_mask(list(locs), size) for locs in rows["localizations"]])  # (n, S, S)
         images: list[bytes] = []
-        for start in range(0, len(rows), bs):
-            chunk = rows.iloc[start : start + bs]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                pixels = self.model.sample(list(chunk["prompt"]), [int(s) for s in chunk["seed"]])  # (b, S, S)
-            images += [encode_prepared(resize_square(np.asarray(p, dtype=np.float32), size)) for p in pixels]
+        controls: list[bytes | None] = []
+        for start in range(0, len(rows), g.batch_size):
+            cut = slice(start, start + g.batch_size)
+            prompts, seeds = list(rows["prompt"].iloc[cut]), [int(s) for s in rows["seed"].iloc[cut]]
+            chunk_donors = None if donors is None else donors[cut]
+            chunk_masks = None if masks is None else masks[cut]
+            pixels = self._make(prompts, seeds, chunk_donors, chunk_masks)  # (b, S, S)
+            if pixels.shape[1:] != (size, size):
+                raise ValueError(f"the generator made {pixels.shape[1]} px images, 'data.image_size' is {size}")
+            images += [encode_prepared(p) for p in pixels]
+            if g.controls:
+                empty = self._make([EMPTY_PROMPT] * len(prompts), seeds, chunk_donors, chunk_masks)  # (b, S, S)
+                controls += [encode_prepared(p) for p in empty]
+            else:
+                controls += [None] * len(prompts)
         table = pa.Table.from_pydict(
             {
                 "image_id": list(rows["image_id"]),
@@ -161,6 +261,9 @@ class Generator:
                 "seed": [int(s) for s in rows["seed"]],
                 "source": ["synthetic"] * len(rows),
                 "generator": [self.generator_id] * len(rows),
+                "mode": [g.mode] * len(rows),
+                "donor_id": [None if v is None else str(v) for v in rows["donor_id"]],
+                "control_image": controls,
             },
             schema=output_schema(self.num_classes),
         )
@@ -173,29 +276,30 @@ class Generator:
         for payload in batch["payload"]:
             spec = json.loads(payload)
             t0 = time.perf_counter()
-            n, skipped = self.write_part(int(spec["part"]), pd.DataFrame(spec["rows"]))
+            n, skipped = self.write_part(int(spec["part"]), pd.DataFrame(spec["rows"], columns=PLAN_COLUMNS))
             out.append({"part": spec["part"], "rows": n, "skipped": skipped, "seconds": time.perf_counter() - t0})
         return pd.DataFrame(out)
 
 
 def part_payloads(plan: pd.DataFrame) -> list[str]:
     """One JSON payload per part (what travels to an actor)."""
-    cols = ["image_id", "target_class", "labels", "prompt", "seed"]
     return [
-        json.dumps({"part": int(p), "rows": plan.loc[plan["part"] == p, cols].to_dict(orient="records")})
+        json.dumps({"part": int(p), "rows": plan.loc[plan["part"] == p, PLAN_COLUMNS].to_dict(orient="records")})
         for p in sorted(plan["part"].unique())
     ]
 
 
 def read_train_rows(storage: Storage, info: DatasetInfo) -> pd.DataFrame:
-    """Real train rows' labels, localizations and projection (no images)."""
+    """Real train rows' ids, labels, localizations, projection and the prepared part (``file``) holding each (no
+    images)."""
     tables = []
     for p in info.parts:
         t = pq.read_table(
             storage.pyarrow_fs.open_input_file(p),
             columns=["split", "labels", "localizations", "projection", "image_id"],
         )
-        tables.append(t.filter(pc.equal(t["split"], "train")))
+        t = t.filter(pc.equal(t["split"], "train"))
+        tables.append(t.append_column("file", pa.array([p] * t.num_rows, pa.string())))
     return pa.concat_tables(tables).to_pandas().sort_values("image_id").reset_index(drop=True)
 
 

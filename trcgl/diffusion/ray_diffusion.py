@@ -23,7 +23,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from trcgl import records
-from trcgl.config import Config, config_hash, dump_yaml, from_dict, to_dict
+from trcgl.config import Config, check_generator_size, config_hash, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import DatasetInfo, load_dataset_info, resolve_dataset_name
 from trcgl.diffusion.grouping import group_repeats, repeat_by_group
 from trcgl.diffusion.model import TextToXray
@@ -232,7 +232,10 @@ def run_train_diffusion(cfg: Config, force: bool = False) -> dict:
 
     Raises:
         trcgl.records.StaleStageError: the model was made from other diffusion values and ``force`` is off.
+        ConfigError: ``diffusion.image_size`` is not ``data.image_size`` (the model could not make the classifier's
+            rows).
     """
+    check_generator_size(cfg)
     storage = Storage(cfg.storage.root, cfg.storage)
     storage.check_writable()
     dataset = resolve_dataset_name(cfg, storage)

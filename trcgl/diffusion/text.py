@@ -134,7 +134,6 @@ def local_folder(uri: str, storage: StorageConfig | None = None) -> Iterator[str
         return
     import pyarrow.fs as pafs
 
-
     fs, path = filesystem_for(uri, storage or StorageConfig())
     tmp = tempfile.mkdtemp(prefix="trcgl-diffusion-")
     try:

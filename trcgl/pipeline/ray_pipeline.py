@@ -377,7 +377,7 @@ def run_pipeline(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
         "best_params": (sweep or {}).get("best_params"),
         "synthetic": None
         if generated is None
-        else {k: generated.get(k) for k in ("images", "output", "filtered", "fidelity")},
+        else {k: generated.get(k) for k in ("images", "output", "realism", "filtered", "fidelity")},
     }
     report_uri = progress.stage("report", lambda: write_report(cfg, storage, summary, sweep))["uri"]
     summary["report"] = report_uri

@@ -19,7 +19,6 @@ from trcgl.train.report import long_tail_plot
 log = logging.getLogger(__name__)
 
 
-
 def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows × metrics, each cell ``value [lo, hi]`` (95 % bootstrap interval on the test split)."""
     out = []
@@ -91,19 +90,7 @@ def build_sections(
         )
     syn = summary.get("synthetic")
     if syn:
-        grids_dir = posixpath.join(run_dir(run, "synthetic"), "grids")
-        grids = sorted(p for p in storage.list_files(grids_dir) if p.endswith(".png"))
-        blocks: list[Any] = [Text(f"{syn.get('images')} synthetic tail-class images; top row synthetic, bottom real.")]
-        if syn.get("fidelity"):
-            blocks.append(Table(pd.DataFrame(syn["fidelity"]), caption="Fidelity (reference: the baseline)"))
-        images = []
-        for rel in grids:
-            png = _read_png(storage, rel)
-            if png is not None:
-                images.append(Image(png, posixpath.basename(rel)[:-4].replace("-", " ")))
-        if images:
-            blocks.append(Images(images))
-        sections.append(Section("Synthetic tail images vs real", blocks))
+        sections.append(synthetic_section(storage, run, syn))
     attention = _read_png(storage, posixpath.join(run_dir(best_run, "classifier"), "report", "attention_maps.png"))
     if attention is not None:
         sections.append(Section("Class-aware attention maps", [Image(attention, "best configuration, test images")]))
@@ -137,6 +124,96 @@ def build_sections(
         )
     )
     return sections, pictures
+
+
+FIDELITY_SHOWN = (
+    "class",
+    "visible_pixels",
+    "visible",
+    "synthetic",
+    "controls",
+    "real_positives",
+    "auroc_real",
+    "auroc_synthetic",
+    "auroc_control",
+    "auroc_synthetic_vs_control",
+    "mean_margin",
+)
+
+
+def realism_table(realism: dict[str, Any]) -> pd.DataFrame:
+    """The realism two-sample test as a one-row table."""
+    return pd.DataFrame(
+        [
+            {
+                "two-sample AUROC (0.5 = indistinguishable)": realism.get("auroc"),
+                "Laplacian std ratio (1 = as sharp)": realism.get("laplacian_std_ratio"),
+                "synthetic images": realism.get("n_synthetic"),
+                f"real {realism.get('real_split', 'train')} images": realism.get("n_real"),
+            }
+        ]
+    )
+
+
+def synthetic_section(storage: Storage, run: str, syn: dict[str, Any]) -> Section:
+    """Synthetic tail images: sample grids against real positives, realism, fidelity with its controls and, for a
+    filtered run, the images the fidelity filter kept against those it dropped.
+
+    Args:
+        storage: the storage root.
+        run: ``train.run``.
+        syn: the generate stage's report (``images``, ``realism``, ``fidelity``, ``filtered``).
+    """
+    grids_dir = posixpath.join(run_dir(run, "synthetic"), "grids")
+    blocks: list[Any] = [Text(f"{syn.get('images')} synthetic tail-class images; top row synthetic, bottom real.")]
+    if syn.get("realism"):
+        blocks += [
+            Text(
+                "Realism: a logistic regression on pooled pixels, the radial power spectrum and the Laplacian's "
+                "standard deviation learns to tell synthetic from real train images of the same classes; its "
+                "cross-validated AUROC is 0.5 when it cannot. The Laplacian ratio is below 1 for blurrier images."
+            ),
+            Table(realism_table(syn["realism"]), caption="Realism (two-sample test)"),
+        ]
+    if syn.get("fidelity"):
+        fidelity = pd.DataFrame(syn["fidelity"])
+        blocks += [
+            Text(
+                "Fidelity: the reference's AUROC for each class against real val negatives, of real val positives "
+                "(auroc_real, the ceiling), of the synthetic images (auroc_synthetic) and of each synthetic image's "
+                "matched control, the same generator input with the empty prompt (auroc_control: the generator's "
+                "texture alone). A good generator gives auroc_synthetic near auroc_real and auroc_control near 0.5. "
+                "mean_margin: the mean score of a synthetic image minus its own control's. visible: the finding "
+                "changes enough pixels at this size for any generator to carry it."
+            ),
+            Table(
+                fidelity[[c for c in FIDELITY_SHOWN if c in fidelity.columns]],
+                caption="Fidelity with controls (reference: the baseline; real images: val split)",
+            ),
+        ]
+    images = []
+    for rel in sorted(storage.list_files(grids_dir)):
+        if rel.endswith(".png") and posixpath.dirname(rel) == grids_dir:  # the per-class grids, not filtered/
+            images.append(Image(storage.read_bytes(rel), posixpath.basename(rel)[:-4].replace("-", " ")))
+    if images:
+        blocks.append(Images(images))
+    filtered = syn.get("filtered")
+    if filtered:
+        by = {"margin": "its score's margin over its own control", "score": "the reference's raw score"}
+        blocks.append(
+            Text(
+                f"Fidelity filter: kept {filtered.get('kept')} of {filtered.get('of')} images, ranked by "
+                f"{by.get(filtered.get('ranked_by'), 'the reference score')}; kept (top row) against dropped (bottom)."
+            )
+        )
+        kept = [
+            Image(png, f"kept vs dropped: {posixpath.basename(rel)[:-4].replace('-', ' ')}")
+            for rel in filtered.get("grids", [])
+            if (png := _read_png(storage, rel)) is not None
+        ]
+        if kept:
+            blocks.append(Images(kept))
+    return Section("Synthetic tail images vs real", blocks)
 
 
 def ablation_section(storage: Storage, run: str) -> Section | None:

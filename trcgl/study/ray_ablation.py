@@ -1,11 +1,13 @@
 """The ablation study on Ray Tune: a grid over (row, seed), each trial one classifier run, resumable.
 
 Stages of a study of run ``R`` (each skips work already done): ``prepare`` (render PadChest-Synth when that is the
-source, prepare the dataset); when a row draws synthetic data, ``train_diffusion``, ``reference`` (the baseline row's
-first seed, trained first because it scores the synthetic images' fidelity; the grid then finds it finished) and
-``generate``; ``grid`` (Ray Tune's ``BasicVariantGenerator`` over ``grid_search`` of rows and seeds, FIFO, at most
-``ablation.max_concurrent_trials`` at once; a rerun restores the interrupted experiment, and trials of rows that
-finished replay their recorded epochs instead of retraining); ``table`` (:func:`trcgl.study.rows.write_outputs`).
+source, prepare the dataset); when a row draws oracle rows, ``oracle`` (the generation plan's rows rendered by
+PadChest-Synth's renderer, :mod:`trcgl.data.ray_oracle`); when a row draws synthetic data, ``train_diffusion``,
+``reference`` (the baseline row's first seed, trained first because it scores the synthetic images' fidelity; the
+grid then finds it finished) and ``generate``; ``grid`` (Ray Tune's ``BasicVariantGenerator`` over ``grid_search`` of
+rows and seeds, FIFO, at most ``ablation.max_concurrent_trials`` at once; a rerun restores the interrupted
+experiment, and trials of rows that finished replay their recorded epochs instead of retraining); ``table``
+(:func:`trcgl.study.rows.write_outputs`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ray import tune
 
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import load_dataset_info, resolve_dataset_name
+from trcgl.data.ray_oracle import oracle_or_skip
 from trcgl.pipeline.ray_pipeline import (
     Progress,
     baseline_config,
@@ -36,9 +39,9 @@ from trcgl.sweep.ray_sweep import train_or_replay
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "train_diffusion", "reference", "generate", "grid", "table")
+STAGES = ("prepare", "oracle", "train_diffusion", "reference", "generate", "grid", "table")
 # stages a rerun reuses only when made from the same inputs; --force STAGE recomputes one ("rows": every row run)
-FORCEABLE = ("train_diffusion", "reference", "generate", "rows")
+FORCEABLE = ("oracle", "train_diffusion", "reference", "generate", "rows")
 
 
 def _row_trial(params: dict[str, Any], base: dict[str, Any], ratios: list[float]) -> None:
@@ -121,6 +124,8 @@ def run_ablation(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
         medium,
         source,
     )
+    if ab.needs_oracle(cfg):  # before the reference, which may be a row that draws oracle rows
+        progress.stage("oracle", lambda: oracle_or_skip(cfg, "oracle" in force, "--force oracle"))
     if ab.needs_generation(cfg):
         progress.stage(
             "train_diffusion",

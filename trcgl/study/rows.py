@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "ablation"
 SYNTHETIC_EXTRAS = ("synthetic", "synthetic_filtered")
+ORACLE = "oracle"  # the extra of rows drawing the run's oracle/ folder (trcgl.data.synth.oracle)
 
 
 def row_slug(name: str) -> str:
@@ -48,7 +49,7 @@ def row_run(run: str, name: str, seed: int) -> str:
 
 
 def row_extra(row: dict[str, Any]) -> str:
-    """Where the row's extra rows come from: none, real, synthetic or synthetic_filtered."""
+    """Where the row's extra rows come from: none, real, synthetic, synthetic_filtered or oracle."""
     return str(row.get("extra", "none"))
 
 
@@ -102,8 +103,9 @@ def row_config(base: Config, name: str, seed: int, ratios: tuple[float, float]) 
             "train.seed": seed,
             "train.aug_ratio_tail": tail,
             "train.aug_ratio_medium": medium,
-            "train.extra_source": "real" if extra == "real" else "synthetic",
+            "train.extra_source": extra if extra in ("real", ORACLE) else "synthetic",
             "train.synthetic": [run_dir(run, extra)] if extra in SYNTHETIC_EXTRAS else [],
+            "train.oracle": run_dir(run, ORACLE) if extra == ORACLE else None,
         }
     )
     return apply_overrides(base, values, f"ablation.rows.{name}")
@@ -112,6 +114,11 @@ def row_config(base: Config, name: str, seed: int, ratios: tuple[float, float]) 
 def needs_generation(cfg: Config) -> list[str]:
     """The synthetic folders of the run that some row draws from."""
     return sorted({row_extra(r) for r in cfg.ablation.rows.values()} & set(SYNTHETIC_EXTRAS))
+
+
+def needs_oracle(cfg: Config) -> bool:
+    """Whether some row draws the run's oracle rows (``oracle/``, rendered by the oracle stage)."""
+    return any(row_extra(r) == ORACLE for r in cfg.ablation.rows.values())
 
 
 def check_ablation(cfg: Config) -> None:
@@ -183,7 +190,7 @@ def load_row(storage: Storage, cfg: Config, name: str, seed: int, info: DatasetI
 
 def _extra_rows(summary: dict[str, Any]) -> int:
     mix = summary.get("train_rows", {})
-    return int(mix.get("synthetic", 0)) + int(mix.get("resampled", 0))
+    return int(mix.get("synthetic", 0)) + int(mix.get("resampled", 0)) + int(mix.get(ORACLE, 0))
 
 
 def write_outputs(

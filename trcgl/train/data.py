@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +26,7 @@ from trcgl.data.images import decode_prepared
 from trcgl.storage import Storage
 
 log = logging.getLogger(__name__)
+
 
 def synthetic_parts(storage: Storage, folders: Sequence[str]) -> list[str]:
     """Manifest-listed Parquet parts of the synthetic folders (relative to the root, or full URIs under it)."""
@@ -67,6 +69,32 @@ def choose_synthetic(
         chosen[take] = True
         per_class[info.classes[k]] = have + len(take)
     return np.flatnonzero(chosen), per_class
+
+
+def choose_generated(
+    storage: Storage, folders: Sequence[str], info: DatasetInfo, train: TrainConfig
+) -> tuple[list[str], list[str], dict[str, int]]:
+    """The generated rows (synthetic or oracle: mixed alike) that join training, chosen by :func:`choose_synthetic`.
+
+    Args:
+        storage: the storage root.
+        folders: published folders of generated rows (:func:`trcgl.records.extra_folders`).
+        info: dataset classes, groups and real train counts.
+        train: the per-group augmentation ratios and seed.
+
+    Returns:
+        (the folders' Parquet parts, sorted image ids of the chosen rows, {class: rows chosen for it}).
+    """
+    parts = synthetic_parts(storage, folders)
+    ids: list[str] = []
+    rows: list[list[int]] = []
+    for p in parts:
+        t = pq.read_table(storage.pyarrow_fs.open_input_file(p), columns=["image_id", "labels"])
+        ids += t["image_id"].to_pylist()
+        rows += t["labels"].to_pylist()
+    labels = np.asarray(rows, dtype=np.uint8).reshape(len(ids), info.num_classes)  # (M, K)
+    chosen, per_class = choose_synthetic(labels, info, train)
+    return parts, sorted({ids[i] for i in chosen}), per_class
 
 
 def choose_resampled(

@@ -34,7 +34,7 @@ from trcgl.metrics import METRICS, evaluate_scores
 from trcgl.models import build_model
 from trcgl.storage import Storage, run_dir
 from trcgl.train import checkpoint as ckpt
-from trcgl.train.data import augment, choose_resampled, choose_synthetic, decode_batch, lr_factor, synthetic_parts
+from trcgl.train.data import augment, choose_generated, choose_resampled, decode_batch, lr_factor
 from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
 from trcgl.train.ray_common import (
     EpochRows,
@@ -63,34 +63,44 @@ def split_dataset(storage: Storage, info: DatasetInfo, split: str) -> ray.data.D
 
 
 def train_dataset(cfg: Config, storage: Storage, info: DatasetInfo) -> tuple[ray.data.Dataset, int, dict]:
-    """Real train rows plus the chosen synthetic rows; returns (dataset, row count, mixing summary)."""
+    """Real train rows plus the chosen extra rows; returns (dataset, row count, mixing summary).
+
+    ``train.extra_source`` says where extra rows come from: ``synthetic`` (the folders of ``train.synthetic``) and
+    ``oracle`` (the oracle folder, see :func:`trcgl.records.extra_folders`) are generated rows, chosen and mixed
+    alike (:func:`trcgl.train.data.choose_generated`); ``real`` adds re-sampled copies of real rows.
+    """
     real = split_dataset(storage, info, "train")
     n_real = info.split_sizes["train"]
     if cfg.train.extra_source == "real":
         return resampled_dataset(cfg, storage, info, real)
-    if not cfg.train.synthetic or (cfg.train.aug_ratio_tail <= 0 and cfg.train.aug_ratio_medium <= 0):
-        return real, n_real, {"real": n_real, "synthetic": 0, "per_class": {}}
-    parts = synthetic_parts(storage, cfg.train.synthetic)
-    meta = pa.concat_tables(
-        [pq.read_table(storage.pyarrow_fs.open_input_file(p), columns=["image_id", "labels"]) for p in parts]
-    )
-    labels = np.asarray(meta["labels"].to_pylist(), dtype=np.uint8).reshape(meta.num_rows, info.num_classes)
-    chosen, per_class = choose_synthetic(labels, info, cfg.train)
-    keep = set(meta["image_id"].take(pa.array(chosen)).to_pylist()) if len(chosen) else set()
-    log.info("training mix: %d real + %d synthetic rows %s", n_real, len(keep), per_class)
+    source = cfg.train.extra_source
+
+    def mix(n: int, per_class: dict[str, int]) -> dict:
+        return {"real": n_real, "synthetic": 0, source: n, "per_class": per_class}
+
+    folders = records.extra_folders(cfg)
+    if not folders or (cfg.train.aug_ratio_tail <= 0 and cfg.train.aug_ratio_medium <= 0):
+        return real, n_real, mix(0, {})
+    try:
+        parts, keep, per_class = choose_generated(storage, folders, info, cfg.train)
+    except FileNotFoundError as exc:
+        if source != records.ORACLE_STAGE:
+            raise
+        raise FileNotFoundError(f"{exc}; python -m jobs.oracle with this config writes the oracle rows") from exc
+    log.info("training mix: %d real + %d %s rows %s", n_real, len(keep), source, per_class)
     if not keep:
-        return real, n_real, {"real": n_real, "synthetic": 0, "per_class": per_class}
-    keep_arr = pa.array(sorted(keep))
+        return real, n_real, mix(0, per_class)
+    keep_arr = pa.array(keep)
 
     def only_chosen(batch: pa.Table) -> pa.Table:
         return batch.filter(pc.is_in(batch["image_id"], value_set=keep_arr))
 
-    synth = (
+    extra = (
         ray.data.read_parquet(parts, filesystem=storage.pyarrow_fs, columns=COLUMNS)
         .map_batches(only_chosen, batch_format="pyarrow")
         .select_columns(COLUMNS)
     )
-    return real.union(synth), n_real + len(keep), {"real": n_real, "synthetic": len(keep), "per_class": per_class}
+    return real.union(extra), n_real + len(keep), mix(len(keep), per_class)
 
 
 def resampled_dataset(

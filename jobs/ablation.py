@@ -6,11 +6,14 @@ re-sampling, ASL, LDAM-DRW, ML-GCN, CSRA), TRCGL-Net's parts added one at a time
 synthesis against duplication of real tail images, fidelity filtering on. Each row and seed is one classifier run
 under {root}/runs/{run}/ablation/rows/{row}/seed{seed}/, run as a Ray Tune grid; the same command after an
 interruption resumes (finished rows are not retrained). Rows that draw synthetic data make the run's diffusion model
-and synthetic images first (skipped when they exist). Writes {root}/runs/{run}/ablation/: table.parquet, table.md,
-heatmap.png, tail_map.png, ablation_report.json. Model selection (best epoch) uses val only.
+and synthetic images first (skipped when they exist): {run}/synthetic/ for extra synthetic / synthetic_filtered,
+{run}/modes/{sample,edit}/synthetic/ for extra synthetic_sample / synthetic_edit. Writes
+{root}/runs/{run}/ablation/: table.parquet, table.md, heatmap.png, tail_map.png, ablation_report.json. Model
+selection (best epoch) uses val only.
 
     python -m jobs.ablation --config jobs/configs/ablation.yaml
     python -m jobs.ablation --config jobs/configs/ablation.yaml --set 'ablation.seeds=[0, 1, 2]'
+    python -m jobs.ablation --config jobs/configs/synthesis.yaml   # baseline, duplication, oracle, both diffusion modes
     ray job submit --working-dir . -- python -m jobs.ablation --config jobs/configs/padchest.yaml \\
         --set storage.root=s3://my-bucket/trcgl ablation.max_concurrent_trials=2
 """

@@ -14,9 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trcgl.config import ConfigError, apply_overrides, load_config
-from trcgl.storage import Storage
-from trcgl.study.rows import check_ablation, needs_generation, row_config, row_slug, study_ratios
+from trcgl import records
+from trcgl.config import ConfigError, apply_overrides, check_generator_size, load_config
+from trcgl.storage import Storage, run_dir
+from trcgl.study.rows import (
+    check_ablation,
+    generate_configs,
+    needs_generation,
+    row_config,
+    row_slug,
+    study_ratios,
+    synthetic_folder,
+)
 from trcgl_dev.faults.driver_kill import job_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +77,71 @@ def test_bad_studies_fail_naming_the_row() -> None:
     with pytest.raises(ConfigError, match=r"ablation\.rows\.f\.extra.*fidelity_threshold"):
         check_ablation(filtered)
     assert row_slug("+ SE + CA + GCN (full - diffusion)") == "se_ca_gcn_full_diffusion"
+
+
+def test_mode_rows_draw_a_folder_of_their_own() -> None:
+    rows = {"b": {"extra": "none"}, "s": {"extra": "synthetic_sample"}, "e": {"extra": "synthetic_edit"}}
+    cfg = apply_overrides(load_config("tiny", ["train.run=r"]), {"ablation.rows": rows, "ablation.baseline": "b"}, "t")
+    check_ablation(cfg)
+    assert needs_generation(cfg) == ["synthetic_edit", "synthetic_sample"]
+    for name, mode in (("s", "sample"), ("e", "edit")):
+        row = row_config(cfg, name, 1, (1.0, 0.0))
+        assert row.train.synthetic == [f"runs/r/modes/{mode}/synthetic"] == [synthetic_folder("r", f"synthetic_{mode}")]
+        assert row.train.extra_source == "synthetic" and records.extra_folders(row) == row.train.synthetic
+        assert (row.train.aug_ratio_tail, row.train.seed) == (1.0, 1)
+    assert synthetic_folder("r", "synthetic") == "runs/r/synthetic" and synthetic_folder("r", "real") is None
+
+
+def test_mode_generation_forces_the_mode_and_pins_model_and_reference() -> None:
+    rows = {"b": {"extra": "none"}, "s": {"extra": "synthetic"}, "e": {"extra": "synthetic_edit"}}
+    cfg = apply_overrides(
+        load_config("tiny", ["train.run=r", "generate.mode=sample", "generate.per_class_max=7"]),
+        {"ablation.rows": rows, "ablation.baseline": "b"},
+        "t",
+    )
+    gens = generate_configs(cfg, "s3://b/runs/r/diffusion/model", "s3://b/runs/r/ablation/rows/b/seed0/classifier/best")
+    assert list(gens) == ["runs/r/synthetic", "runs/r/modes/edit/synthetic"]
+    assert gens["runs/r/synthetic"] is cfg  # the run's own folder, with the run's own mode
+    edit = gens["runs/r/modes/edit/synthetic"]
+    assert run_dir(edit.train.run, "synthetic") == "runs/r/modes/edit/synthetic"  # where run_generate writes
+    assert edit.generate.mode == "edit" and edit.generate.model == "s3://b/runs/r/diffusion/model"
+    assert edit.generate.reference_checkpoint == "s3://b/runs/r/ablation/rows/b/seed0/classifier/best"
+    forced = ("mode", "model", "reference_checkpoint")
+    assert {k: v for k, v in vars(edit.generate).items() if k not in forced} == {
+        k: v for k, v in vars(cfg.generate).items() if k not in forced
+    }
+    assert (edit.data, edit.diffusion, edit.train.dataset) == (cfg.data, cfg.diffusion, cfg.train.dataset)
+
+
+def test_mode_rows_refused_naming_the_row() -> None:
+    cfg = load_config("tiny")
+    with pytest.raises(ConfigError, match=r"ablation\.rows\.x\.extra.*synthetic_mix"):
+        apply_overrides(cfg, {"ablation.rows": {"x": {"extra": "synthetic_mix"}}, "ablation.baseline": "x"}, "test")
+    own_mode = apply_overrides(
+        cfg, {"ablation.rows": {"x": {"generate.mode": "edit", "extra": "synthetic"}}, "ablation.baseline": "x"}, "t"
+    )
+    with pytest.raises(ConfigError, match=r"ablation\.rows\.x\.generate\.mode.*synthetic_edit"):
+        check_ablation(own_mode)
+
+
+def test_synthesis_preset_is_the_small_study() -> None:
+    cfg = load_config("synthesis")
+    check_ablation(cfg)
+    check_generator_size(cfg)
+    ab = cfg.ablation
+    extras = {name: row["extra"] for name, row in ab.rows.items()}
+    assert extras == {
+        "baseline": "none",
+        "duplication": "real",
+        "oracle": "oracle",
+        "diffusion sampling": "synthetic_sample",
+        "diffusion editing": "synthetic_edit",
+    }
+    assert (ab.baseline, ab.seeds, ab.aug_ratio_tail, ab.ratios_from_sweep) == ("baseline", [0, 1, 2], 1.0, False)
+    assert cfg.train.run == "synthesis" and cfg.data == load_config("ablation").data
+    assert needs_generation(cfg) == ["synthetic_edit", "synthetic_sample"]
+    configs = [row_config(cfg, n, s, (1.0, 0.0)) for n in ab.rows for s in ab.seeds]
+    assert all((c.model, c.loss) == (cfg.model, cfg.loss) for c in configs)  # every row and seed: the same model
 
 
 def test_ratios_come_from_the_sweep_only_when_it_drew_synthetic_data(tmp_path: Path) -> None:

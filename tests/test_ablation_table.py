@@ -229,6 +229,16 @@ def test_markdown(table: pd.DataFrame) -> None:
     assert "-" not in cell["weaker"]["d_mAP"]  # a Unicode minus, not a hyphen
 
 
+def test_markdown_shows_each_rows_extra_and_seed_std(table: pd.DataFrame) -> None:
+    md = table_markdown(table.assign(extra=["none"] + ["synthetic_edit"] * (len(table) - 1)))
+    lines = md.strip("\n").split("\n")
+    assert lines[0].startswith("| model | extra | seeds | interval | mAP |")
+    header = lines[0].strip("| ").split(" | ")
+    cell = dict(zip(header, lines[2].strip("| ").split(" | "), strict=True))
+    assert cell["extra"] == "none" and cell["model"] == table["name"].iloc[0]
+    assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell["tail_mAP"])  # seed std, interval
+
+
 def test_pictures_are_png(rows: list[dict], table: pd.DataFrame) -> None:
     train_counts = {c: int(10 * n) for c, n in zip(CLASSES, COUNTS, strict=True)}
     heat = per_class_heatmap(rows, train_counts)

@@ -5,7 +5,14 @@ command-line overrides (:mod:`.loading`), and checked on the way (:mod:`.checks`
 the rest of ``trcgl`` but the error types and the label-set catalogue (``trcgl/data/labelsets/*.yaml``), both leaves.
 """
 
-from trcgl.config.checks import check_generator_size, check_space, filters_fidelity, validate
+from trcgl.config.checks import (
+    ABLATION_EXTRAS,
+    MODE_EXTRAS,
+    check_generator_size,
+    check_space,
+    filters_fidelity,
+    validate,
+)
 from trcgl.config.loading import (
     LOCAL_PATH_KEYS,
     PRESET_DIR,
@@ -41,7 +48,9 @@ from trcgl.config.schema import (
 from trcgl.errors import ConfigError
 
 __all__ = [
+    "ABLATION_EXTRAS",
     "LOCAL_PATH_KEYS",
+    "MODE_EXTRAS",
     "PRESET_DIR",
     "AblationConfig",
     "AugmentConfig",

@@ -18,8 +18,10 @@ SYNTHETIC_SET = "synthetic_set"  # pseudo-key: which synthetic folder of the run
 SYNTHETIC_FOLDERS = ("synthetic", "synthetic_filtered")
 TYPES = ("choice", "uniform", "loguniform", "int")
 EXTRA_SOURCES = ("synthetic", "real", "oracle")  # train.extra_source
-ABLATION_EXTRAS = ("none", "synthetic", "synthetic_filtered", "real", "oracle")  # ablation.rows.<name>.extra
 GENERATE_MODES = ("sample", "edit")
+# ablation.rows.<name>.extra: synthetic_<mode> draws a folder of its own, generated with generate.mode forced to <mode>
+MODE_EXTRAS = {f"synthetic_{mode}": mode for mode in GENERATE_MODES}
+ABLATION_EXTRAS = ("none", "synthetic", "synthetic_filtered", *MODE_EXTRAS, "real", "oracle")
 
 
 def field_type(dotted: str) -> Any:

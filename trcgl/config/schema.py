@@ -292,11 +292,13 @@ class AblationConfig:
 
     A row maps dotted config keys to values (overrides of the run's config) plus the pseudo-key ``extra``: where the
     extra tail/medium training rows come from. ``none``: no extra rows; ``synthetic`` / ``synthetic_filtered``: the
-    run's generated folder of that name, at the study's ratios; ``real``: copies of real train positives drawn with
-    replacement (class-balanced re-sampling) at the same ratios, the control for synthesis; ``oracle``: the run's
-    ``oracle/`` folder (the generation plan's rows rendered fresh by PadChest-Synth's renderer, the upper bound; only
-    with data.source=padchest-synth). Everything else (data, split, backbone, image size, epochs, seed policy) is the
-    run's config and is the same for every row.
+    run's generated folder of that name, at the study's ratios; ``synthetic_sample`` / ``synthetic_edit``: images
+    generated with ``generate.mode`` forced to sample / edit (every other generate key the run's), each in a folder
+    of its own (``runs/{run}/modes/{mode}/synthetic``), so one study compares both modes; ``real``: copies of real
+    train positives drawn with replacement (class-balanced re-sampling) at the same ratios, the control for
+    synthesis; ``oracle``: the run's ``oracle/`` folder (the generation plan's rows rendered fresh by PadChest-Synth's
+    renderer, the upper bound; only with data.source=padchest-synth). Everything else (data, split, backbone, image
+    size, epochs, seed policy) is the run's config and is the same for every row.
     """
 
     rows: dict[str, dict[str, Any]] = field(default_factory=default_ablation_rows)

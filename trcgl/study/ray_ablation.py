@@ -4,10 +4,12 @@ Stages of a study of run ``R`` (each skips work already done): ``prepare`` (rend
 source, prepare the dataset); when a row draws oracle rows, ``oracle`` (the generation plan's rows rendered by
 PadChest-Synth's renderer, :mod:`trcgl.data.ray_oracle`); when a row draws synthetic data, ``train_diffusion``,
 ``reference`` (the baseline row's first seed, trained first because it scores the synthetic images' fidelity; the
-grid then finds it finished) and ``generate``; ``grid`` (Ray Tune's ``BasicVariantGenerator`` over ``grid_search`` of
-rows and seeds, FIFO, at most ``ablation.max_concurrent_trials`` at once; a rerun restores the interrupted
-experiment, and trials of rows that finished replay their recorded epochs instead of retraining); ``table``
-(:func:`trcgl.study.rows.write_outputs`).
+grid then finds it finished) and ``generate`` (every generated folder a row draws,
+:func:`trcgl.study.rows.generate_configs`: the run's ``synthetic/`` and one ``modes/{mode}/synthetic/`` per
+``synthetic_<mode>`` extra, all from the same diffusion model and reference); ``grid`` (Ray Tune's
+``BasicVariantGenerator`` over ``grid_search`` of rows and seeds, FIFO, at most ``ablation.max_concurrent_trials`` at
+once; a rerun restores the interrupted experiment, and trials of rows that finished replay their recorded epochs
+instead of retraining); ``table`` (:func:`trcgl.study.rows.write_outputs`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from ray import tune
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import load_dataset_info, resolve_dataset_name
 from trcgl.data.ray_oracle import oracle_or_skip
+from trcgl.diffusion.ray_generate import model_location, reference_location
 from trcgl.pipeline.ray_pipeline import (
     Progress,
     baseline_config,
     diffusion_or_skip,
+    generate_config,
     generate_or_skip,
     prepare_or_skip,
     train_or_skip,
@@ -40,7 +44,8 @@ from trcgl.sweep.ray_sweep import train_or_replay
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "oracle", "train_diffusion", "reference", "generate", "grid", "table")
-# stages a rerun reuses only when made from the same inputs; --force STAGE recomputes one ("rows": every row run)
+# stages a rerun reuses only when made from the same inputs; --force STAGE recomputes one ("generate": every generated
+# folder of the study; "rows": every row run)
 FORCEABLE = ("oracle", "train_diffusion", "reference", "generate", "rows")
 
 
@@ -132,7 +137,7 @@ def run_ablation(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
             lambda: diffusion_or_skip(cfg, storage, "train_diffusion" in force, "--force train_diffusion"),
         )
         baseline_row = cfg.ablation.rows[cfg.ablation.baseline]
-        if ab.row_extra(baseline_row) in ab.SYNTHETIC_EXTRAS:  # it cannot score the data it is trained on
+        if ab.row_extra(baseline_row) in ab.GENERATED_EXTRAS:  # it cannot score the data it is trained on
             ref_cfg = baseline_config(cfg)
         else:
             ref_cfg = ab.row_config(cfg, cfg.ablation.baseline, cfg.ablation.seeds[0], (tail, medium))
@@ -140,10 +145,7 @@ def run_ablation(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
             "reference", lambda: train_or_skip(ref_cfg, storage, "reference" in force, "--force reference")
         )["summary"]
         progress.stage(
-            "generate",
-            lambda: generate_or_skip(
-                cfg, storage, reference["best_checkpoint"], "generate" in force, "--force generate"
-            ),
+            "generate", lambda: generate_all(cfg, storage, reference["best_checkpoint"], "generate" in force)
         )
 
     def grid() -> dict[str, Any]:
@@ -160,6 +162,25 @@ def run_ablation(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
     )["report"]
     report["run_report"] = refresh_run_report(storage, run)
     return report | {"stages": progress.stages}
+
+
+def generate_all(cfg: Config, storage: Storage, reference: str, force: bool = False) -> dict[str, Any]:
+    """Makes every generated folder the study's rows draw (:func:`trcgl.study.rows.generate_configs`), each skipped
+    when published from the same inputs, all from the study run's diffusion model and scored by ``reference``.
+
+    Returns:
+        ``skipped`` when every folder was, and a record of images (and filtered images) per folder.
+    """
+    gen_cfg = generate_config(cfg, reference)
+    model, pinned = model_location(gen_cfg, storage), reference_location(gen_cfg, storage)
+    done = {
+        folder: generate_or_skip(one, storage, reference, force, "--force generate")
+        for folder, one in ab.generate_configs(cfg, model, pinned).items()
+    }
+    return {
+        "skipped": all(out.get("skipped", False) for out in done.values()),
+        "record": {folder: out.get("record", {"skipped": True}) for folder, out in done.items()},
+    }
 
 
 def refresh_run_report(storage: Storage, run: str) -> str | None:

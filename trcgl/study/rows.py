@@ -6,6 +6,13 @@ unfinished ones from their checkpoints). Each row is the run's config with the r
 pseudo-key says where extra tail/medium rows come from (see :class:`trcgl.config.AblationConfig`). Every row is
 scored on the same test images; :mod:`trcgl.study.table` turns the scores into the table.
 
+Generated folders rows draw from (:func:`synthetic_folder`): ``synthetic`` / ``synthetic_filtered`` rows the run's
+own ``runs/R/synthetic{,_filtered}/`` (made with the run's ``generate.mode``); ``synthetic_sample`` /
+``synthetic_edit`` rows ``runs/R/modes/{mode}/synthetic/``, made by the sub-run ``R/modes/{mode}``
+(:func:`mode_generate_config`: the run's generate config with the mode forced and the study's diffusion model and
+reference pinned, so nothing is looked up in the sub-run's own folders). :func:`generate_configs` lists every
+generation the study's rows need.
+
 Outputs under ``{root}/runs/R/ablation/``: ``table.parquet``, ``table.md``, ``heatmap.png`` (per-class AP, classes by
 train frequency), ``tail_map.png`` (tail mAP per row with intervals), ``ablation_report.json`` and, last,
 ``_manifest.json``. The Ray side (the grid on Ray Tune) is :mod:`trcgl.study.ray_ablation`.
@@ -22,7 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trcgl.config import Config, ConfigError, apply_overrides, config_hash, filters_fidelity
+from trcgl.config import (
+    ABLATION_EXTRAS,
+    MODE_EXTRAS,
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    filters_fidelity,
+)
 from trcgl.data.dataset import DatasetInfo
 from trcgl.storage import Storage, run_dir, slugify
 from trcgl.study import table as at
@@ -30,7 +45,9 @@ from trcgl.study import table as at
 log = logging.getLogger(__name__)
 
 STAGE = "ablation"
-SYNTHETIC_EXTRAS = ("synthetic", "synthetic_filtered")
+SYNTHETIC_EXTRAS = ("synthetic", "synthetic_filtered")  # the run's own generated folders (its generate.mode)
+# every extra whose rows draw generated images: the run's own folders, and one folder per forced generate.mode
+GENERATED_EXTRAS = (*SYNTHETIC_EXTRAS, *MODE_EXTRAS)
 ORACLE = "oracle"  # the extra of rows drawing the run's oracle/ folder (trcgl.data.synth.oracle)
 
 
@@ -49,8 +66,28 @@ def row_run(run: str, name: str, seed: int) -> str:
 
 
 def row_extra(row: dict[str, Any]) -> str:
-    """Where the row's extra rows come from: none, real, synthetic, synthetic_filtered or oracle."""
+    """Where the row's extra rows come from: one of :data:`trcgl.config.ABLATION_EXTRAS` (none when the row does
+    not say)."""
     return str(row.get("extra", "none"))
+
+
+def mode_run(run: str, mode: str) -> str:
+    """The sub-run that generates the study's images of one forced ``generate.mode`` (deterministic: a rerun finds
+    it)."""
+    return f"{run}/modes/{mode}"
+
+
+def synthetic_folder(run: str, extra: str) -> str | None:
+    """The generated folder (relative to the root) that rows with ``extra`` draw from; None for none, real, oracle.
+
+    >>> synthetic_folder("r", "synthetic_edit")
+    'runs/r/modes/edit/synthetic'
+    """
+    if extra in SYNTHETIC_EXTRAS:
+        return run_dir(run, extra)
+    if extra in MODE_EXTRAS:
+        return run_dir(mode_run(run, MODE_EXTRAS[extra]), "synthetic")
+    return None
 
 
 def study_ratios(cfg: Config, storage: Storage) -> tuple[float, float, str]:
@@ -89,12 +126,17 @@ def row_config(base: Config, name: str, seed: int, ratios: tuple[float, float]) 
         ratios: (tail, medium) ratios for rows whose ``extra`` is not none.
 
     Raises:
-        ConfigError: an override of the row is not a config key or has the wrong type (the message names
-            ``ablation.rows.<name>``).
+        ConfigError: the row's ``extra`` is unknown, or an override of the row is not a config key or has the wrong
+            type (the message names ``ablation.rows.<name>``).
     """
     row = base.ablation.rows[name]
     run = base.train.run
     extra = row_extra(row)
+    if extra not in ABLATION_EXTRAS:
+        raise ConfigError(
+            f"config key 'ablation.rows.{name}.extra' must be one of {list(ABLATION_EXTRAS)}, got {extra!r}"
+        )
+    folder = synthetic_folder(run, extra)
     values: dict[str, Any] = {k: v for k, v in row.items() if k != "extra"}
     tail, medium = ratios if extra != "none" else (0.0, 0.0)
     values.update(
@@ -104,7 +146,7 @@ def row_config(base: Config, name: str, seed: int, ratios: tuple[float, float]) 
             "train.aug_ratio_tail": tail,
             "train.aug_ratio_medium": medium,
             "train.extra_source": extra if extra in ("real", ORACLE) else "synthetic",
-            "train.synthetic": [run_dir(run, extra)] if extra in SYNTHETIC_EXTRAS else [],
+            "train.synthetic": [folder] if folder is not None else [],
             "train.oracle": run_dir(run, ORACLE) if extra == ORACLE else None,
         }
     )
@@ -112,8 +154,53 @@ def row_config(base: Config, name: str, seed: int, ratios: tuple[float, float]) 
 
 
 def needs_generation(cfg: Config) -> list[str]:
-    """The synthetic folders of the run that some row draws from."""
-    return sorted({row_extra(r) for r in cfg.ablation.rows.values()} & set(SYNTHETIC_EXTRAS))
+    """The generated extras some row draws from (of :data:`GENERATED_EXTRAS`), sorted."""
+    return sorted({row_extra(r) for r in cfg.ablation.rows.values()} & set(GENERATED_EXTRAS))
+
+
+def mode_generate_config(cfg: Config, mode: str, model: str, reference: str | None) -> Config:
+    """The generate config of the study's images of one forced mode: the run's, as the sub-run :func:`mode_run`.
+
+    Args:
+        cfg: the study's config.
+        mode: the forced ``generate.mode`` (sample or edit).
+        model: the study run's diffusion model (:func:`trcgl.diffusion.ray_generate.model_location` of ``cfg``),
+            pinned as ``generate.model``: the sub-run has no model of its own.
+        reference: the study's fidelity reference checkpoint, pinned as ``generate.reference_checkpoint`` (None:
+            fidelity not scored).
+    """
+    values = {
+        "train.run": mode_run(cfg.train.run, mode),
+        "generate.mode": mode,
+        "generate.model": model,
+        "generate.reference_checkpoint": reference,
+    }
+    return apply_overrides(cfg, values, f"ablation generate.mode={mode}")
+
+
+def generate_configs(cfg: Config, model: str, reference: str | None) -> dict[str, Config]:
+    """Every generation the study's rows need, as {folder it writes: its generate config}, in a stable order.
+
+    The run's own ``synthetic/`` (which also writes ``synthetic_filtered/``) is made from ``cfg`` itself when a
+    ``synthetic`` or ``synthetic_filtered`` row draws it; each ``synthetic_<mode>`` extra gets
+    :func:`mode_generate_config`. (A ``synthetic`` row and the ``synthetic_<mode>`` row of the run's own mode draw
+    identical images from two folders.)
+
+    Args:
+        cfg: the study's config.
+        model: the study run's diffusion model URI.
+        reference: the study's fidelity reference checkpoint URI, or None.
+    """
+    needs = needs_generation(cfg)
+    out: dict[str, Config] = {}
+    if set(needs) & set(SYNTHETIC_EXTRAS):
+        out[run_dir(cfg.train.run, "synthetic")] = cfg
+    for extra in needs:
+        if extra in MODE_EXTRAS:
+            out[str(synthetic_folder(cfg.train.run, extra))] = mode_generate_config(
+                cfg, MODE_EXTRAS[extra], model, reference
+            )
+    return out
 
 
 def needs_oracle(cfg: Config) -> bool:
@@ -122,14 +209,21 @@ def needs_oracle(cfg: Config) -> bool:
 
 
 def check_ablation(cfg: Config) -> None:
-    """Checks the study before any work: row names give distinct folders, every row builds a valid config, the
-    synthetic folders rows draw from can be made.
+    """Checks the study before any work: row names give distinct folders, every row builds a valid config and leaves
+    generation to the study, the synthetic folders rows draw from can be made.
 
     Raises:
         ConfigError: naming the row (``ablation.rows.<name>``) or key at fault.
     """
     slugs: dict[str, str] = {}
-    for name in cfg.ablation.rows:
+    for name, row in cfg.ablation.rows.items():
+        shared = sorted(k for k in row if k.startswith(("generate.", "diffusion.")))
+        if shared:
+            raise ConfigError(
+                f"config key 'ablation.rows.{name}.{shared[0]}': rows share the study's diffusion model and generated "
+                "images, so a row cannot change generate.* or diffusion.*; set them for the whole study, or pick a "
+                f"generation mode per row with extra: {' / '.join(MODE_EXTRAS)}"
+            )
         slug = row_slug(name)
         if slug in slugs:
             raise ConfigError(

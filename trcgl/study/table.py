@@ -265,12 +265,17 @@ def table_markdown(df: pd.DataFrame) -> str:
     """The :func:`ablation_table` frame as a Markdown table, one line per row.
 
     Cells are ``0.173 [0.164, 0.215]`` (with several seeds ``0.173 ± 0.004 [0.164, 0.215]``, ± the seed std) and
-    differences ``+0.021 [−0.004, +0.047]``; "-" where undefined.
+    differences ``+0.021 [−0.004, +0.047]``; "-" where undefined. A frame with an ``extra`` column (the study's
+    :func:`trcgl.study.rows.write_outputs` adds where each row's extra rows come from) shows it after the model.
     """
-    header = ["model", "seeds", "interval", *TABLE_METRICS, *(f"d_{m}" for m in DIFF_METRICS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    labels = ["model", *(["extra"] if "extra" in df.columns else []), "seeds", "interval"]
+    header = [*labels, *TABLE_METRICS, *(f"d_{m}" for m in DIFF_METRICS)]
+    align = ["---"] * len(labels) + ["---:"] * (len(header) - len(labels))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in df.to_dict("records"):
-        cells = [str(row["name"]).replace("|", "\\|"), str(row["seeds"]), str(row["interval"])]
+        cells = [str(row["name"]).replace("|", "\\|")]
+        cells += [str(row["extra"])] if "extra" in df.columns else []
+        cells += [str(row["seeds"]), str(row["interval"])]
         cells += [_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_std"]) for m in TABLE_METRICS]
         cells += [_cell(row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"], signed=True) for m in DIFF_METRICS]
         lines.append("| " + " | ".join(cells) + " |")

@@ -162,6 +162,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'generate.mode' must be sample or edit, got {cfg.generate.mode!r}")
     if not 0 < cfg.generate.strength <= 1:
         raise ConfigError(f"config key 'generate.strength' must be in (0, 1], got {cfg.generate.strength}")
+    if cfg.diffusion.plain_levels < 0 or not cfg.diffusion.unet_channels:
+        raise ConfigError(
+            f"config keys 'diffusion.plain_levels' / 'diffusion.unet_channels' must be >= 0 / non-empty, got "
+            f"{cfg.diffusion.plain_levels} / {cfg.diffusion.unet_channels}"
+        )
+    if cfg.generate.realism_max_images < 0:
+        raise ConfigError(
+            f"config key 'generate.realism_max_images' must be >= 0, got {cfg.generate.realism_max_images}"
+        )
     sw = cfg.sweep
     if cfg.train.extra_source not in EXTRA_SOURCES:
         raise ConfigError(

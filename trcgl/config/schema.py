@@ -198,6 +198,10 @@ class DiffusionConfig:
     # it refuse a value other than data.image_size (trcgl.config.checks.check_generator_size)
     image_size: int = 64
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    # the first (highest-resolution) levels of the UNet that have plain ResNet blocks, no attention: self-attention
+    # over a level's positions costs their count squared, so at 64 px two plain levels keep attention at 16 x 16
+    # positions, where a 32 px model with one plain level had it
+    plain_levels: int = 1
     layers_per_block: int = 1
     cross_attention_dim: int = 64
     attention_head_dim: int = 8

@@ -89,12 +89,13 @@ EMA_WARMUP = True  # code default until DiffusionConfig has an ``ema_warmup`` fi
 def build_unet(cfg: DiffusionConfig, cross_attention_dim: int, encoder_hid_dim: int | None = None) -> nn.Module:
     """A pixel-space UNet (1 channel in / out) conditioned by cross-attention on text hidden states.
 
-    The full-resolution level has plain ResNet blocks (attention over S² positions is the CPU's bottleneck); every
-    lower level and the mid block cross-attend to the text. ``cfg.attention_head_dim`` is the width of one head
+    The first ``cfg.plain_levels`` levels (full resolution first) have plain ResNet blocks (self-attention over S²
+    positions costs S⁴: the CPU's bottleneck at full resolution); every lower level and the mid block cross-attend
+    to the text. ``cfg.attention_head_dim`` is the width of one head
     (diffusers' own ``attention_head_dim`` argument counts heads; we convert).
 
     Args:
-        cfg: ``image_size``, ``unet_channels``, ``layers_per_block``, ``attention_head_dim``.
+        cfg: ``image_size``, ``unet_channels``, ``plain_levels``, ``layers_per_block``, ``attention_head_dim``.
         cross_attention_dim: width the cross-attention keys / values are projected from.
         encoder_hid_dim: the text encoder's width when it differs from ``cross_attention_dim`` (a linear projection
             inside the UNet maps it); None when equal.
@@ -106,8 +107,9 @@ def build_unet(cfg: DiffusionConfig, cross_attention_dim: int, encoder_hid_dim: 
     levels = len(channels)
     if cfg.image_size % 2 ** (levels - 1):
         raise ValueError(f"diffusion.image_size {cfg.image_size} must be divisible by 2**{levels - 1} (unet_channels)")
-    down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1) if levels > 1 else ["CrossAttnDownBlock2D"]
-    up = ["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"] if levels > 1 else ["CrossAttnUpBlock2D"]
+    plain = min(cfg.plain_levels, levels - 1)  # at least one level cross-attends (one level: that one)
+    down = ["DownBlock2D"] * plain + ["CrossAttnDownBlock2D"] * (levels - plain)
+    up = ["CrossAttnUpBlock2D"] * (levels - plain) + ["UpBlock2D"] * plain
     heads = tuple(max(1, c // cfg.attention_head_dim) for c in channels)
     return UNet2DConditionModel(
         sample_size=cfg.image_size,

@@ -4,6 +4,7 @@ read back with jobs.results and opened in a real browser (the killed-and-resumed
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -27,7 +28,7 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
     root, s3_endpoint, tmp_path = pipeline_job["root"], pipeline_job["endpoint"], pipeline_job["tmp"]
     job = pipeline_job["job"]  # submitted with the token; calls without it: tests/faults (the security scenario)
     assert job.succeeded, job.log_tail
-    assert "report:" in job.log_tail  # the summary table and report path reach the job log
+    assert "report:" in Path(job.output_file).read_text()  # the summary table and report path reach the job log
 
     # jobs.results reads the run back from S3 without Ray
     assert results.main([root, "--endpoint-url", s3_endpoint, "--format", "json"]) == 0

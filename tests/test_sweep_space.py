@@ -160,3 +160,22 @@ def test_importances_and_plots_are_real_pngs():
         assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
     assert lb.importances_plot({}) is None
     assert lb.tail_vs_ratio(board.drop(columns=["param.train.aug_ratio_tail"])) is None
+
+
+def test_tune_trial_actors_get_no_credentials_in_their_runtime_env(monkeypatch):
+    # Ray Tune copies AWS_* from the driver into each trial actor's runtime_env, which Ray's runtime env agent logs
+    # in plain text: the sweep and the study turn that off (the security scenario found the leak in a real job)
+    from ray.tune.execution import class_cache
+
+    from trcgl.ray_runtime import keep_credentials_out_of_tune
+
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-for-this-test")
+
+    def trial_env() -> dict:
+        trainable = type("Trainable", (), {})  # a class of its own each time: the cache keys on the class
+        return class_cache._ActorClassCache().get(trainable)._default_options["runtime_env"]["env_vars"]
+
+    assert trial_env()["AWS_SECRET_ACCESS_KEY"] == "fake-secret-for-this-test"  # what Tune does by itself
+    keep_credentials_out_of_tune()
+    assert "AWS_SECRET_ACCESS_KEY" not in trial_env()

@@ -55,6 +55,32 @@ def init_ray(cfg: Config) -> bool:
     return True
 
 
+# Credentials Ray Tune copies from the driver's environment into every trial actor's runtime_env
+# (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE). The runtime env agent logs each runtime_env it creates, so
+# the copies land in plain text in runtime_env_agent.log on every node, which the dashboard serves; caught by the
+# security scenario (trcgl_dev/faults/security.py) on the pipeline job.
+TUNE_CREDENTIAL_VARS = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+)
+
+
+def keep_credentials_out_of_tune() -> None:
+    """Stops Ray Tune from copying AWS credentials into its trial actors' runtime_env (and so into Ray's logs).
+
+    Nothing is lost: trial actors are Ray workers, which get the node's environment (the local Ray inherits the
+    driver's; a cluster node has its instance role) and the job's runtime_env, like every Ray Data and Ray Train
+    worker of the same job.
+    """
+    # lazy: a private module of Ray Tune, looked up where a sweep or study is about to start, not on every import
+    from ray.tune.execution import class_cache
+
+    current = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if not isinstance(current, (set, frozenset)):
+        log.warning("ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE not found: Tune may log AWS credentials")
+        return
+    class_cache.ENV_VARS_TO_PROPAGATE = set(current) - TUNE_CREDENTIAL_VARS
+
+
 def connected_address() -> str | None:
     """The GCS address of the Ray this process is connected to, or None when it is not connected."""
     return ray.get_runtime_context().gcs_address if ray.is_initialized() else None

@@ -36,7 +36,7 @@ from trcgl.pipeline.ray_pipeline import (
     train_or_skip,
 )
 from trcgl.pipeline.report import write_report
-from trcgl.ray_runtime import check_cpu_budget, check_gpus
+from trcgl.ray_runtime import check_cpu_budget, check_gpus, keep_credentials_out_of_tune
 from trcgl.storage import Storage, run_dir
 from trcgl.study import rows as ab
 from trcgl.sweep.ray_sweep import train_or_replay
@@ -58,6 +58,7 @@ def _row_trial(params: dict[str, Any], base: dict[str, Any], ratios: list[float]
 
 def make_tuner(cfg: Config, storage: Storage, ratios: tuple[float, float]) -> tune.Tuner:
     """The grid's Tuner: restored when an experiment of the same grid exists (``ablation/tune-{grid hash}``)."""
+    keep_credentials_out_of_tune()  # before Tune defines its trial actors
     trainable = tune.with_resources(
         tune.with_parameters(_row_trial, base=to_dict(cfg), ratios=list(ratios)), {"CPU": cfg.sweep.driver_cpus}
     )

@@ -27,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from trcgl import records
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import resolve_dataset_name
-from trcgl.ray_runtime import check_cpu_budget, check_gpus
+from trcgl.ray_runtime import check_cpu_budget, check_gpus, keep_credentials_out_of_tune
 from trcgl.storage import Storage, run_dir
 from trcgl.sweep import leaderboard as lb
 from trcgl.sweep.space import SYNTHETIC_SET, clean_value, searched_folders, trial_config
@@ -127,6 +127,7 @@ def claim_output(cfg: Config, storage: Storage, dataset: str, force: bool = Fals
 
 def make_tuner(cfg: Config, storage: Storage, base: Config) -> tune.Tuner:
     """A new Tuner, or the interrupted one restored from ``sweep/tune`` when it exists (same command resumes)."""
+    keep_credentials_out_of_tune()  # before Tune defines its trial actors
     sw = cfg.sweep
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=to_dict(base), run=cfg.train.run), {"CPU": sw.driver_cpus}

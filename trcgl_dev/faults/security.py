@@ -86,6 +86,7 @@ class JobResult(Figures):
         objects: objects the job wrote (all downloaded into the evidence folder).
         saved_configs: keys of the config.yaml files among them.
         log_tail: the end of the submit output (the job's log as ``ray job submit`` streams it).
+        output_file: the whole submit output, in the evidence folder.
     """
 
     entrypoint: list[str]
@@ -95,6 +96,7 @@ class JobResult(Figures):
     objects: int
     saved_configs: list[str]
     log_tail: str
+    output_file: str
 
 
 @dataclass
@@ -270,6 +272,7 @@ def run_job(
         objects=len(keys),
         saved_configs=sorted(k for k in keys if k.endswith("config.yaml")),
         log_tail=(done.stdout + done.stderr)[-4000:],
+        output_file=str(evidence / "submit-output.log"),
     )
     log.info("%s on the token head: succeeded %s, %d objects", job_id, figures.succeeded, figures.objects)
     return figures

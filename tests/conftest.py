@@ -125,10 +125,13 @@ def classifier_reference(tiny_prepared: tuple[str, str]) -> ReferenceRun:
     return reference_run(Path(root), dataset, "classifier", REFERENCE_EPOCHS)
 
 
-# The whole tiny pipeline as the end-to-end job: one epoch per stage, a one-trial sweep over lr and the GCN switch,
-# and the GPU code paths that exist on CPU (channels-last, torch.compile with the tracing backend) inside real jobs.
+# The whole tiny pipeline as the end-to-end job: one epoch per stage but a final run of two (so the final stage
+# trains rather than reusing the trial: tests/test_pipeline_rerun.py reruns this run), a one-trial sweep over lr and
+# the GCN switch, and the GPU code paths that exist on CPU (channels-last, torch.compile with the tracing backend)
+# inside real jobs.
 PIPELINE_JOB_SET = [
-    "sweep.num_samples=1", "train.epochs=1", "diffusion.epochs=1", "generate.fidelity_threshold=0.0",
+    "sweep.num_samples=1", "train.epochs=1", "pipeline.final_epochs=2", "train.bootstrap=10", "diffusion.epochs=1",
+    "generate.fidelity_threshold=0.0",
     "sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
     "model.gcn: {type: choice, values: [true, false]}}",
     "train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",
@@ -139,8 +142,9 @@ PIPELINE_JOB_SET = [
 def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny pipeline submitted as a Ray job to a token-auth head whose environment holds this run's (random)
     fake AWS secret, with storage on the loopback S3 server: the security scenario
-    (:func:`trcgl_dev.faults.security.security`) around the end-to-end job, so one head and one job serve both the
-    token and secret-leak checks (tests/faults) and the end-to-end read-back (tests/test_pipeline_jobs.py).
+    (:func:`trcgl_dev.faults.security.security`) around the end-to-end job, so one head and one job serve the
+    token and secret-leak checks (tests/faults), the end-to-end read-back (tests/test_pipeline_jobs.py) and the
+    reruns of the same config (tests/test_pipeline_rerun.py).
 
     Returns:
         root (the s3:// storage root), endpoint, security (the scenario's result, the job's among it) and tmp (a

@@ -1,14 +1,19 @@
 """Reruns of the tiny pipeline: a stage is reused only when made from the same config keys and upstream outputs.
 
-One real pipeline run, then: an unchanged rerun skips every stage; each changed key marks exactly the stages that
-depend on it (checked on the real records, before any work); a forced stage reruns with the stages that read it.
+The pipeline run is the end-to-end job's (tests/conftest.py ``pipeline_on_token_head``: the tiny pipeline on a
+token-auth head, storage on the loopback S3 server), read here with the same config: an unchanged rerun skips every
+stage; each changed key marks exactly the stages that depend on it (checked on the real records, before any work); a
+forced stage reruns with the stages that read it (made from the same config but the forced key, so the run stays
+what tests/test_pipeline_jobs.py reads back whichever test runs first).
 """
 
 from __future__ import annotations
 
 import pytest
+from conftest import PIPELINE_JOB_SET
 
 from trcgl.config import load_config
+from trcgl.data.dataset import resolve_dataset_name
 from trcgl.pipeline.ray_pipeline import FORCEABLE, baseline_config, check_fresh, run_pipeline, stale_stages
 from trcgl.records import StaleStageError, read_record
 from trcgl.storage import Storage, run_dir
@@ -16,28 +21,22 @@ from trcgl.train import ray_train
 
 pytestmark = pytest.mark.slow
 
-RUN = "rerun"
-
-
-def overrides(root: str, dataset: str, *extra: str) -> list[str]:
-    # one trial of one epoch, a final run of two (so the final stage trains rather than reusing the trial)
-    return [
-        f"storage.root={root}",
-        f"train.run={RUN}",
-        f"train.dataset={dataset}",
-        "train.epochs=1",
-        "train.bootstrap=10",
-        "sweep.num_samples=1",
-        "pipeline.final_epochs=2",
-        *extra,
-    ]
+RUN = "tiny"  # the preset's run name, which the job keeps
 
 
 @pytest.fixture(scope="module")
-def first_run(tiny_prepared):
-    root, dataset = tiny_prepared
-    summary = run_pipeline(load_config("tiny", overrides(root, dataset)))
-    return root, dataset, summary
+def first_run(pipeline_on_token_head: dict, ray_local: None) -> tuple[list[str], Storage, str, dict]:
+    """(the job's overrides, its storage, its dataset, its summary)."""
+    root, endpoint = pipeline_on_token_head["root"], pipeline_on_token_head["endpoint"]
+    assert pipeline_on_token_head["security"].job.succeeded, pipeline_on_token_head["security"].job.log_tail
+    base = [f"storage.root={root}", f"storage.endpoint_url={endpoint}", *PIPELINE_JOB_SET]
+    cfg = load_config("tiny", base)
+    storage = Storage(cfg.storage.root, cfg.storage)
+    return base, storage, resolve_dataset_name(cfg, storage), storage.read_json(f"runs/{RUN}/summary.json")
+
+
+def config(base: list[str], *extra: str):
+    return load_config("tiny", [*base, *extra])
 
 
 def trained(summary: dict) -> list[str]:
@@ -46,9 +45,8 @@ def trained(summary: dict) -> list[str]:
 
 
 def test_first_run_trains_every_stage_and_records_it(first_run):
-    root, _, summary = first_run
+    _, storage, _, summary = first_run
     assert trained(summary) == list(FORCEABLE)
-    storage = Storage(root)
     for folder in ("diffusion", "baseline/classifier", "synthetic", "sweep", "final/classifier"):
         record = read_record(storage, run_dir(RUN, folder))
         assert record is not None, folder
@@ -57,8 +55,8 @@ def test_first_run_trains_every_stage_and_records_it(first_run):
 
 
 def test_unchanged_rerun_skips_every_stage(first_run):
-    root, dataset, summary = first_run
-    again = run_pipeline(load_config("tiny", overrides(root, dataset)))
+    base, _, _, summary = first_run
+    again = run_pipeline(config(base))
     assert trained(again) == []
     assert again["rows"] == summary["rows"]
 
@@ -76,9 +74,8 @@ def test_unchanged_rerun_skips_every_stage(first_run):
     ],
 )
 def test_a_changed_key_marks_exactly_the_stages_that_use_it(first_run, change, stale, named):
-    root, dataset, _ = first_run
-    cfg = load_config("tiny", overrides(root, dataset, change))
-    storage = Storage(root)
+    base, storage, dataset, _ = first_run
+    cfg = config(base, change)
     found = stale_stages(cfg, storage, dataset)
     assert list(found) == stale
     assert all(named in found[s] for s in stale), found
@@ -91,22 +88,20 @@ def test_a_changed_key_marks_exactly_the_stages_that_use_it(first_run, change, s
 
 
 def test_a_standalone_job_names_the_changed_key(first_run):
-    root, dataset, _ = first_run
-    storage = Storage(root)
-    base = baseline_config(load_config("tiny", overrides(root, dataset)))
-    assert ray_train.claim_output(base, storage, dataset) == "same"
-    changed = baseline_config(load_config("tiny", overrides(root, dataset, "loss.name=asl")))
+    base, storage, dataset, _ = first_run
+    baseline = baseline_config(config(base))
+    assert ray_train.claim_output(baseline, storage, dataset) == "same"
+    changed = baseline_config(config(base, "loss.name=asl"))
     with pytest.raises(StaleStageError, match=r"loss\.name: 'bce' -> 'asl'.*--force"):
         ray_train.claim_output(changed, storage, dataset)
     assert read_record(storage, run_dir(f"{RUN}/baseline", "classifier"))["loss.name"] == "bce"  # nothing touched
 
 
 def test_forcing_a_stage_reruns_it_and_the_stages_that_read_it(first_run):
-    root, dataset, _ = first_run
-    cfg = load_config("tiny", overrides(root, dataset, "sweep.seed=1"))
+    base, storage, _, _ = first_run
+    cfg = config(base, "sweep.seed=1")
     with pytest.raises(StaleStageError):
         run_pipeline(cfg)
     forced = run_pipeline(cfg, force=["sweep"])
     assert trained(forced) == ["sweep", "final"]
-    storage = Storage(root)
     assert read_record(storage, run_dir(RUN, "sweep"))["sweep.seed"] == 1

@@ -126,12 +126,12 @@ def classifier_reference(tiny_prepared: tuple[str, str]) -> ReferenceRun:
 
 
 # The whole tiny pipeline as the end-to-end job: one epoch per stage but a final run of two (so the final stage
-# trains rather than reusing the trial: tests/test_pipeline_rerun.py reruns this run), a one-trial sweep over lr and
-# the GCN switch, and the GPU code paths that exist on CPU (channels-last, torch.compile with the tracing backend)
-# inside real jobs.
+# trains rather than reusing the trial: tests/test_pipeline_rerun.py reruns this run), synthesis by editing real
+# negatives inside their regions as the demo does (tiny itself samples), a one-trial sweep over lr and the GCN switch,
+# and the GPU code paths that exist on CPU (channels-last, torch.compile with the tracing backend) inside real jobs.
 PIPELINE_JOB_SET = [
     "sweep.num_samples=1", "train.epochs=1", "pipeline.final_epochs=2", "train.bootstrap=10", "diffusion.epochs=1",
-    "generate.fidelity_threshold=0.0",
+    "generate.mode=edit", "generate.region=true", "generate.fidelity_threshold=0.0",
     "sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
     "model.gcn: {type: choice, values: [true, false]}}",
     "train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",

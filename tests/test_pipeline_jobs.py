@@ -51,6 +51,13 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
     )
     assert len(board) == 1  # a 1-trial sweep keeps CI short; tests/faults kills and resumes a 2-trial sweep
     assert storage.manifest("runs/tiny/synthetic") is not None
+    synthetic = pd.read_parquet(
+        f"{root}/runs/tiny/synthetic/part-00000.parquet",
+        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}},
+    )
+    # edited real negatives, each with its control (the same donor and seed with the empty prompt)
+    assert (synthetic["mode"] == "edit").all() and synthetic["donor_id"].notna().all()
+    assert synthetic["control_image"].map(len).eq(synthetic["image"].map(len)).all()
     assert storage.manifest("runs/tiny/synthetic_filtered") is not None
     # prepare and training on S3 (what the separate prepare-on-S3 and train-on-S3 tests checked before)
     datasets = [f for f in storage.list_files("datasets") if f.endswith("_manifest.json")]

@@ -165,11 +165,17 @@ def test_importances_and_plots_are_real_pngs():
 def test_tune_trial_actors_get_no_credentials_in_their_runtime_env(monkeypatch):
     # Ray Tune copies AWS_* from the driver into each trial actor's runtime_env, which Ray's runtime env agent logs
     # in plain text: the sweep and the study turn that off (the security scenario found the leak in a real job)
+    import inspect
+
     from ray.tune.execution import class_cache
 
-    from trcgl.ray_runtime import keep_credentials_out_of_tune
+    from trcgl.ray_runtime import TUNE_CREDENTIAL_VARS, keep_credentials_out_of_tune
 
-    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE))
+    assert all(name in inspect.getsource(class_cache) for name in TUNE_CREDENTIAL_VARS)  # Ray still copies them
+    # Tune's own list (an earlier sweep in this process may have trimmed the module's copy already)
+    monkeypatch.setattr(
+        class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE) | TUNE_CREDENTIAL_VARS
+    )
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-for-this-test")
 
     def trial_env() -> dict:

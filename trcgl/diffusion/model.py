@@ -535,17 +535,28 @@ class TextToXray(nn.Module):
         sampler = make_sampler(self.noise_scheduler, self.cfg.sampler)
         sampler.set_timesteps(steps, device=self.device)
         x = self._initial_noise(seeds) * sampler.init_noise_sigma  # (B, C, s, s)
-        guided = scale != 1.0
-        hidden, mask = self._encode_text([EMPTY_PROMPT] * len(prompts) + prompts if guided else prompts)
+        text = self._guidance_text(prompts, scale)
         for t in sampler.timesteps:
-            inp = torch.cat([x, x]) if guided else x  # (2B or B, C, s, s)
-            inp = sampler.scale_model_input(inp, t)
-            eps = self.unet(inp, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
-            if guided:
-                eps_uncond, eps_cond = eps.chunk(2)  # (B, C, s, s) each
-                eps = eps_uncond + scale * (eps_cond - eps_uncond)
-            x = sampler.step(eps, t, x).prev_sample
+            x = self._guided_step(sampler, x, t, text, scale)
         return self._to_images(x)
+
+    def _guidance_text(self, prompts: list[str], scale: float) -> tuple[Tensor, Tensor | None]:
+        """Text states for :meth:`_guided_step`: the empty prompt's then the prompts' when guided (``scale != 1``)."""
+        return self._encode_text([EMPTY_PROMPT] * len(prompts) + prompts if scale != 1.0 else prompts)
+
+    def _guided_step(
+        self, sampler: SchedulerMixin, x: Tensor, t: Tensor, text: tuple[Tensor, Tensor | None], scale: float
+    ) -> Tensor:
+        """One sampler step with classifier-free guidance: (B, C, s, s) at ``t`` → (B, C, s, s) at the next step."""
+        guided = scale != 1.0
+        hidden, mask = text
+        inp = torch.cat([x, x]) if guided else x  # (2B or B, C, s, s)
+        inp = sampler.scale_model_input(inp, t)
+        eps = self.unet(inp, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        if guided:
+            eps_uncond, eps_cond = eps.chunk(2)  # (B, C, s, s) each
+            eps = eps_uncond + scale * (eps_cond - eps_uncond)
+        return sampler.step(eps, t, x).prev_sample
 
     @torch.no_grad()
     def edit(
@@ -639,16 +650,9 @@ class TextToXray(nn.Module):
         keep = None
         if masks is not None:
             keep = F.interpolate(masks[:, None].to(self.device), size=x0.shape[-2:], mode="area")  # (B, 1, s, s)
-        guided = scale != 1.0
-        hidden, mask = self._encode_text([EMPTY_PROMPT] * len(prompts) + prompts if guided else prompts)
+        text = self._guidance_text(prompts, scale)
         for i, t in enumerate(timesteps):
-            inp = torch.cat([x, x]) if guided else x  # (2B or B, C, s, s)
-            inp = sampler.scale_model_input(inp, t)
-            eps = self.unet(inp, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
-            if guided:
-                eps_uncond, eps_cond = eps.chunk(2)  # (B, C, s, s) each
-                eps = eps_uncond + scale * (eps_cond - eps_uncond)
-            x = sampler.step(eps, t, x).prev_sample
+            x = self._guided_step(sampler, x, t, text, scale)
             if keep is not None:  # outside the mask: the original at the noise level x now has
                 if i + 1 < len(timesteps):
                     known = self.noise_scheduler.add_noise(x0, noise, timesteps[i + 1 : i + 2].repeat(len(prompts)))

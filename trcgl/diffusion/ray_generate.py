@@ -209,9 +209,7 @@ def _grids_and_realism(
 ) -> tuple[list[str], dict | None]:
     """Writes ``grids/{class}.png`` (synthetic above real train positives) and ``realism.json``; returns the grids'
     paths and the realism figures (None with ``generate.realism_max_images=0``)."""
-    g = cfg.generate
-    if g.realism_max_images < 0:
-        raise ValueError(f"config key 'generate.realism_max_images' must be >= 0, got {g.realism_max_images}")
+    g = cfg.generate  # realism_max_images >= 0: checked when the config loads
     # up to realism_max_images synthetic rows (seeded) and as many real train positives in the same class mix
     chosen = np.arange(len(syn))
     if len(syn) > g.realism_max_images:

@@ -51,6 +51,10 @@ def test_range_errors_name_key():
         load_config("tiny", ["data.split.val_fraction=0.6", "data.split.test_fraction=0.5"])
     with pytest.raises(ConfigError, match=r"'train.cache_mb'.*-1"):
         load_config("tiny", ["train.cache_mb=-1"])
+    with pytest.raises(ConfigError, match=r"'generate.realism_max_images'.*-1"):
+        load_config("tiny", ["generate.realism_max_images=-1"])
+    with pytest.raises(ConfigError, match=r"'diffusion.plain_levels'"):
+        load_config("tiny", ["diffusion.plain_levels=-1"])
 
 
 def test_unknown_preset_lists_known():

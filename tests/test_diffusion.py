@@ -363,3 +363,17 @@ def test_checkpoint_round_trip_through_s3(trained, s3_endpoint, s3_bucket):
     loaded = TextToXray.from_pretrained(uri, storage=storage)
     assert loaded.checkpoint_id() == trained.checkpoint_id()
     assert np.array_equal(loaded.sample([P1], seeds=[2]), trained.sample([P1], seeds=[2]))
+
+
+@pytest.mark.parametrize(
+    ("plain", "attending"), [(1, [False, True, True]), (2, [False, False, True]), (5, [False, False, True])]
+)
+def test_plain_levels_take_attention_off_the_highest_resolutions(plain: int, attending: list[bool]) -> None:
+    from trcgl.diffusion.model import build_unet
+
+    cfg = DiffusionConfig(image_size=16, unet_channels=[8, 8, 16], attention_head_dim=4, plain_levels=plain)
+    unet = build_unet(cfg, cross_attention_dim=8)
+    assert [hasattr(b, "attentions") for b in unet.down_blocks] == attending  # at least the lowest level attends
+    assert [hasattr(b, "attentions") for b in unet.up_blocks] == attending[::-1]
+    out = unet(torch.zeros(1, 1, 16, 16), torch.tensor([3]), encoder_hidden_states=torch.zeros(1, 4, 8)).sample
+    assert out.shape == (1, 1, 16, 16)

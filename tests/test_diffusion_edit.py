@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from test_diffusion import tiny_cfg as base_tiny_cfg
 
 from trcgl.config import (
     ConfigError,
@@ -41,19 +42,8 @@ SIZE = 16
 
 
 def tiny_cfg(**changes: object) -> DiffusionConfig:
-    base = DiffusionConfig(
-        image_size=SIZE,
-        unet_channels=[8, 16],
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        text_hidden=16,
-        text_layers=1,
-        text_heads=2,
-        max_prompt_tokens=24,
-        sample_steps=4,
-        guidance_scale=2.0,
-    )
-    return dataclasses.replace(base, **changes)
+    """tests/test_diffusion.py's tiny model at SIZE with four sampler steps (so strength picks among several)."""
+    return base_tiny_cfg(**{"image_size": SIZE, "sample_steps": 4, **changes})
 
 
 def latent_model() -> TextToXray:

@@ -521,14 +521,20 @@ class TextToXray(nn.Module):
             return np.zeros((0, size, size), dtype=np.float32)
         steps = steps or self.cfg.sample_steps
         scale = self.cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        with self._inference(use_ema):
+            images = self._denoise(list(prompts), seeds, steps, scale)
+        return images.float().cpu().numpy().astype(np.float32)
+
+    @contextmanager
+    def _inference(self, use_ema: bool) -> Iterator[None]:
+        """Eval mode (and the EMA weights when ``use_ema``) for the block; the previous mode after it."""
         was_training = self.training
         self.eval()
         try:
             with self.ema_applied() if use_ema else nullcontext():
-                images = self._denoise(list(prompts), seeds, steps, scale)
+                yield
         finally:
             self.train(was_training)
-        return images.float().cpu().numpy().astype(np.float32)
 
     def _denoise(self, prompts: list[str], seeds: Sequence[int], steps: int, scale: float) -> Tensor:
         """The sampling loop; returns (B, S, S) in [0, 1]."""
@@ -615,13 +621,8 @@ class TextToXray(nn.Module):
                 raise ValueError(f"masks must match images {tuple(originals.shape)}, got {tuple(weights.shape)}")
         steps = steps or self.cfg.sample_steps
         scale = self.cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
-        was_training = self.training
-        self.eval()
-        try:
-            with self.ema_applied() if use_ema else nullcontext():
-                edited = self._denoise_from(originals, list(prompts), seeds, strength, weights, steps, scale)
-        finally:
-            self.train(was_training)
+        with self._inference(use_ema):
+            edited = self._denoise_from(originals, list(prompts), seeds, strength, weights, steps, scale)
         edited = edited.float().cpu()  # (B, S, S)
         if weights is not None:
             edited = weights * edited + (1.0 - weights) * originals  # exact input where the mask is 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trcgl.config import ConfigError, dump_yaml, load_config
-from trcgl.pipeline.ray_pipeline import baseline_config, check_pipeline, final_config, row_of
+from trcgl.pipeline.ray_pipeline import baseline_config, check_pipeline, control_config, final_config, row_of
 from trcgl.pipeline.report import summary_table
 from trcgl.storage import Storage
 
@@ -38,6 +38,33 @@ def test_baseline_is_the_config_without_synthetic_data_or_gcn():
     assert base.train.run == "tiny/baseline"
     assert base.model.gcn is False and base.train.aug_ratio_tail == 0.0 and base.train.synthetic == []
     assert base.model.backbone == cfg.model.backbone and base.train.epochs == cfg.train.epochs
+
+
+def test_controls_are_the_baseline_with_one_source_of_extra_rows_each():
+    cfg = load_config("tiny", ["generate.aug_ratio_tail=1.5", "generate.fidelity_threshold=0.1"])
+    base = baseline_config(cfg)
+    runs = {}
+    for extra in ("real", "synthetic", "oracle"):
+        c = control_config(cfg, extra)
+        runs[extra] = c.train.run
+        assert c.train.extra_source == extra and c.train.aug_ratio_tail == 1.5
+        assert c.model == base.model and c.loss == base.loss and c.train.epochs == base.train.epochs
+    assert control_config(cfg, "synthetic").train.synthetic == ["runs/tiny/synthetic"]
+    assert control_config(cfg, "oracle").train.oracle == "runs/tiny/oracle"
+    assert control_config(cfg, "real").train.synthetic == [] and control_config(cfg, "real").train.oracle is None
+    assert len(set(runs.values())) == 3 and all(r.startswith("tiny/controls/") for r in runs.values())
+
+
+def test_bad_controls_fail_before_any_work_naming_the_key():
+    threshold = "generate.fidelity_threshold=0.1"
+    with pytest.raises(ConfigError, match=r"pipeline.controls.*\['copies'\]"):
+        check_pipeline(load_config("tiny", [threshold, "pipeline.controls=[real, copies]"]))
+    with pytest.raises(ConfigError, match="pipeline.diffusion"):
+        check_pipeline(load_config("tiny", ["pipeline.diffusion=false", "sweep.enabled=false",
+                                            "pipeline.controls=[synthetic]"]))  # fmt: skip
+    with pytest.raises(ConfigError, match="data.source"):
+        check_pipeline(load_config("tiny", [threshold, "data.source=padchest", "pipeline.controls=[oracle]"]))
+    check_pipeline(load_config("tiny", [threshold, "pipeline.controls=[real, synthetic, oracle]"]))
 
 
 def _write_best(tmp_path, epochs: int) -> Storage:
@@ -75,6 +102,8 @@ def test_summary_table_cells_carry_intervals():
     assert table.loc[0, "head_mAP"] == "0.500"
     assert table.loc[0, "tail_mAP"] == "-"
     assert table.loc[0, "synthetic rows"] == 12
+    oracle = {**summary, "train_rows": {"real": 90, "oracle": 7}}
+    assert summary_table([row_of("baseline + oracle rows", oracle)]).loc[0, "extra rows"] == 7
 
 
 def test_report_shows_realism_fidelity_with_controls_and_kept_vs_dropped(tmp_path):

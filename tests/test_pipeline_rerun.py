@@ -46,7 +46,8 @@ def trained(summary: dict) -> list[str]:
 
 def test_first_run_trains_every_stage_and_records_it(first_run):
     _, storage, _, summary = first_run
-    assert trained(summary) == list(FORCEABLE)
+    assert trained(summary) == [s for s in FORCEABLE if s not in ("oracle", "controls")]  # pipeline.controls: []
+    assert summary["stages"]["controls"]["disabled"] and summary["stages"]["oracle"]["disabled"]
     for folder in ("diffusion", "baseline/classifier", "synthetic", "sweep", "final/classifier"):
         record = read_record(storage, run_dir(RUN, folder))
         assert record is not None, folder
@@ -95,6 +96,27 @@ def test_a_standalone_job_names_the_changed_key(first_run):
     with pytest.raises(StaleStageError, match=r"loss\.name: 'bce' -> 'asl'.*--force"):
         ray_train.claim_output(changed, storage, dataset)
     assert read_record(storage, run_dir(f"{RUN}/baseline", "classifier"))["loss.name"] == "bce"  # nothing touched
+
+
+def test_controls_train_only_their_runs_and_are_then_reused(first_run):
+    base, storage, _, summary = first_run
+    cfg = config(base, "pipeline.controls=[synthetic, oracle]")
+    out = run_pipeline(cfg)
+    assert trained(out) == ["oracle", "controls"]  # nothing upstream or downstream of them reran
+    rows = {r["name"]: r for r in out["rows"]}
+    assert list(rows) == ["best", "baseline", "baseline + synthetic rows", "baseline + oracle rows"]
+    assert rows["best"] == summary["rows"][0] and rows["baseline"] == summary["rows"][1]
+    synthetic, oracle = rows["baseline + synthetic rows"], rows["baseline + oracle rows"]
+    assert synthetic["synthetic_rows"] > 0 and synthetic["extra_rows"] == synthetic["synthetic_rows"]
+    assert oracle["synthetic_rows"] == 0 and oracle["extra_rows"] > 0
+    for extra in ("synthetic", "oracle"):
+        record = read_record(storage, run_dir(f"{RUN}/controls/{extra}", "classifier"))
+        assert record["train.extra_source"] == extra and record["model.gcn"] is False  # the baseline's model
+    assert storage.manifest(run_dir(RUN, "oracle")) is not None
+    html = storage.read_bytes(f"runs/{RUN}/report/report.html").decode()
+    assert "baseline + oracle rows" in html and "a perfect generator" in html
+    again = run_pipeline(cfg)
+    assert trained(again) == [] and again["rows"] == out["rows"]
 
 
 def test_forcing_a_stage_reruns_it_and_the_stages_that_read_it(first_run):

@@ -288,6 +288,10 @@ class PipelineConfig:
         default_factory=lambda: {"model.gcn": False, "train.aug_ratio_tail": 0.0, "train.aug_ratio_medium": 0.0}
     )  # overrides of the baseline trained beside the best config (and used as fidelity reference)
     final_epochs: int | None = None  # epochs of the final training of the best config; None: train.epochs
+    # the generator's controls: the baseline retrained with each source of extra rows named here (real: copies of
+    # real tail positives; synthetic: the run's generated images; oracle: the same plan rendered by PadChest-Synth),
+    # at generate.aug_ratio_tail / aug_ratio_medium, as rows of the summary (README "Reading the synthetic rows")
+    controls: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -9,10 +9,14 @@ Stages of run ``R`` (``train.run``), all under ``{root}/runs/R/``:
    classifier that scores the synthetic images' fidelity.
 4. ``generate`` → ``synthetic/`` (and ``synthetic_filtered/`` with ``generate.fidelity_threshold`` or
    ``generate.fidelity_keep_fraction``).
-5. ``sweep`` → ``sweep/`` (Ray Tune + Optuna + ASHA); with ``sweep.enabled=false`` the config is trained as is.
-6. ``final`` → ``final/classifier/``: the best config trained for ``pipeline.final_epochs`` (the best trial itself is
+5. ``oracle`` → ``oracle/`` and ``controls`` → ``controls/{extra}/classifier/`` (only with ``pipeline.controls``):
+   the baseline retrained with each named source of extra rows (``real`` copies, the run's ``synthetic`` images,
+   ``oracle`` rows rendered by PadChest-Synth for the same plan) at the generate ratios, so the summary reads the
+   generator against duplication and against a perfect generator.
+6. ``sweep`` → ``sweep/`` (Ray Tune + Optuna + ASHA); with ``sweep.enabled=false`` the config is trained as is.
+7. ``final`` → ``final/classifier/``: the best config trained for ``pipeline.final_epochs`` (the best trial itself is
    reused when it already ran those epochs to the end: retraining it with the same seed would repeat it).
-7. ``report`` → ``summary.json`` and ``report/report.html``.
+8. ``report`` → ``summary.json`` and ``report/report.html``.
 
 Each stage's own ``ray_*`` module does its Ray work; this module only sequences them and decides what to skip.
 """
@@ -30,8 +34,10 @@ import yaml
 from trcgl import records
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, filters_fidelity, from_dict
 from trcgl.data.dataset import resolve_dataset_name
+from trcgl.data.ray_oracle import oracle_or_skip
 from trcgl.data.ray_prepare import run_prepare
 from trcgl.data.ray_synth import run_synthesize
+from trcgl.data.synth.oracle import check_source, oracle_record
 from trcgl.diffusion import ray_diffusion, ray_generate
 from trcgl.metrics import TABLE_METRICS
 from trcgl.pipeline.report import write_report
@@ -42,9 +48,16 @@ from trcgl.train import ray_train
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "train_diffusion", "baseline", "generate", "sweep", "final", "report")
+STAGES = ("prepare", "train_diffusion", "baseline", "generate", "oracle", "controls", "sweep", "final", "report")
 # stages whose outputs a rerun reuses only when made from the same inputs; --force STAGE recomputes one
-FORCEABLE = ("train_diffusion", "baseline", "generate", "sweep", "final")
+FORCEABLE = ("train_diffusion", "baseline", "generate", "oracle", "controls", "sweep", "final")
+# pipeline.controls values (the train.extra_source of each control run) and their summary rows' names
+CONTROL_ROWS = {
+    "real": "baseline + duplicated tail rows",
+    "synthetic": "baseline + synthetic rows",
+    "oracle": "baseline + oracle rows",
+}
+CONTROL_EXTRAS = tuple(CONTROL_ROWS)
 
 
 class Progress:
@@ -89,12 +102,48 @@ def baseline_config(cfg: Config) -> Config:
     return apply_overrides(cfg, values, "pipeline.baseline")
 
 
+def control_config(cfg: Config, extra: str) -> Config:
+    """The control run of one source of extra rows: the baseline's config with ``train.extra_source=extra`` at the
+    generate ratios (``generate.aug_ratio_tail`` / ``aug_ratio_medium``), run ``R/controls/{extra}``.
+
+    Every control draws the same number of extra rows per class, so the runs differ only in where they come from:
+    ``synthetic`` reads ``synthetic/`` (unfiltered: the generator as it is), ``oracle`` reads ``oracle/``.
+    """
+    run = cfg.train.run
+    values = {
+        "train.run": f"{run}/controls/{extra}",
+        "train.aug_ratio_tail": cfg.generate.aug_ratio_tail,
+        "train.aug_ratio_medium": cfg.generate.aug_ratio_medium,
+        "train.extra_source": extra,
+        "train.synthetic": [run_dir(run, "synthetic")] if extra == "synthetic" else [],
+        "train.oracle": run_dir(run, records.ORACLE_STAGE) if extra == "oracle" else None,
+    }
+    return apply_overrides(baseline_config(cfg), values, "pipeline.controls")
+
+
+def controls_or_skip(cfg: Config, storage: Storage, force: bool = False, option: str = "--force") -> dict[str, Any]:
+    """Trains the control runs of ``pipeline.controls`` (each skipped when finished from the same inputs).
+
+    Returns:
+        ``summaries`` ({extra: summary}), ``skipped`` (every run was), and the per-run record.
+    """
+    if not cfg.pipeline.controls:
+        return {"skipped": True, "summaries": {}, "record": {"disabled": True}}
+    outs = {extra: train_or_skip(control_config(cfg, extra), storage, force, option) for extra in cfg.pipeline.controls}
+    return {
+        "skipped": all(o.get("skipped") for o in outs.values()),
+        "summaries": {extra: o["summary"] for extra, o in outs.items()},
+        "record": {"runs": {extra: o["summary"]["run"] for extra, o in outs.items()}},
+    }
+
+
 def check_pipeline(cfg: Config) -> None:
     """Checks before any work that the stages asked for can be done together.
 
     Raises:
-        ConfigError: the sweep draws from ``synthetic_filtered`` but no fidelity threshold makes it, or the sweep
-            draws synthetic data while diffusion is off.
+        ConfigError: the sweep draws from ``synthetic_filtered`` but no fidelity threshold makes it, the sweep or a
+            control draws synthetic data while diffusion is off, ``pipeline.controls`` names an unknown source, or
+            the oracle control is asked for on a source other than PadChest-Synth.
     """
     folders = searched_folders(cfg.sweep.space) if cfg.sweep.enabled else []
     if "synthetic_filtered" in folders and not filters_fidelity(cfg):
@@ -108,7 +157,22 @@ def check_pipeline(cfg: Config) -> None:
             "config key 'sweep.space.synthetic_set' draws synthetic data but pipeline.diffusion is false: "
             "turn diffusion on or drop synthetic_set from the space"
         )
+    unknown = [c for c in cfg.pipeline.controls if c not in CONTROL_EXTRAS]
+    if unknown:
+        raise ConfigError(
+            f"config key 'pipeline.controls' takes values of {list(CONTROL_EXTRAS)}, got {unknown} in "
+            f"{cfg.pipeline.controls}"
+        )
+    if "synthetic" in cfg.pipeline.controls and not cfg.pipeline.diffusion:
+        raise ConfigError(
+            "config key 'pipeline.controls' names synthetic but pipeline.diffusion is false, so no images are made: "
+            "turn diffusion on or drop synthetic from pipeline.controls"
+        )
+    if "oracle" in cfg.pipeline.controls:
+        check_source(cfg)
     baseline_config(cfg)  # the overrides are checked now, not after an hour of work
+    for extra in cfg.pipeline.controls:
+        control_config(cfg, extra)
 
 
 def _classifier_summary(storage: Storage, run: str) -> dict[str, Any] | None:
@@ -207,6 +271,8 @@ def row_of(name: str, summary: dict[str, Any]) -> dict[str, Any]:
         **{m: test.get(m) for m in TABLE_METRICS},
         "ci": {m: test.get("ci", {}).get(m) for m in TABLE_METRICS},
         "synthetic_rows": summary.get("train_rows", {}).get("synthetic", 0),
+        # extra train rows of any source: synthetic, resampled (duplicated) real, oracle
+        "extra_rows": sum(int(summary.get("train_rows", {}).get(k, 0)) for k in ("synthetic", "resampled", "oracle")),
     }
 
 
@@ -238,6 +304,8 @@ def stage_records(cfg: Config, storage: Storage, dataset: str) -> dict[str, tupl
     if cfg.pipeline.diffusion:
         gen_cfg = generate_config(cfg, baseline_checkpoint(storage, base_cfg))
         out["generate"] = (run_dir(run, "synthetic"), ray_generate.stage_record(gen_cfg, storage, dataset))
+    if "oracle" in cfg.pipeline.controls:
+        out["oracle"] = (run_dir(run, records.ORACLE_STAGE), oracle_record(cfg, dataset))
     if cfg.sweep.enabled:
         out["sweep"] = (run_dir(run, ray_sweep.STAGE), ray_sweep.stage_record(cfg, storage, dataset))
     return out
@@ -352,6 +420,17 @@ def run_pipeline(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
         generated = progress.stage(
             "generate", lambda: generate_or_skip(cfg, storage, reference, "generate" in force, option("generate"))
         ).get("report")
+    progress.stage(
+        "oracle",
+        lambda: (
+            oracle_or_skip(cfg, "oracle" in force, option("oracle"))
+            if "oracle" in cfg.pipeline.controls
+            else {"skipped": True, "record": {"disabled": True}}
+        ),
+    )
+    controls = progress.stage(
+        "controls", lambda: controls_or_skip(cfg, storage, "controls" in force, option("controls"))
+    )["summaries"]
     sweep = progress.stage("sweep", lambda: sweep_or_single(cfg, storage, "sweep" in force, option("sweep"))).get(
         "report"
     )
@@ -368,6 +447,7 @@ def run_pipeline(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
 
     best = progress.stage("final", final)["summary"]
     rows = [row_of("best", best), row_of("baseline", baseline)]
+    rows += [row_of(CONTROL_ROWS[extra], s) for extra, s in controls.items()]
     summary: dict[str, Any] = {
         "run": run,
         "dataset": dataset,

@@ -33,6 +33,7 @@ def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
             else:
                 cells[m] = f"{value:.3f}"
         cells["synthetic rows"] = row.get("synthetic_rows", 0)
+        cells["extra rows"] = row.get("extra_rows", cells["synthetic rows"])
         out.append(cells)
     return pd.DataFrame(out)
 
@@ -46,6 +47,23 @@ def _per_class(storage: Storage, run: str) -> pd.DataFrame | None:
     if not storage.exists(rel):
         return None
     return pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(rel))).to_pandas()
+
+
+def _controls_text(cfg: Config) -> list[Text]:
+    """How to read the control rows (``pipeline.controls``), when there are any."""
+    if not cfg.pipeline.controls:
+        return []
+    return [
+        Text(
+            "The 'baseline + ...' rows retrain the baseline with extra tail rows, "
+            f"{cfg.generate.aug_ratio_tail:g} per real tail positive (medium {cfg.generate.aug_ratio_medium:g}), "
+            "from one source each: duplicated real rows, the diffusion model's images, and the oracle (the same "
+            "generation plan rendered by PadChest-Synth's own renderer: a perfect generator). Synthetic rows below "
+            "duplication with the oracle above it say the generator is short; the oracle at or below duplication "
+            "says extra rows of this kind cannot help at this size. One seed each: read the differences against "
+            "the intervals."
+        )
+    ]
 
 
 def build_sections(
@@ -64,6 +82,7 @@ def build_sections(
                     "selection used the validation split only."
                 ),
                 Table(summary_table(summary["rows"])),
+                *_controls_text(cfg),
                 Table(
                     pd.DataFrame(
                         [

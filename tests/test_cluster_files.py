@@ -186,6 +186,22 @@ def test_aws_nodes_use_instance_profiles():
     )
 
 
+AMI_ID = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17}|CHANGE-ME)$")  # a literal id, or the placeholder to replace
+
+
+@pytest.mark.parametrize("image", ["latest_dlami", "", "ami-", "resolve:ssm:/aws/service/x", "ami-XYZ", None])
+def test_ami_check_rejects_what_is_not_a_literal_id(image):
+    assert not AMI_ID.match(str(image))
+
+
+def test_aws_every_node_runs_one_pinned_image():
+    """`latest_dlami` is Ray 2.60's Ubuntu 18.04 image (glibc 2.27): our torch wheels do not install there."""
+    images = {name: node["node_config"].get("ImageId") for name, node in _node_types(_aws()).items()}
+    for name, image in images.items():
+        assert isinstance(image, str) and AMI_ID.match(image), f"{name}: ImageId {image!r} is not a literal ami- id"
+    assert len(set(images.values())) == 1, images
+
+
 # ------------------------------------------------------------------------------------------------ IAM
 
 
@@ -226,6 +242,31 @@ def test_head_policy_manages_only_this_clusters_workers():
             assert s["Condition"]["StringEquals"]["ec2:ResourceTag/ray-cluster-name"] == cluster_name
         if "iam:PassRole" in acts:
             assert all(r.endswith(":role/trcgl-ray-worker") for r in _as_list(s["Resource"])), s
+
+
+def test_head_policy_launches_only_the_worker_types_with_the_cluster_tag():
+    """The head launches workers only (`ray up` launches the head with your own credentials)."""
+    cfg = _aws()
+    workers = {
+        n["node_config"]["InstanceType"] for name, n in _node_types(cfg).items() if name != cfg["head_node_type"]
+    }
+    launches = [s for s in _statements(_json("iam-head-policy.json")) if "ec2:RunInstances" in _as_list(s["Action"])]
+    assert all(s["Effect"] == "Allow" and "*" not in _as_list(s["Resource"]) for s in launches), launches
+    region = cfg["provider"]["region"]
+    for s in launches:
+        assert all(r.split(":")[3] == region for r in _as_list(s["Resource"])), s
+    on_instances = [s for s in launches if any(":instance/" in r for r in _as_list(s["Resource"]))]
+    assert len(on_instances) == 1, "one statement must allow launching instances"
+    (instance,) = on_instances
+    assert _as_list(instance["Resource"]) == [f"arn:aws:ec2:{region}:ACCOUNT_ID:instance/*"]
+    equals = instance["Condition"]["StringEquals"]
+    assert set(_as_list(equals["ec2:InstanceType"])) == workers, (equals["ec2:InstanceType"], workers)
+    assert equals["aws:RequestTag/ray-cluster-name"] == cfg["cluster_name"]
+    tagging = [s for s in _statements(_json("iam-head-policy.json")) if "ec2:CreateTags" in _as_list(s["Action"])]
+    at_launch = [s for s in tagging if "ec2:CreateAction" in s["Condition"]["StringEquals"]]
+    assert at_launch, "the autoscaler tags its instances in the RunInstances call: CreateTags on launch is needed"
+    for s in at_launch:
+        assert s["Condition"]["StringEquals"]["aws:RequestTag/ray-cluster-name"] == cfg["cluster_name"]
 
 
 # ------------------------------------------------------------------------------------------------ rayjob.yaml
@@ -298,8 +339,16 @@ def _all_containers(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for g in cluster["workerGroupSpecs"]:
         out += [(g["groupName"], c) for c in g["template"]["spec"]["containers"]]
     out += [("submitter", c) for c in spec.get("submitterPodTemplate", {}).get("spec", {}).get("containers", [])]
-    out.append(("autoscaler", {"name": "autoscaler", "env": cluster.get("autoscalerOptions", {}).get("env", [])}))
     return out
+
+
+def test_rayjob_autoscaler_env_is_not_duplicated():
+    """KubeRay gives the autoscaler container both auth variables from authOptions, then appends
+    autoscalerOptions.env: the same variables there would be a second copy."""
+    cluster = _rayjob()["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"]["mode"] == "token" and cluster["authOptions"]["secretName"]
+    names = {e["name"] for e in cluster.get("autoscalerOptions", {}).get("env", [])}
+    assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, names
 
 
 def test_rayjob_token_auth_on_every_container_from_a_secret():
@@ -307,7 +356,7 @@ def test_rayjob_token_auth_on_every_container_from_a_secret():
     auth = job["spec"]["rayClusterSpec"]["authOptions"]
     assert auth["mode"] == "token"
     containers = _all_containers(job)
-    assert {"head", "submitter", "autoscaler"} <= {where for where, _ in containers}
+    assert {"head", "submitter"} <= {where for where, _ in containers}
     for where, container in containers:
         env = {e["name"]: e for e in container.get("env", [])}
         assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{where}: RAY_AUTH_MODE=token missing"
@@ -320,16 +369,31 @@ def test_rayjob_token_auth_on_every_container_from_a_secret():
 
 
 def test_rayjob_s3_through_irsa():
-    docs = _docs("rayjob.yaml")
-    (account,) = _kind(docs, "ServiceAccount")
-    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    accounts = {a["metadata"]["name"]: a for a in _kind(_docs("rayjob.yaml"), "ServiceAccount")}
+    for account in accounts.values():
+        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     cluster = _rayjob()["spec"]["rayClusterSpec"]
     templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     for t in templates:
-        assert t["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        assert t["spec"]["serviceAccountName"] in accounts, "every Ray pod gets S3 from an IRSA ServiceAccount"
     for _, container in _all_containers(_rayjob()):
         names = {e["name"] for e in container.get("env", [])}
         assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}, names
+
+
+def test_rayjob_workers_do_not_hold_the_autoscalers_service_account():
+    """KubeRay binds the autoscaler's Role (patch pods and RayClusters) to the head pod's ServiceAccount: a worker
+    pod (where every task runs) with that account, and its token mounted, could do the same."""
+    accounts = {a["metadata"]["name"]: a for a in _kind(_docs("rayjob.yaml"), "ServiceAccount")}
+    cluster = _rayjob()["spec"]["rayClusterSpec"]
+    head_account = cluster["headGroupSpec"]["template"]["spec"]["serviceAccountName"]
+    for g in cluster["workerGroupSpecs"]:
+        spec = g["template"]["spec"]
+        account = spec.get("serviceAccountName", "default")
+        assert account != head_account, f"{g['groupName']}: shares the head's (autoscaler's) ServiceAccount"
+        by_account = accounts.get(account, {}).get("automountServiceAccountToken")
+        mounted = spec.get("automountServiceAccountToken", by_account)  # the pod's setting wins over the account's
+        assert mounted is False, f"{g['groupName']}: the Kubernetes API token must not be mounted on workers"
 
 
 def test_rayjob_network_policy_admits_only_the_cluster_and_the_operator():
@@ -365,6 +429,42 @@ def test_runtime_env_ships_the_code_and_nothing_else():
     assert code and not [str(p) for p in code if excluded(p)], "an exclude pattern drops package code"
     for junk in ("runs/demo/classifier/metrics.json", "tests/test_config.py", ".git/HEAD", "data/padchest/x.png"):
         assert excluded(ROOT / junk), f"{junk} would be uploaded with every job"
+
+
+def _documented_downloads() -> list[str]:
+    """The --download destinations the docs show (README.md, cluster/README.md, jobs/results.py)."""
+    texts = [(ROOT / p).read_text() for p in ("README.md", "cluster/README.md", "jobs/results.py")]
+    return sorted({m for t in texts for m in re.findall(r"--download\s+(\./[^\s`]+)", t)})
+
+
+def test_runtime_env_excludes_downloaded_reports():
+    """A report downloaded into the working directory would otherwise travel with every later job."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    (env,) = _docs("runtime_env.yaml")
+    excluded = _get_excludes(ROOT, env["excludes"])
+    downloads = _documented_downloads()
+    assert "./padchest-report" in downloads and "./demo-report" in downloads, downloads
+    for dest in downloads:
+        assert excluded(ROOT / dest / "report.html"), f"{dest} would be uploaded with every later job"
+    assert not excluded(ROOT / "trcgl" / "results.py")
+
+
+def _submit_commands(text: str) -> list[list[str]]:
+    joined = text.replace("\\\n", " ")
+    starts = re.compile(r"^\s*(?:RAY_AUTH_MODE=token\s+)?ray job submit\b")  # commands in code blocks
+    return [shlex.split(line) for line in joined.splitlines() if starts.match(line)]
+
+
+def test_submit_commands_set_the_working_dir_once():
+    """runtime_env.yaml sets working_dir; --working-dir beside it would override it (Ray warns) and say it twice."""
+    (env,) = _docs("runtime_env.yaml")
+    assert env["working_dir"] == "."
+    commands = [c for p in ("README.md", "cluster/README.md") for c in _submit_commands((ROOT / p).read_text())]
+    with_env = [c for c in commands if "--runtime-env" in c]
+    assert len(with_env) >= 3, "README.md and cluster/README.md show the cluster submit commands"
+    for command in with_env:
+        assert "--working-dir" not in command, " ".join(command)
 
 
 # ------------------------------------------------------------------------------------------------ credentials

@@ -7,6 +7,7 @@
     python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
     python -m jobs.benchmark faults [--workdir DIR] [--only train-worker-kill sweep-driver-kill ...]
     python -m jobs.benchmark cache [--workdir DIR] [--epochs 3] [--stages classifier diffusion]
+    python -m jobs.benchmark cost [--config jobs/configs/padchest.yaml] [--set KEY=VALUE ...]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
 PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
@@ -31,6 +32,10 @@ line of figures each; --only picks scenarios by name (`python -m jobs.benchmark 
 cache: the tiny classifier and diffusion training jobs with their data streamed from storage every epoch
 (train.cache_mb=0) vs read once and held in Ray's object store (the default); seconds per epoch and per run, and
 held/streamed ratios (below 1.0: holding is faster).
+
+cost: no run, a model on paper (trcgl/cost.py): what one full pipeline run with the config costs on cluster/aws.yaml
+(bytes read, prepare CPU-hours, diffusion, generation and sweep GPU-hours, storage, dollars on-demand and spot),
+every figure with its source (measured, published or assumed). README "What a full run costs".
 """
 
 from __future__ import annotations
@@ -86,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     from trcgl_dev.benchmarks.ray_cache_bench import add_arguments as cache_arguments
 
     cache_arguments(sub.add_parser("cache", help="training epochs: data streamed each epoch vs held in memory"))
+    cost = sub.add_parser("cost", help="what a full run with a config costs, on paper (no Ray)")
+    cost.add_argument("--config", default="jobs/configs/padchest.yaml", help="preset name or YAML path")
+    cost.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
@@ -109,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl_dev.benchmarks.ray_generate_bench import run as run_generate
 
         result = run_generate(args.images, args.steps, args.batch, args.preset, pool=not args.no_pool)
+    elif args.which == "cost":
+        from trcgl.config import load_config
+        from trcgl.cost import estimate
+
+        result = estimate(load_config(args.config, args.set), name=args.config)
     elif args.which == "cache":
         from trcgl_dev.benchmarks.ray_cache_bench import run as run_cache
 

@@ -230,8 +230,10 @@ def prepare_entrypoint(root: str, endpoint_url: str, overrides: Sequence[str] = 
 def run_job(
     head: TokenHead, entrypoint: Sequence[str], endpoint_url: str, bucket: str, evidence: Path, timeout_s: float = 900
 ) -> JobResult:
-    """Submits ``entrypoint`` (a job writing to ``s3://bucket/...``) to the head, the way the cluster README does
-    (``--working-dir . --runtime-env cluster/runtime_env.yaml``), and saves what a reader of the run can reach into
+    """Submits ``entrypoint`` (a job writing to ``s3://bucket/...``) to the head with the cluster README's runtime
+    env (``--runtime-env cluster/runtime_env.yaml``; ``--working-dir .`` names the same folder as its ``working_dir``
+    and only makes the test independent of how the CLI resolves a relative path), and saves what a reader of the run
+    can reach into
     ``evidence``: the job's logs, ``GET /api/jobs/``, and every object in the bucket.
     """
     import boto3

@@ -106,8 +106,10 @@ def control_config(cfg: Config, extra: str) -> Config:
     """The control run of one source of extra rows: the baseline's config with ``train.extra_source=extra`` at the
     generate ratios (``generate.aug_ratio_tail`` / ``aug_ratio_medium``), run ``R/controls/{extra}``.
 
-    Every control draws the same number of extra rows per class, so the runs differ only in where they come from:
-    ``synthetic`` reads ``synthetic/`` (unfiltered: the generator as it is), ``oracle`` reads ``oracle/``.
+    Every control adds the same number of extra positives per class (``ratio x train positives``; a row carrying
+    two tail classes counts for both, so row totals differ with the sources' co-occurrence), so the runs differ only
+    in where the extra rows come from: ``synthetic`` reads ``synthetic/`` (unfiltered: the generator as it is),
+    ``oracle`` reads ``oracle/``.
     """
     run = cfg.train.run
     values = {

@@ -70,6 +70,9 @@ class DataConfig:
     image_size: int = 224
     max_rows: int | None = None  # keep only the first N usable rows (ordered by ImageID); None: all
     shard_rows: int = 256  # rows per Parquet part (also the unit of work of one Ray Data task)
+    # DICOM inputs only: map values through the file's VOI LUT or first WindowCenter/WindowWidth (as a viewer shows
+    # them) before scaling to [0, 1]; off: the full stored range, as PNGs (trcgl/data/dicom.py)
+    dicom_window: bool = False
     name: str | None = None  # dataset name; None: derived from this section's hash
     split: SplitConfig = field(default_factory=SplitConfig)
     groups: GroupConfig = field(default_factory=GroupConfig)

@@ -1,9 +1,11 @@
-"""16-bit X-ray PNG decoding, normalisation by stored bit depth, antialiased resizing and prepared-image encoding.
+"""X-ray decoding (16-bit PNG or DICOM), normalisation by stored bit depth, antialiased resizing and prepared-image
+encoding.
 
 PadChest PNGs are 16-bit grayscale whose values fill only the detector's stored range (12 bits for 144k images, 10 bits
 for 17k). Dividing by 65535 would make 10-bit images 4x darker than 12-bit ones, and Pillow's ``convert("L")`` clips
 instead of scaling, so we normalise by ``2**BitsStored - 1``. A truncated PNG must fail, not be zero-filled: we refuse
-to decode while Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is on.
+to decode while Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is on. DICOM files (recognised by their ``DICM``
+prefix, whatever their name) go through :mod:`trcgl.data.dicom` to the same [0, 1] image.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from PIL import Image, ImageFile
 from trcgl.errors import ImageDecodeError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+DICOM_MAGIC, DICOM_MAGIC_OFFSET = b"DICM", 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+
+
+def is_dicom(data: bytes) -> bool:
+    """Whether ``data`` is a DICOM Part 10 file, by its ``DICM`` prefix (never by its file name)."""
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC
 
 
 def infer_bits(max_value: int) -> int:
@@ -27,28 +35,34 @@ def infer_bits(max_value: int) -> int:
     return 16
 
 
-def decode_xray(data: bytes, bits_stored: int = 0) -> tuple[np.ndarray, int]:
-    """Decodes a 16-bit grayscale PNG and scales it to [0, 1] by its stored bit depth.
+def decode_xray(data: bytes, bits_stored: int = 0, *, dicom_window: bool = False) -> tuple[np.ndarray, int]:
+    """Decodes a 16-bit grayscale PNG or a DICOM file and scales it to [0, 1] by its stored bit depth.
 
     Args:
-        data: PNG file bytes.
-        bits_stored: BitsStored from the metadata; 0 when unknown (then inferred from the maximum pixel value).
+        data: PNG or DICOM file bytes.
+        bits_stored: BitsStored from the metadata; 0 when unknown (then inferred from the maximum pixel value). A
+            DICOM file's own BitsStored is used instead.
+        dicom_window: DICOM only: apply the file's VOI LUT or window (``data.dicom_window``).
 
     Returns:
-        ((H, W) float32 image in [0, 1], bits used).
+        ((H, W) float32 image in [0, 1], higher = brighter, bits used).
 
     Raises:
         ImageDecodeError: reason ``empty_file``, ``not_png``, ``unreadable`` (truncated or corrupt), ``not_16bit_gray``
-            or ``exceeds_bits_stored``.
+            or ``exceeds_bits_stored``; for DICOM a ``dicom_*`` reason (:func:`trcgl.data.dicom.decode_dicom`).
     """
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on: truncated X-rays would be zero-filled silently")
     if not data:
         raise ImageDecodeError("empty_file", "file is empty (0 bytes)")
+    if is_dicom(data):
+        from trcgl.data.dicom import decode_dicom  # importing pydicom takes a second or more: only DICOM pays it
+
+        return decode_dicom(data, window=dicom_window)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on: truncated X-rays would be zero-filled silently")
     try:
         img = Image.open(io.BytesIO(data))
     except Exception as exc:  # PIL raises several types for garbage input
-        raise ImageDecodeError("not_png", f"not an image PIL can open: {exc}") from exc
+        raise ImageDecodeError("not_png", f"neither a DICOM file nor an image PIL can open: {exc}") from exc
     if img.format != "PNG":
         raise ImageDecodeError("not_png", f"not a PNG (format {img.format})")
     if img.mode not in SIXTEEN_BIT_MODES:

@@ -219,7 +219,7 @@ def process_shard(payload: str, *, cfg: Config, dataset: str, images_uri: str, l
                 if "not found" in str(exc).lower() or "no such file" in str(exc).lower():
                     raise ImageDecodeError("missing_file", f"no file at {path}") from exc
                 raise
-            image, bits = decode_xray(data, int(row["bits_stored"]))
+            image, bits = decode_xray(data, int(row["bits_stored"]), dicom_window=cfg.data.dicom_window)
             encoded = encode_prepared(resize_square(image, size))
         except ImageDecodeError as exc:
             rejects.append({"image_id": row["image_id"], "reason": exc.reason, "detail": str(exc)[:200]})

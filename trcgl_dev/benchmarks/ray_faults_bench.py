@@ -83,7 +83,7 @@ def prepare_tiny(root: Path) -> str:
 
 
 def _verdict(checks: dict[str, bool]) -> str:
-    """"ok" when every check holds, else "FAILED (names of the checks that did not)"."""
+    """ "ok" when every check holds, else "FAILED (names of the checks that did not)"."""
     failed = [name for name, held in checks.items() if not held]
     return "ok" if not failed else f"FAILED ({', '.join(failed)})"
 

@@ -1,20 +1,23 @@
-"""The whole TRCGL-Net method, end to end: prepare → train diffusion → baseline → generate → sweep → final → report.
+"""The whole TRCGL-Net method, end to end: prepare → train diffusion → baseline → generate → (oracle, controls) →
+sweep → final → report.
 
 With no arguments it runs the embedded default (demo preset): PadChest-Synth rendered from the real PadChest
-metadata, a local Ray, storage in ./runs; minutes on a 2-core laptop (BENCHMARKS.md has the latest time).
+metadata, a local Ray, storage in ./runs; about half an hour on a 2-core laptop (BENCHMARKS.md has the latest time).
 
 Each stage records the config keys and upstream outputs it was made from. A rerun skips a stage made from the same
 ones (so rerunning after an interruption resumes), recomputes a stage whose upstream was recomputed, and stops before
 any training when a stage's own keys changed, naming the stages and keys: --force STAGE ... recomputes them.
-Prints a summary table (mAP, mAUC, head/medium/tail
-mAP with 95 % intervals, for the best configuration and the no-synthetic, no-GCN baseline) and the path of the
-self-contained HTML report; writes {root}/runs/{run}/summary.json and {root}/runs/{run}/report/report.html.
+Prints a summary table (mAP, mAUC, head/medium/tail mAP with 95 % intervals, for the best configuration, the
+no-synthetic, no-GCN baseline and, with pipeline.controls, the baseline with duplicated, synthetic or oracle tail
+rows) and the path of the self-contained HTML report; writes {root}/runs/{run}/summary.json and
+{root}/runs/{run}/report/report.html.
 
     python -m jobs.pipeline
     python -m jobs.pipeline --config tiny --set storage.root=s3://my-bucket/trcgl
     python -m jobs.pipeline --config demo --set sweep.enabled=false        # one classifier run instead of a sweep
     python -m jobs.pipeline --set train.lr=3e-3 --force baseline sweep     # after changing a key the stages use
-    ray job submit --working-dir . -- python -m jobs.pipeline --config jobs/configs/padchest.yaml \\
+    ray job submit --runtime-env cluster/runtime_env.yaml -- \\
+        python -m jobs.pipeline --config jobs/configs/padchest.yaml \\
         --set storage.root=s3://my-bucket/trcgl data.images=s3://my-bucket/padchest/images ray.autoscaling=true
 """
 

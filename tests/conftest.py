@@ -26,6 +26,10 @@ from trcgl_dev.s3 import FAKE_CREDENTIALS
 for _key, _value in FAKE_CREDENTIALS.items():
     os.environ[_key] = _value  # real credentials, if any, are never sent to the loopback server
 os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
+# One lung atlas for the whole run: every process that renders PadChest-Synth (render tasks, job drivers, the token
+# head's workers) would otherwise build it from the package's mask zip, about 14 s each
+# (trcgl.data.synth.atlas.load_lung_atlas); the tests of the cache itself set their own path.
+os.environ.setdefault("TRCGL_LUNG_ATLAS_CACHE", os.path.join(tempfile.mkdtemp(prefix="trcgl-atlas-"), "atlas.npz"))
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 # A token file of this test run's own (0600), so tests never touch ~/.ray/auth_token.

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from trcgl.config import GroupConfig
@@ -248,3 +249,29 @@ def test_pictures_are_png(rows: list[dict], table: pd.DataFrame) -> None:
     assert plot.startswith(PNG_SIGNATURE) and len(plot) > 1000
     with pytest.raises(ValueError, match="train_counts"):
         per_class_heatmap(rows, COUNTS[:-1])
+
+
+def test_study_outputs_carry_each_generated_folders_realism_and_fidelity(tmp_path) -> None:
+    """The study's table.md and report show what its generator made: the realism record and the per-class fidelity
+    of each folder its rows draw, read from where generate wrote them (a folder not generated is left out)."""
+    from trcgl.config import load_config
+    from trcgl.storage import Storage
+    from trcgl.study.rows import generated_quality, synthetic_folder
+
+    cfg = load_config("jobs/configs/synthesis.yaml", [f"storage.root={tmp_path}"])
+    storage = Storage(str(tmp_path))
+    edit = synthetic_folder(cfg.train.run, "synthetic_edit")
+    realism = {"auroc": 0.6789, "laplacian_std_ratio": 0.9321, "n_synthetic": 40, "n_real": 41}
+    storage.write_json(f"{edit}/realism.json", realism)
+    fidelity = pd.DataFrame(
+        {"class": ["pneumothorax", "hernia"], "auroc_real": [0.8, 0.6], "auroc_synthetic": [0.4567, 0.5],
+         "auroc_synthetic_vs_control": [0.5123, 0.49], "other": [1, 2]}
+    )  # fmt: skip
+    storage.write_parquet(f"{edit}/fidelity.parquet", pa.Table.from_pandas(fidelity, preserve_index=False))
+    found, markdown = generated_quality(cfg, storage)
+    assert found == {"synthetic_edit": {"folder": edit, "realism": realism}}  # sample mode: nothing generated
+    assert "0.679" in markdown and "0.932" in markdown and "synthetic_sample" not in markdown
+    assert "| pneumothorax | 0.800 | 0.457 | 0.512 |" in markdown and "other" not in markdown
+    no_generation = load_config("jobs/configs/synthesis.yaml", ["ablation.rows={b: {extra: none}}",
+                                                                 "ablation.baseline=b"])  # fmt: skip
+    assert generated_quality(no_generation, storage) == ({}, "")

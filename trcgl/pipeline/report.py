@@ -251,6 +251,10 @@ def ablation_section(storage: Storage, run: str) -> Section | None:
     ]
     if pictures:
         blocks.append(Images(pictures))
+    report_rel = posixpath.join(out, "ablation_report.json")
+    generated = storage.read_json(report_rel).get("generated", {}) if storage.exists(report_rel) else {}
+    for extra, entry in generated.items():  # the study's own generated folders (table.md has their fidelity)
+        blocks.append(Table(realism_table(entry["realism"]), caption=f"realism of {extra} ({entry['folder']})"))
     return Section("Ablation and peers", blocks)
 
 

@@ -26,6 +26,7 @@ import posixpath
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -287,6 +288,64 @@ def _extra_rows(summary: dict[str, Any]) -> int:
     return int(mix.get("synthetic", 0)) + int(mix.get("resampled", 0)) + int(mix.get(ORACLE, 0))
 
 
+# fidelity columns the study's table.md shows per generated folder (fidelity.parquet has them all)
+QUALITY_COLUMNS = (
+    "class",
+    "visible_pixels",
+    "visible",
+    "synthetic",
+    "auroc_real",
+    "auroc_synthetic",
+    "auroc_control",
+    "auroc_synthetic_vs_control",
+    "mean_margin",
+)
+
+
+def _markdown_frame(frame: pd.DataFrame) -> str:
+    """A plain Markdown table, floats to 3 decimals."""
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
+
+
+def generated_quality(cfg: Config, storage: Storage) -> tuple[dict[str, dict[str, Any]], str]:
+    """Realism and fidelity with controls of each generated folder the study's rows draw, as ``generate`` wrote them
+    (``realism.json``, ``fidelity.parquet``), so the study's table can be read beside what its generator made.
+
+    Returns:
+        ({extra: {"folder", "realism"}} for folders with a realism record, a Markdown section ("" when none)).
+    """
+    found: dict[str, dict[str, Any]] = {}
+    parts: list[str] = []
+    for extra in needs_generation(cfg):
+        folder = str(synthetic_folder(cfg.train.run, extra))  # every generated extra has a folder
+        realism_rel, fidelity_rel = posixpath.join(folder, "realism.json"), posixpath.join(folder, "fidelity.parquet")
+        if not storage.exists(realism_rel):
+            continue  # synthetic_filtered: derived from synthetic/, whose record is listed under its own extra
+        realism = storage.read_json(realism_rel)
+        found[extra] = {"folder": folder, "realism": realism}
+        parts.append(
+            f"### `{extra}` (`{folder}`)\n\nRealism: two-sample AUROC {realism.get('auroc', float('nan')):.3f} "
+            "(0.5 = indistinguishable from real images of the same classes), Laplacian-std ratio "
+            f"{realism.get('laplacian_std_ratio', float('nan')):.3f} (1 = as sharp), "
+            f"{realism.get('n_synthetic')} synthetic vs {realism.get('n_real')} real images.\n"
+        )
+        if storage.exists(fidelity_rel):
+            fidelity = pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(fidelity_rel))).to_pandas()
+            parts.append("\n" + _markdown_frame(fidelity[[c for c in QUALITY_COLUMNS if c in fidelity.columns]]))
+    if not parts:
+        return found, ""
+    intro = (
+        "\n## Generated rows: realism and fidelity with controls\n\nPer tail class, scored by the study's reference "
+        "classifier on val: `auroc_real` real positives vs real negatives (the ceiling), `auroc_synthetic` synthetic "
+        "positives vs real negatives, `auroc_control` the same images' empty-prompt controls vs real negatives, "
+        "`auroc_synthetic_vs_control` synthetic vs their own controls (0.5: the prompt drew nothing the reference "
+        "sees); `visible_pixels`: pixels the renderer's finding changes at this size.\n\n"
+    )
+    return found, intro + "\n".join(parts)
+
+
 def write_outputs(
     cfg: Config, storage: Storage, info: DatasetInfo, ratios: tuple[float, float, str], seconds: float
 ) -> dict[str, Any]:
@@ -343,6 +402,8 @@ def write_outputs(
     markdown = "\n".join(header) + "\n" + at.table_markdown(frame)
     if missing:
         markdown += "\nRows without results: " + "; ".join(missing) + "\n"
+    generated, quality = generated_quality(cfg, storage)
+    markdown += quality
     storage.write_text(posixpath.join(out, "table.md"), markdown)
     storage.write_bytes(posixpath.join(out, "heatmap.png"), at.per_class_heatmap(rows, list(info.train_counts)))
     storage.write_bytes(posixpath.join(out, "tail_map.png"), at.tail_map_plot(frame))
@@ -358,6 +419,7 @@ def write_outputs(
         "tail_test_positives": tail_pos,
         "seconds": round(seconds, 1),
         "output": storage.uri(out),
+        "generated": generated,
     }
     storage.write_json(posixpath.join(out, "ablation_report.json"), report)
     meta = {"stage": STAGE, "rows": len(frame), "missing": len(missing), "grid": grid_hash(cfg, (tail, medium))}

@@ -54,7 +54,7 @@ def decode_xray(data: bytes, bits_stored: int = 0, *, dicom_window: bool = False
     if not data:
         raise ImageDecodeError("empty_file", "file is empty (0 bytes)")
     if is_dicom(data):
-        from trcgl.data.dicom import decode_dicom  # importing pydicom takes a second or more: only DICOM pays it
+        from trcgl.data.dicom import decode_dicom  # lazy: pydicom takes a second or more to import; only DICOM pays
 
         return decode_dicom(data, window=dicom_window)
     if ImageFile.LOAD_TRUNCATED_IMAGES:

@@ -11,8 +11,6 @@ import itertools
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GCNConv
-from torch_geometric.utils import dense_to_sparse
 
 
 def build_adjacency(cooccurrence: np.ndarray, tau: float, p: float) -> Tensor:
@@ -97,6 +95,11 @@ class LabelGCN(nn.Module):
                     f"got {tuple(embeddings.shape)}"
                 )
             self.register_buffer("embeddings", embeddings.float())  # (K, D)
+        # imported here, not at module level: torch_geometric's package import loads its dataset and LLM helpers in
+        # every process that loads trcgl.models (Ray Train workers, predictor actors), and only GCN models need it
+        from torch_geometric.nn import GCNConv
+        from torch_geometric.utils import dense_to_sparse
+
         edge_index, edge_weight = dense_to_sparse(adjacency)  # (2, E) rows = (i, j), (E,) = Â[i, j]
         self.register_buffer("edge_index", edge_index.flip(0), persistent=False)  # (2, E) source j → target i
         self.register_buffer("edge_weight", edge_weight, persistent=False)  # (E,)

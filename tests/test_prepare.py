@@ -105,3 +105,20 @@ def test_prepare_on_s3(ray_local, tmp_path, s3_endpoint, s3_bucket):
     saved = storage.read_json(f"{dataset_dir(report['dataset'])}/prepare_report.json")
     assert saved["rows_written"] == len(ids["good"]) and saved["images"].startswith("s3://")
     assert json.dumps(saved).find("testing") == -1  # no credential leaks into the report
+
+
+def test_a_key_added_at_its_neutral_value_keeps_the_dataset_name():
+    """Datasets prepared before data.dicom_window existed keep their names (and their stages' records stay valid)
+    while it is off; turning it on prepares another dataset."""
+    from trcgl.config import config_hash, to_dict
+    from trcgl.data.prepare import dataset_name
+
+    cfg = load_config("tiny", [])
+    before_the_key = to_dict(cfg.data)
+    before_the_key.pop("name")
+    before_the_key.pop("dicom_window")
+    before_the_key["metadata"], before_the_key["images"] = "m.csv", "imgs"
+    prefix = f"{cfg.data.source}-{cfg.data.label_set}-{cfg.data.image_size}px-"
+    assert dataset_name(cfg, "m.csv", "imgs") == prefix + config_hash(before_the_key)
+    windowed = load_config("tiny", ["data.dicom_window=true"])
+    assert dataset_name(windowed, "m.csv", "imgs") != dataset_name(cfg, "m.csv", "imgs")

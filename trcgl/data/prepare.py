@@ -87,12 +87,25 @@ def resolve_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
     return cfg.data.metadata or default_metadata_path(), cfg.data.images
 
 
+# data keys added after datasets were first named, each with the value that prepares exactly what was prepared
+# before the key existed: at that value the key is left out of the name's hash, so a dataset (and every stage record
+# naming it) prepared before the key existed keeps its name and is not prepared again
+NAME_NEUTRAL_VALUES: dict[str, Any] = {"dicom_window": False}
+
+
 def dataset_name(cfg: Config, metadata_uri: str, images_uri: str) -> str:
-    """Deterministic dataset name: ``{source}-{label_set}-{size}px-{hash}``, or ``data.name`` when set."""
+    """Deterministic dataset name: ``{source}-{label_set}-{size}px-{hash}``, or ``data.name`` when set.
+
+    The hash covers the data section (but ``name``, and the keys of :data:`NAME_NEUTRAL_VALUES` at their neutral
+    value) and the resolved metadata and image locations.
+    """
     if cfg.data.name:
         return cfg.data.name
     section = to_dict(cfg.data)
     section.pop("name")
+    for key, neutral in NAME_NEUTRAL_VALUES.items():
+        if section.get(key) == neutral:
+            section.pop(key)
     section["metadata"], section["images"] = metadata_uri, images_uri
     return f"{cfg.data.source}-{cfg.data.label_set}-{cfg.data.image_size}px-{config_hash(section)}"
 

@@ -145,6 +145,7 @@ def estimate(cfg: Config, name: str = "config", inputs: CostInputs | None = None
         log.warning("classifier FLOPs were counted for resnet50, not %s: its GPU-hours are off", cfg.model.backbone)
     gpu_rate = i.gpu_peak_flops.value * i.mfu.value  # FLOP/s per GPU
     gpu_in = (i.gpu_peak_flops, i.mfu)
+    classifier_in = (i.frontal_rows, i.classifier_flops, *gpu_in)  # every classifier stage's inputs
 
     # data: what prepare reads and writes
     frontal = i.frontal_rows.value
@@ -211,18 +212,14 @@ def estimate(cfg: Config, name: str = "config", inputs: CostInputs | None = None
         train_rows * cfg.train.epochs * clf_h,
         "GPU-h",
         f"train rows x {cfg.train.epochs} epochs x classifier FLOPs",
-        i.frontal_rows,
-        i.classifier_flops,
-        *gpu_in,
+        *classifier_in,
     )
     ctrl_h = est.add(
         "control classifiers GPU-hours",
         len(cfg.pipeline.controls) * (train_rows + synthetic) * cfg.train.epochs * clf_h,
         "GPU-h",
         f"{len(cfg.pipeline.controls)} controls x (train + extra rows) x {cfg.train.epochs} epochs",
-        i.frontal_rows,
-        i.classifier_flops,
-        *gpu_in,
+        *classifier_in,
     )
     trial_epochs = asha_epochs_per_trial(cfg.sweep.max_epochs, cfg.sweep.grace_period, cfg.sweep.reduction_factor)
     trial_h = est.add(
@@ -230,18 +227,14 @@ def estimate(cfg: Config, name: str = "config", inputs: CostInputs | None = None
         (train_rows + synthetic) * trial_epochs * clf_h,
         "GPU-h",
         f"(train + synthetic rows) x {trial_epochs:.2f} expected ASHA epochs (max {cfg.sweep.max_epochs})",
-        i.frontal_rows,
-        i.classifier_flops,
-        *gpu_in,
+        *classifier_in,
     )
     sweep_h = est.add(
         f"sweep GPU-hours, {cfg.sweep.num_samples} trials",
         cfg.sweep.num_samples * trial_h,
         "GPU-h",
         "trials x per trial (linear in sweep.num_samples)",
-        i.frontal_rows,
-        i.classifier_flops,
-        *gpu_in,
+        *classifier_in,
     )
     final_epochs = cfg.pipeline.final_epochs or cfg.train.epochs
     final_h = est.add(
@@ -249,9 +242,7 @@ def estimate(cfg: Config, name: str = "config", inputs: CostInputs | None = None
         (train_rows + synthetic) * final_epochs * clf_h,
         "GPU-h",
         f"(train + synthetic rows) x {final_epochs} epochs",
-        i.frontal_rows,
-        i.classifier_flops,
-        *gpu_in,
+        *classifier_in,
     )
     gpu_h = est.add(
         "GPU-hours, total",
@@ -291,7 +282,7 @@ def estimate(cfg: Config, name: str = "config", inputs: CostInputs | None = None
             f"compute, {label} ({i.gpu_name})",
             gpu_h * gpu_price.value + cpu_nodes_h * cpu_price.value + wall * i.head_on_demand.value,
             "USD",
-            "GPU-h x GPU node price + CPU node-h x CPU price + wall-clock h x head price (on-demand)",
+            f"GPU-h x {label} GPU node price + CPU node-h x {label} CPU price + wall-clock h x on-demand head price",
             gpu_price,
             cpu_price,
             i.head_on_demand,

@@ -41,7 +41,10 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
     storage = Storage(root, StorageConfig(endpoint_url=s3_endpoint))
     summary = storage.read_json("runs/tiny/summary.json")
     assert [r["name"] for r in summary["rows"]] == ["best", "baseline"]
-    assert list(summary["stages"]) == ["prepare", "train_diffusion", "baseline", "generate", "sweep", "final", "report"]
+    assert list(summary["stages"]) == [
+        "prepare", "train_diffusion", "baseline", "generate", "oracle", "controls", "sweep", "final", "report"
+    ]  # fmt: skip
+    assert summary["stages"]["controls"]["disabled"]  # the tiny preset has no pipeline.controls
     for row in summary["rows"]:
         assert 0.0 <= row["mAP"] <= 1.0 and row["ci"]["mAP"][0] <= row["ci"]["mAP"][1]
     assert summary["rows"][1]["synthetic_rows"] == 0

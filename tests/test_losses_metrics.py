@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 
 import numpy as np
@@ -201,3 +202,46 @@ def test_metric_input_errors() -> None:
         evaluate_scores(scores, targets[:, :3], CLASSES, GROUPS)
     with pytest.raises(ValueError, match="non-finite"):
         evaluate_scores(np.full_like(scores, np.nan), targets, CLASSES, GROUPS)
+
+
+def test_asl_gradients_follow_the_reference_with_detached_focal_weights() -> None:
+    """The reference training builds ASL with ``disable_torch_grad_focal_loss=True``: d/dz of each term is its focal
+    weight (a constant) times d/dz of its log term. Differentiating through the weight (``asl_detach_focal=False``)
+    gives other gradients, larger for the negatives."""
+    cfg = LossConfig(name="asl", asl_gamma_neg=4.0, asl_gamma_pos=1.0, asl_clip=0.05)
+    logits, targets = batch(3)
+    z, y = logits.detach().double(), targets.double()
+    p = torch.sigmoid(z)
+    p_m = (p - cfg.asl_clip).clamp(min=0)
+    # hand-derived: positives w+ = (1 - p)^g+ and d log p / dz = 1 - p; negatives w- = p_m^g- and
+    # d log(1 - p_m) / dz = -p (1 - p) / (1 - p_m) where p > clip, 0 where the clip zeroes p_m
+    dlog_neg = torch.where(p > cfg.asl_clip, -p * (1 - p) / (1 - p_m), torch.zeros_like(p))
+    expected = -(y * (1 - p) ** 1.0 * (1 - p) + (1 - y) * p_m**4.0 * dlog_neg) / y.numel()
+
+    (detached,) = torch.autograd.grad(build_loss(cfg, COUNTS, 10)(logits, targets, 0), logits)
+    torch.testing.assert_close(detached.double(), expected, rtol=1e-4, atol=1e-7)
+
+    full_cfg = dataclasses.replace(cfg, asl_detach_focal=False)
+    (full,) = torch.autograd.grad(build_loss(full_cfg, COUNTS, 10)(logits, targets, 0), logits)
+    neg = (targets == 0) & (torch.sigmoid(logits.detach()) > 0.3)
+    # the focal weight's own gradient has the same sign as the log term's, so it adds to every negative's
+    assert (full[neg].abs() > 1.2 * detached[neg].abs()).all()
+    assert full[neg].abs().sum() > 2 * detached[neg].abs().sum()
+
+
+def test_ldam_with_a_cosine_classifier_puts_margins_in_cosine_units() -> None:
+    """With the normalised classifier the logits are z = s cos + b; LDAM subtracts s * m_k from positives only."""
+    cfg = LossConfig(name="ldam_drw", ldam_max_margin=0.5, ldam_scale=10.0, drw_start_fraction=0.6, drw_beta=0.999)
+    loss_fn = build_loss(cfg, COUNTS, epochs=10, cosine_scale=30.0)
+    # one image, two classes by hand: the rarest class (count 1, margin 0.5) positive at cos 0.2,
+    # the head class (count 500, margin 0.5 * 500^-1/4) negative at cos -0.1; bias 0
+    logits = torch.zeros(1, K)
+    logits[0, 4], logits[0, 0] = 30 * 0.2, 30 * -0.1
+    targets = torch.zeros(1, K)
+    targets[0, 4] = 1.0
+    # the positive's logit becomes 30 (0.2 - 0.5) = -9; every negative keeps its logit
+    terms = [math.log1p(math.exp(-3.0))] + [math.log(2.0)] * 3 + [math.log1p(math.exp(9.0))]
+    assert loss_fn(logits, targets, 0).item() == pytest.approx(sum(terms) / K, rel=1e-6)
+    # and it is not the raw-logit form s (z - m y) with s = ldam_scale
+    raw = build_loss(cfg, COUNTS, epochs=10)(logits, targets, 0).item()
+    assert raw != pytest.approx(loss_fn(logits, targets, 0).item(), rel=1e-3)

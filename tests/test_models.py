@@ -186,3 +186,128 @@ def test_other_backbones_give_spatial_maps(backbone: str, cooccurrence: np.ndarr
     logits, maps = model(torch.rand(2, 1, size, size), return_attention=True)
     assert logits.shape == (2, K)
     assert maps.shape[:2] == (2, K) and maps.shape[2] == maps.shape[3] > 1
+
+
+# ------------------------------------------------------------------------------------------- peers as published
+
+
+def test_output_stride_gives_the_documented_map_size() -> None:
+    x = torch.rand(2, 1, SIZE, SIZE)
+    for stride, side in ((32, 2), (16, 4), (8, 8)):
+        model = build_model(tiny_cfg(output_stride=stride, gcn=False), K, None)
+        _, maps = model(x, return_attention=True)
+        assert model.forward_features(x).shape[-2:] == (side, side) == maps.shape[-2:]
+    with pytest.raises(ValueError, match=r"model\.output_stride.*12"):
+        build_model(tiny_cfg(output_stride=12, gcn=False), K, None)
+
+
+def test_bias_starts_at_the_train_log_prior(cooccurrence: np.ndarray) -> None:
+    model = build_model(tiny_cfg(gcn=False), K, cooccurrence, num_train=200)
+    prior = np.diag(cooccurrence) / 200
+    np.testing.assert_allclose(torch.sigmoid(model.bias.detach()).numpy(), prior, rtol=1e-5)
+    np.testing.assert_allclose(model.bias.detach().numpy(), np.log(prior / (1 - prior)), rtol=1e-5)
+    # a class without positives gets a finite bias at half an image's prevalence
+    empty = cooccurrence.copy()
+    empty[4, :] = empty[:, 4] = 0
+    bias = build_model(tiny_cfg(gcn=False), K, empty, num_train=200).bias.detach().numpy()
+    assert bias[4] == pytest.approx(np.log(0.0025 / 0.9975), rel=1e-5)
+    assert not build_model(tiny_cfg(gcn=False, bias_init="zero"), K, cooccurrence, num_train=200).bias.any()
+
+
+def test_ppmi_features_of_a_hand_built_label_matrix() -> None:
+    from trcgl.models.gcn import ppmi_embeddings
+
+    # 8 images, 3 classes: A on images 0-3, B on 2-5, C on 6 only (A and B overlap on 2 images; C alone)
+    y = np.zeros((8, 3), dtype=np.int64)
+    y[0:4, 0] = 1
+    y[2:6, 1] = 1
+    y[6, 2] = 1
+    counts = y.T @ y
+    # hand: P(A) = P(B) = 1/2, P(C) = 1/8, P(A, B) = 1/4 → PMI(A, B) = log(1/4 / (1/4)) = 0;
+    # PMI(A, A) = -log(1/2) = log 2, PMI(C, C) = log 8, PMI(A, C) undefined (count 0) → 0
+    ppmi = np.diag([np.log(2), np.log(2), np.log(8)])
+    features = ppmi_embeddings(counts, num_images=8, dim=3).numpy()
+    # PPMI is diagonal here, so its SVD components are the axes: each class's feature is one axis, unit norm
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(features @ features.T, np.eye(3), atol=1e-6)  # orthogonal: no shared information
+    u, s, _ = np.linalg.svd(ppmi)
+    assert s[0] == pytest.approx(np.log(8))  # C's own information is the leading component
+    assert features[2, 0] == pytest.approx(1.0, abs=1e-6)  # and its sign is fixed positive
+    assert ppmi_embeddings(counts, 8, dim=2).shape == (3, 2)
+    assert ppmi_embeddings(counts, 8, dim=10).shape == (3, 3)  # at most K components
+
+    # A and B always together: PMI(A, B) = log(1/2 / 1/4) = log 2 > 0, so their features align
+    y2 = np.zeros((8, 3), dtype=np.int64)
+    y2[0:4, 0] = y2[0:4, 1] = 1
+    y2[6, 2] = 1
+    same = ppmi_embeddings(y2.T @ y2, 8, 3).numpy()
+    assert same[0] @ same[1] == pytest.approx(1.0, abs=1e-6)
+    assert abs(same[0] @ same[2]) < 1e-6
+
+
+def test_reference_adjacency_is_ml_gcn_s_gen_a_and_gen_adj(cooccurrence: np.ndarray) -> None:
+    tau, p = 0.3, 0.25
+    # ML-GCN's util.gen_A and gen_adj, written out with numpy (counts / nums, binarise, column re-weighting, + I;
+    # then D^-1/2 applied as (A D)^T D)
+    cond = cooccurrence / np.diag(cooccurrence)[:, None]
+    np.fill_diagonal(cond, 0)
+    binary = (cond >= tau).astype(np.float64)
+    a = binary * p / (binary.sum(0, keepdims=True) + 1e-6) + np.identity(K)
+    d = np.diag(np.power(a.sum(1), -0.5))
+    expected = (a @ d).T @ d
+    got = build_adjacency(cooccurrence, tau, p, "reference").numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    paper = build_adjacency(cooccurrence, tau, p, "paper").numpy()
+    # the paper's node i aggregates the j that i implies; the reference's the j that imply i
+    off = ~np.eye(K, dtype=bool)
+    assert ((paper > 0) & off).tolist() == ((cond >= tau) & off).tolist()
+    assert ((got > 1e-9) & off).tolist() == ((cond.T >= tau) & off).tolist()
+    with pytest.raises(ValueError, match="gcn_adjacency"):
+        build_adjacency(cooccurrence, tau, p, "transposed")
+
+
+def test_ml_gcn_peer_as_published(cooccurrence: np.ndarray) -> None:
+    cfg = tiny_cfg(
+        se=False,
+        class_attention=False,
+        gcn=True,
+        pool="max",
+        gcn_bias=False,
+        gcn_adjacency="reference",
+        label_embedding="ppmi",
+        label_embedding_dim=4,
+    )
+    model = build_model(cfg, K, cooccurrence, num_train=200)
+    assert all(conv.bias is None for conv in model.classifier.convs)
+    assert not model.classifier.embeddings.requires_grad and model.classifier.embeddings.shape == (K, 4)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    features = model.forward_features(x)
+    weight = model.classifier()
+    expected = features.amax(dim=(2, 3)) @ weight.T + model.bias  # global max pooling, then the GCN classifiers
+    torch.testing.assert_close(model.forward_head(features), expected)
+    # the features are a buffer of the checkpoint: a model rebuilt without counts loads them back
+    rebuilt = build_model(cfg, K, cooccurrence)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.classifier.embeddings, model.classifier.embeddings)
+
+
+def test_cosine_classifier_and_csra_temperature(cooccurrence: np.ndarray) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    model = build_model(tiny_cfg(se=False, class_attention=False, gcn=False, cosine_classifier=True), K, None)
+    features = model.forward_features(x)
+    pooled = features.mean(dim=(2, 3))
+    weight = model.classifier()
+    cos = torch.nn.functional.cosine_similarity(pooled[:, None, :], weight[None, :, :], dim=-1)  # (B, K)
+    torch.testing.assert_close(model.forward_head(features), 30.0 * cos + model.bias)
+    with pytest.raises(ValueError, match=r"model\.csra.*model\.cosine_classifier"):
+        build_model(tiny_cfg(class_attention=False, csra=True, cosine_classifier=True, gcn=False), K, None)
+
+    from trcgl.models.heads import csra_logits
+
+    scores = torch.randn(2, K, 4, 4)
+    flat = scores.flatten(2)
+    one = flat.mean(-1) + 0.1 * (flat * flat.softmax(-1)).sum(-1)  # the reference head at T = 1
+    torch.testing.assert_close(csra_logits(scores, 0.1, 1.0), one)
+    torch.testing.assert_close(csra_logits(scores, 0.1, 99.0), flat.mean(-1) + 0.1 * flat.amax(-1))
+    assert not torch.allclose(csra_logits(scores, 0.1, 1.0), csra_logits(scores, 0.1, 99.0))

@@ -28,24 +28,57 @@ def default_space() -> dict[str, dict[str, Any]]:
     }
 
 
-def default_ablation_rows() -> dict[str, dict[str, Any]]:
-    """The study of the paper's claims: peers, TRCGL-Net's parts added one at a time and removed one at a time,
-    synthesis against duplication and fidelity filtering on/off (see :class:`AblationConfig`)."""
+def peer_rows() -> dict[str, dict[str, Any]]:
+    """The peers as their reference code trains them, each row with what makes it so (see each comment's source).
+
+    Every key not named keeps the run's config (backbone, data, schedule, bias at the log prior).
+    """
     off = {"model.se": False, "model.class_attention": False, "model.csra": False, "model.gcn": False}
-    full = {"model.se": True, "model.class_attention": True, "model.csra": False, "model.gcn": True}
     return {
-        # peers
         "backbone + BCE": {**off, "extra": "none"},
         "+ re-sampling": {**off, "extra": "real"},
+        # ASL (Ridnik et al. 2021, github.com/Alibaba-MIIL/ASL): gamma- 4, gamma+ 0, clip 0.05, focal weights
+        # without gradient (loss.asl_detach_focal, on by default); we average over B*K where the reference sums
         "ASL": {**off, "loss.name": "asl", "extra": "none"},
-        "LDAM-DRW": {**off, "loss.name": "ldam_drw", "extra": "none"},
-        "ML-GCN": {**off, "model.gcn": True, "extra": "none"},
+        # LDAM-DRW (Cao et al. 2019, github.com/kaidic/LDAM-DRW): normalised (cosine) classifier with s = 30,
+        # margins in cosine units; multi-label through per-class BCE (trcgl/losses.py)
+        "LDAM-DRW": {**off, "loss.name": "ldam_drw", "model.cosine_classifier": True, "extra": "none"},
+        # ML-GCN (Chen et al. 2019, github.com/megvii-research/ML-GCN): global max pooling, bias-free GCN layers,
+        # its gen_A/gen_adj adjacency; fixed label features from the train labels' PPMI (the reference uses GloVe
+        # word vectors, which we cannot make offline)
+        "ML-GCN": {
+            **off,
+            "model.gcn": True,
+            "model.pool": "max",
+            "model.gcn_bias": False,
+            "model.gcn_adjacency": "reference",
+            "model.label_embedding": "ppmi",
+            "extra": "none",
+        },
+        # CSRA (Zhu & Wu 2021, github.com/Kevinz-code/CSRA): one head, T = 1 (model.csra_temperature), lambda 0.1
         "CSRA": {**off, "model.csra": True, "extra": "none"},
+    }
+
+
+def default_ablation_rows() -> dict[str, dict[str, Any]]:
+    """The study of the paper's claims: peers, TRCGL-Net's parts added one at a time on BCE and on ASL (the best
+    peer loss of the first study), removed one at a time, synthesis against duplication and fidelity filtering on
+    (see :class:`AblationConfig`)."""
+    off = {"model.se": False, "model.class_attention": False, "model.csra": False, "model.gcn": False}
+    full = {"model.se": True, "model.class_attention": True, "model.csra": False, "model.gcn": True}
+    asl = {"loss.name": "asl"}
+    return {
+        **peer_rows(),
         # TRCGL-Net, one part added at a time (the first step is the backbone + BCE row)
         "+ SE": {**off, "model.se": True, "extra": "none"},
         "+ SE + CA": {**off, "model.se": True, "model.class_attention": True, "extra": "none"},
         "+ SE + CA + GCN (full - diffusion)": {**full, "extra": "none"},
+        # the same on the best loss (the first step is the ASL row)
+        "ASL + SE": {**off, **asl, "model.se": True, "extra": "none"},
+        "ASL + SE + CA": {**off, **asl, "model.se": True, "model.class_attention": True, "extra": "none"},
+        "ASL + SE + CA + GCN": {**full, **asl, "extra": "none"},
         "TRCGL-Net (full)": {**full, "extra": "synthetic"},
+        "TRCGL-Net (full, ASL)": {**full, **asl, "extra": "synthetic"},
         # the full model minus one part (minus diffusion is the row above)
         "full - SE": {**full, "model.se": False, "extra": "synthetic"},
         "full - CA": {**full, "model.class_attention": False, "extra": "synthetic"},

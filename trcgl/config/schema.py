@@ -102,19 +102,34 @@ class ModelConfig:
 
     backbone: str = "resnet18"  # any timm model name, built with in_chans=1
     pretrained: str | None = None  # path or s3:// to backbone weights (never downloaded from a hub)
+    # feature-map stride: 32 is the backbone's own; 16 or 8 dilate the last stage(s) (timm output_stride) so that
+    # attention maps have more cells (64 px: 2x2 at 32, 4x4 at 16)
+    output_stride: int = 32
     se: bool = True  # channel reweighting (squeeze-and-excitation gate on the feature map)
     se_reduction: int = 16
     class_attention: bool = True  # class-aware attention: one spatial attention map per class
     attention_temperature: float = 1.0  # softmax temperature over spatial positions
     csra: bool = False  # CSRA head (class-specific residual attention) instead of class attention
     csra_lambda: float = 0.1
+    csra_temperature: float = 1.0  # CSRA's attention temperature T; >= 99 means max pooling, as CSRA's code does
+    pool: str = "mean"  # global pooling of the pooled head (neither class attention nor CSRA): mean or max (ML-GCN)
+    # cosine classifier: logits = cosine_scale * cos(feature, W_k) + b_k (LDAM's normalised classifier)
+    cosine_classifier: bool = False
+    cosine_scale: float = 30.0
+    bias_init: str = "log_prior"  # classifier bias at init: log_prior (sigmoid(b_k) = train prevalence) or zero
     gcn: bool = True  # label co-occurrence GCN producing one classifier vector per class
     gcn_tau: float = 0.4  # binarisation threshold on P(j|i)
     gcn_p: float = 0.2  # neighbour re-weighting: weight of neighbours vs self
     gcn_layers: int = 2
     gcn_hidden: int = 256
-    label_embedding: str = "learned"  # "learned" or a path / s3:// to a (K, D) .npy of class-name embeddings
-    label_embedding_dim: int = 128  # for learned embeddings
+    gcn_bias: bool = True  # bias terms in the GCN layers (ML-GCN's reference layers have none)
+    # adjacency: "paper" (node i aggregates j when P(j|i) >= tau, the paper's equation) or "reference" (ML-GCN's
+    # code: gen_A + gen_adj, node i aggregates j when P(i|j) >= tau, self-loop 1); trcgl/models/gcn.py
+    gcn_adjacency: str = "paper"
+    # label node features: "learned", "ppmi" (fixed: SVD of the PPMI matrix of the train labels), or a path / s3://
+    # to a fixed (K, D) .npy of class-name embeddings
+    label_embedding: str = "learned"
+    label_embedding_dim: int = 128  # D for learned and ppmi features (ppmi: at most K)
     dropout: float = 0.0
 
 
@@ -126,8 +141,9 @@ class LossConfig:
     asl_gamma_neg: float = 4.0
     asl_gamma_pos: float = 0.0
     asl_clip: float = 0.05
-    ldam_max_margin: float = 0.5
-    ldam_scale: float = 10.0
+    asl_detach_focal: bool = True  # focal weights without gradient, as the ASL reference trains
+    ldam_max_margin: float = 0.5  # in cosine units with model.cosine_classifier (Cao et al. 2019)
+    ldam_scale: float = 10.0  # s for raw logits; with model.cosine_classifier, model.cosine_scale is s
     drw_start_fraction: float = 0.6  # DRW turns on class re-weighting after this fraction of epochs
     drw_beta: float = 0.999  # effective-number re-weighting beta
 

@@ -78,14 +78,25 @@ class Backbone(nn.Module):
     Args:
         name: timm model name.
         pretrained: local path or s3:// URI of backbone weights; None keeps the random init.
+        output_stride: stride of the feature map; below the backbone's own 32, timm dilates the last stage(s)
+            instead of striding them (same weights, more cells: 64 px gives 4x4 at 16 instead of 2x2 at 32).
 
     Attributes:
         num_features: C, the channel count of the feature map.
     """
 
-    def __init__(self, name: str, pretrained: str | None = None) -> None:
+    def __init__(self, name: str, pretrained: str | None = None, output_stride: int = 32) -> None:
         super().__init__()
-        self.body = timm.create_model(name, pretrained=False, in_chans=1, num_classes=0, global_pool="")
+        kwargs = {} if output_stride == 32 else {"output_stride": output_stride}  # not every timm model takes it
+        try:
+            self.body = timm.create_model(name, pretrained=False, in_chans=1, num_classes=0, global_pool="", **kwargs)
+        except (TypeError, AssertionError, ValueError) as exc:
+            if not kwargs:
+                raise
+            raise ValueError(
+                f"config key 'model.output_stride' = {output_stride}: timm model {name!r} cannot be built with it "
+                f"({type(exc).__name__}: {exc}); use 32 or a backbone that supports dilation (e.g. the resnets)"
+            ) from exc
         if pretrained:
             load_state_dict(self.body, pretrained)
         self.num_features: int = self.body.num_features

@@ -73,16 +73,24 @@ class ClassAttention(nn.Module):
         return class_features, maps
 
 
-def csra_logits(scores: Tensor, lam: float) -> Tensor:
-    """CSRA pooling (Zhu & Wu 2021), one head, T → ∞: average pooling plus lambda times max pooling.
+def csra_logits(scores: Tensor, lam: float, temperature: float = 99.0) -> Tensor:
+    """CSRA pooling (Zhu & Wu 2021), one head: average pooling plus lambda times a class-specific attention pooling.
+
+    The attention pooling is sum_hw softmax_hw(T * s_k) s_k, the reference single head's (its default T = 1);
+    T >= 99 stands for T → ∞, i.e. max pooling, as the reference code treats T = 99.
 
     Args:
         scores: (B, K, h, w) class score maps (the classifier applied at every position, normalised by the
             classifier norm as in CSRA).
         lam: residual attention weight lambda.
+        temperature: T (config key ``model.csra_temperature``), > 0.
 
     Returns:
         (B, K) logits.
     """
     flat = scores.flatten(2)  # (B, K, h*w)
-    return flat.mean(dim=-1) + lam * flat.amax(dim=-1)  # (B, K)
+    if temperature >= 99:
+        attended = flat.amax(dim=-1)  # (B, K)
+    else:
+        attended = (flat * (flat * temperature).softmax(dim=-1)).sum(dim=-1)  # (B, K)
+    return flat.mean(dim=-1) + lam * attended  # (B, K)

@@ -59,7 +59,7 @@ def checkpoint_files(
     files[META_FILE] = json.dumps(meta, indent=1, default=float).encode()
     if cfg.model.gcn:
         buf = io.BytesIO()
-        adj = build_adjacency(info.cooccurrence, cfg.model.gcn_tau, cfg.model.gcn_p).numpy()
+        adj = build_adjacency(info.cooccurrence, cfg.model.gcn_tau, cfg.model.gcn_p, cfg.model.gcn_adjacency).numpy()
         np.save(buf, adj)
         files[ADJ_FILE] = buf.getvalue()
     if state is not None:

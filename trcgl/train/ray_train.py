@@ -179,13 +179,14 @@ def _build(config: dict) -> _Worker:
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     device = train_device("classifier")
-    model = build_model(cfg.model, info.num_classes, info.cooccurrence)
+    model = build_model(cfg.model, info.num_classes, info.cooccurrence, info.split_sizes.get("train"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = int(config["steps_per_epoch"])
     total_steps = steps_per_epoch * cfg.train.epochs
     warmup = int(round(cfg.train.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
-    loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs)
+    cosine_scale = cfg.model.cosine_scale if cfg.model.cosine_classifier else None
+    loss_fn = build_loss(cfg.loss, info.train_counts, cfg.train.epochs, cosine_scale)
     use_amp = amp_enabled(cfg.train.amp, device)
     return _Worker(cfg, info, storage, rank, device, model, optimizer, scheduler, loss_fn, use_amp)
 

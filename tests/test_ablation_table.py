@@ -33,7 +33,9 @@ COUNTS = np.array(
 K = len(COUNTS)
 CLASSES = [f"finding_{k:02d}" for k in range(K)]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SIGNED_CELL = re.compile(rf"^[+{MINUS}]\d\.\d{{3}} \[[+{MINUS}]\d\.\d{{3}}, [+{MINUS}]\d\.\d{{3}}\]$")
+SIGNED = rf"[+{MINUS}]\d\.\d{{3}}"
+# a difference: value, ± the std of the per-seed differences, paired bootstrap interval, Student-t interval over seeds
+DIFF_CELL = re.compile(rf"^{SIGNED}( ± \d\.\d{{3}})? \[boot {SIGNED}, {SIGNED}\]( \[seeds {SIGNED}, {SIGNED}\])?$")
 
 
 def make_labels(seed: int = 0) -> np.ndarray:
@@ -209,12 +211,192 @@ def test_deterministic_for_a_fixed_seed(rows: list[dict], table: pd.DataFrame) -
     assert paired_bootstrap(LABELS, a, b, CLASSES, GROUPS, metric="mAP", n=200, seed=12)["lo"] != first["lo"]
 
 
+# ---------------------------------------------------------------------------------------------------- seeds, by hand
+
+# A study small enough to score by hand: 8 images, one class per group. Each row and seed is given by the ranks
+# (1 = top score) of every class's positives, so AP and AUC follow from textbook formulas, not from trcgl.metrics.
+HAND_N = 8
+HAND_CLASSES = ["hc", "mc", "tc"]
+HAND_GROUPS = ["head", "medium", "tail"]
+HAND_POSITIVES = ((0, 1, 2), (3, 4), (5,))  # images positive for each class
+HAND_RANKS = {  # (name, seed): ranks of each class's positives
+    ("base", 0): ((1, 2, 4), (3, 5), (2,)),
+    ("base", 1): ((1, 3, 4), (2, 6), (4,)),
+    ("base", 2): ((2, 3, 5), (1, 4), (3,)),
+    ("three", 0): ((1, 2, 3), (1, 3), (1,)),  # every baseline seed
+    ("three", 1): ((1, 2, 5), (1, 2), (2,)),
+    ("three", 2): ((1, 2, 3), (2, 3), (1,)),
+    ("two", 0): ((1, 3, 5), (2, 4), (1,)),  # lacks the baseline's seed 1
+    ("two", 2): ((1, 2, 4), (1, 5), (2,)),
+    ("odd", 1): ((2, 3, 4), (1, 6), (5,)),  # seed 7 is not the baseline's: one paired seed
+    ("odd", 7): ((1, 4, 6), (2, 3), (1,)),
+    ("one", 2): ((1, 2, 3), (4, 5), (1,)),  # one seed
+}
+T975 = {1: 12.706204736174703, 2: 4.302652729749464}  # Student t 97.5 % quantiles by degrees of freedom
+HAND_METRICS = ("mAP", "mAUC", "head_mAP", "medium_mAP", "tail_mAP")
+
+
+def hand_labels() -> np.ndarray:
+    y = np.zeros((HAND_N, len(HAND_CLASSES)), dtype=np.int64)
+    for k, images in enumerate(HAND_POSITIVES):
+        y[list(images), k] = 1
+    return y
+
+
+def hand_scores(ranks: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """(N, K) scores putting class k's positives (in image order) at ranks[k] and its negatives, in image order, at
+    the remaining ranks."""
+    y = hand_labels()
+    scores = np.zeros(y.shape)
+    for k, positive_ranks in enumerate(ranks):
+        negative_ranks = [r for r in range(1, HAND_N + 1) if r not in positive_ranks]
+        rank_of = dict(zip(np.flatnonzero(y[:, k]), positive_ranks, strict=True))
+        rank_of |= dict(zip(np.flatnonzero(y[:, k] == 0), negative_ranks, strict=True))
+        scores[:, k] = [1.0 - rank_of[i] / (HAND_N + 1) for i in range(HAND_N)]
+    return scores
+
+
+def hand_metrics(ranks: tuple[tuple[int, ...], ...]) -> dict[str, float]:
+    """mAP, mAUC and group mAPs from the ranks: AP = mean over positives of (positives so far) / rank, AUC = the
+    share of (positive, negative) pairs with the positive above."""
+    ap, auc = [], []
+    for positive_ranks in ranks:
+        r = sorted(positive_ranks)
+        p = len(r)
+        ap.append(np.mean([i / r_i for i, r_i in enumerate(r, start=1)]))
+        auc.append(sum((HAND_N - r_i) - (p - i) for i, r_i in enumerate(r, start=1)) / (p * (HAND_N - p)))
+    return {"mAP": np.mean(ap), "mAUC": np.mean(auc), "head_mAP": ap[0], "medium_mAP": ap[1], "tail_mAP": ap[2]}
+
+
+def hand_row(name: str, seed: int) -> dict:
+    return {
+        "name": name,
+        "seed": seed,
+        "labels": hand_labels(),
+        "scores": hand_scores(HAND_RANKS[name, seed]),
+        "classes": HAND_CLASSES,
+        "groups": HAND_GROUPS,
+        "image_ids": np.arange(HAND_N),
+    }
+
+
+def hand_seeds(name: str) -> dict[int, dict[str, float]]:
+    return {seed: hand_metrics(ranks) for (n, seed), ranks in HAND_RANKS.items() if n == name}
+
+
+@pytest.fixture(scope="module")
+def hand_table() -> pd.DataFrame:
+    rows = [hand_row(name, seed) for name, seed in HAND_RANKS]
+    return ablation_table(rows, baseline="base", bootstrap=50, seed=0)
+
+
+def test_hand_scores_have_the_ranks_asked_for() -> None:
+    scores = hand_scores(HAND_RANKS["odd", 1])
+    assert [int(r) for r in np.argsort(np.argsort(-scores[:, 1]))[[3, 4]] + 1] == [1, 6]
+    worked = hand_metrics(((1, 2, 3), (1, 3), (8,)))  # medium: precision 1/1 and 2/3; 6 + 5 of 2 * 6 pairs
+    assert worked == pytest.approx(
+        {"head_mAP": 1.0, "medium_mAP": 5 / 6, "tail_mAP": 1 / 8, "mAP": (1 + 5 / 6 + 1 / 8) / 3,
+         "mAUC": (1 + 11 / 12 + 0) / 3}
+    )  # fmt: skip
+
+
+def test_hand_study_seed_mean_and_std(hand_table: pd.DataFrame) -> None:
+    t = hand_table.set_index("name")
+    assert list(hand_table["name"]) == ["base", "three", "two", "odd", "one"]
+    assert t["seeds"].to_dict() == {"base": 3, "three": 3, "two": 2, "odd": 2, "one": 1}
+    assert t["paired_seeds"].to_dict() == {"base": 3, "three": 3, "two": 2, "odd": 1, "one": 1}
+    for name in t.index:
+        values = np.array([[m[k] for k in HAND_METRICS] for m in hand_seeds(name).values()])  # (seeds, metrics)
+        for j, m in enumerate(HAND_METRICS):
+            assert t.loc[name, m] == pytest.approx(values[:, j].mean(), abs=1e-12), (name, m)
+            if len(values) > 1:
+                assert t.loc[name, f"{m}_std"] == pytest.approx(values[:, j].std(ddof=1), abs=1e-12), (name, m)
+            else:
+                assert np.isnan(t.loc[name, f"{m}_std"])
+
+
+@pytest.mark.parametrize("metric", ["mAP", "head_mAP", "medium_mAP", "tail_mAP"])
+def test_hand_study_per_seed_differences(hand_table: pd.DataFrame, metric: str) -> None:
+    t = hand_table.set_index("name")
+    base = hand_seeds("base")
+    base_mean = np.mean([v[metric] for v in base.values()])
+    for name, paired in (("base", [0, 1, 2]), ("three", [0, 1, 2]), ("two", [0, 2]), ("odd", [1]), ("one", [2])):
+        own = hand_seeds(name)
+        assert sorted(set(own) & set(base)) == paired
+        # the difference of the seed means, over all of each row's seeds
+        assert t.loc[name, f"d_{metric}"] == pytest.approx(np.mean([v[metric] for v in own.values()]) - base_mean)
+        diffs = np.array([own[s][metric] - base[s][metric] for s in paired])  # by seed value
+        assert t.loc[name, f"d_{metric}_seed_mean"] == pytest.approx(diffs.mean(), abs=1e-12), name
+        cols = [f"d_{metric}_seed_std", f"d_{metric}_seed_lo", f"d_{metric}_seed_hi"]
+        if len(paired) < 2:
+            assert t.loc[name, cols].isna().all(), name
+            continue
+        std = diffs.std(ddof=1)
+        half = T975[len(paired) - 1] * std / np.sqrt(len(paired))
+        expected = [std, diffs.mean() - half, diffs.mean() + half]
+        assert t.loc[name, cols].to_numpy(dtype=float) == pytest.approx(expected, abs=1e-12), name
+    assert t.loc["three", f"d_{metric}_seed_mean"] == pytest.approx(t.loc["three", f"d_{metric}"], abs=1e-12)
+    assert (t.loc["base", [f"d_{metric}_seed_mean", f"d_{metric}_seed_std"]] == 0.0).all()
+
+
+def test_hand_study_pairs_by_seed_value_not_position(hand_table: pd.DataFrame) -> None:
+    """Row "two" has seeds 0 and 2: its differences are against the baseline's seeds 0 and 2, not 0 and 1."""
+    t = hand_table.set_index("name")
+    base, two = hand_seeds("base"), hand_seeds("two")
+    by_position = np.mean([two[0]["tail_mAP"] - base[0]["tail_mAP"], two[2]["tail_mAP"] - base[1]["tail_mAP"]])
+    by_value = np.mean([two[s]["tail_mAP"] - base[s]["tail_mAP"] for s in (0, 2)])
+    assert abs(by_position - by_value) > 0.01  # the test would notice pairing by position
+    assert t.loc["two", "d_tail_mAP_seed_mean"] == pytest.approx(by_value, abs=1e-12)
+
+
+def test_hand_study_markdown(hand_table: pd.DataFrame) -> None:
+    md = table_markdown(hand_table)
+    table, notes = md.split("\n\n", 1)
+    lines = table.split("\n")
+    header = lines[0].strip("| ").split(" | ")
+    cell = {c[0]: dict(zip(header, c, strict=True)) for c in (line.strip("| ").split(" | ") for line in lines[2:])}
+    t = hand_table.set_index("name")
+
+    def signed(value: float) -> str:
+        return ("+" if value >= 0 else MINUS) + f"{abs(value):.3f}"
+
+    three = t.loc["three"]  # all of the baseline's seeds: difference ± seed std, both intervals
+    expected = (
+        f"{signed(three['d_tail_mAP'])} ± {three['d_tail_mAP_seed_std']:.3f} "
+        f"[boot {signed(three['d_tail_mAP_lo'])}, {signed(three['d_tail_mAP_hi'])}] "
+        f"[seeds {signed(three['d_tail_mAP_seed_lo'])}, {signed(three['d_tail_mAP_seed_hi'])}]"
+    )
+    assert cell["three"]["d_tail_mAP"] == expected
+    assert DIFF_CELL.fullmatch(cell["three"]["d_mAP"])
+    two = t.loc["two"]  # lacks a baseline seed: the seed interval says how many it pairs, their mean and std
+    assert " ± " not in cell["two"]["d_mAP"].split(" [boot ")[0]
+    assert cell["two"]["d_mAP"].endswith(
+        f"[seeds {signed(two['d_mAP_seed_lo'])}, {signed(two['d_mAP_seed_hi'])}; "
+        f"2 paired, {signed(two['d_mAP_seed_mean'])} ± {two['d_mAP_seed_std']:.3f}]"
+    )
+    for name in ("odd", "one"):  # one paired seed: no seed std, no seed interval
+        assert "[seeds" not in cell[name]["d_mAP"] and " ± " not in cell[name]["d_mAP"]
+        assert DIFF_CELL.fullmatch(cell[name]["d_tail_mAP"])
+    assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell["odd"]["mAP"])  # 2 seeds
+    assert re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell["one"]["mAP"])  # 1 seed: no std
+    assert "[seeds]: 95 % Student-t interval" in notes
+    assert "Classes: head (1): hc; medium (1): mc; tail (1): tc." in notes
+
+
+def test_difference_columns(hand_table: pd.DataFrame) -> None:
+    suffixes = ("", "_lo", "_hi", "_seed_mean", "_seed_std", "_seed_lo", "_seed_hi")
+    expected = [f"d_{m}{s}" for m in ("mAP", "head_mAP", "medium_mAP", "tail_mAP") for s in suffixes]
+    assert [c for c in hand_table.columns if c.startswith("d_")] == expected
+    assert list(hand_table.columns[:4]) == ["name", "seeds", "paired_seeds", "interval"]
+    assert hand_table.attrs["class_groups"] == {"head": ["hc"], "medium": ["mc"], "tail": ["tc"]}
+
+
 # ---------------------------------------------------------------------------------------------------- output
 
 
 def test_markdown(table: pd.DataFrame) -> None:
     md = table_markdown(table)
-    lines = md.strip("\n").split("\n")
+    lines = md.split("\n\n")[0].split("\n")
     assert len(lines) == 2 + len(table)
     assert lines[0].startswith("| model | seeds | interval | mAP |") and "d_tail_mAP" in lines[0]
     body = {line.split(" | ")[0].removeprefix("| "): line.strip("| ").split(" | ") for line in lines[2:]}
@@ -223,16 +405,17 @@ def test_markdown(table: pd.DataFrame) -> None:
     cell = {name: dict(zip(header, cells, strict=True)) for name, cells in body.items()}
     assert re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell["weaker"]["mAP"])
     assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell["baseline"]["mAP"])
-    assert cell["baseline"]["d_mAP"] == "+0.000 [+0.000, +0.000]"
+    assert cell["baseline"]["d_mAP"] == "+0.000 ± 0.000 [boot +0.000, +0.000] [seeds +0.000, +0.000]"
     for name in body:
-        assert SIGNED_CELL.fullmatch(cell[name]["d_mAP"]) and SIGNED_CELL.fullmatch(cell[name]["d_tail_mAP"])
+        assert DIFF_CELL.fullmatch(cell[name]["d_mAP"]) and DIFF_CELL.fullmatch(cell[name]["d_tail_mAP"])
+    assert "[seeds " in cell["+tail"]["d_tail_mAP"] and "[seeds " not in cell["weaker"]["d_mAP"]  # 3 seeds vs 1
     assert cell["+tail"]["d_tail_mAP"].startswith("+") and cell["weaker"]["d_mAP"].startswith(MINUS)
     assert "-" not in cell["weaker"]["d_mAP"]  # a Unicode minus, not a hyphen
 
 
 def test_markdown_shows_each_rows_extra_and_seed_std(table: pd.DataFrame) -> None:
     md = table_markdown(table.assign(extra=["none"] + ["synthetic_edit"] * (len(table) - 1)))
-    lines = md.strip("\n").split("\n")
+    lines = md.split("\n\n")[0].split("\n")
     assert lines[0].startswith("| model | extra | seeds | interval | mAP |")
     header = lines[0].strip("| ").split(" | ")
     cell = dict(zip(header, lines[2].strip("| ").split(" | "), strict=True))

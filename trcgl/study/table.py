@@ -3,7 +3,9 @@
 - :func:`paired_bootstrap`: the difference of one macro metric between two models on the same images, with a 95 %
   percentile interval from resampling the images (the same resampled indices for both models, i.e. paired).
 - :func:`ablation_table`: one row per model (the mean over its training seeds, with the seed std), every metric with
-  its interval and the paired differences d_mAP / d_tail_mAP against a baseline.
+  its interval and the differences d_mAP, d_head_mAP, d_medium_mAP, d_tail_mAP against a baseline: with the paired
+  bootstrap interval over the images and, from the per-seed differences (pairing seeds by value), a Student-t
+  interval over the seeds.
 - :func:`table_markdown`, :func:`per_class_heatmap`, :func:`tail_map_plot`: the table as Markdown, pictures as PNG.
 
 All metric definitions are those of :mod:`trcgl.metrics` (per-class AP/AUC from ``per_class_ap_auc``, macro means
@@ -23,6 +25,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from trcgl.metrics import (
     GROUPS,
@@ -39,12 +42,20 @@ from trcgl.plotting import GROUP_COLOURS, png
 
 log = logging.getLogger(__name__)
 
-DIFF_METRICS = ("mAP", "tail_mAP")
+DIFF_METRICS = ("mAP", "head_mAP", "medium_mAP", "tail_mAP")
+SHOWN_DIFFS = ("mAP", "tail_mAP")  # the differences table_markdown shows; the frame has all of DIFF_METRICS
+SEED_SUFFIXES = ("_seed_mean", "_seed_std", "_seed_lo", "_seed_hi")
 MINUS = "\u2212"
 
 
 def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else float(value)
+
+
+def _table_metrics(row: dict, labels: np.ndarray, classes: list[str], groups: list[str]) -> dict[str, float]:
+    """{metric: value on all test images} of one row and seed for :data:`TABLE_METRICS`, NaN where undefined."""
+    result = evaluate_scores(np.asarray(row["scores"], dtype=np.float64), labels, classes, groups, bootstrap=0)
+    return {m: _nan_if_none(result[m]) for m in TABLE_METRICS}
 
 
 def _percentiles(samples: np.ndarray, point: float) -> tuple[float, float, int]:
@@ -54,6 +65,20 @@ def _percentiles(samples: np.ndarray, point: float) -> tuple[float, float, int]:
     if valid.size and not math.isnan(point):
         return float(np.percentile(valid, 2.5)), float(np.percentile(valid, 97.5)), int(valid.size)
     return float("nan"), float("nan"), int(valid.size)
+
+
+def _seed_interval(diffs: np.ndarray) -> dict[str, float]:
+    """Mean, std (ddof 1) and 95 % Student-t interval of the mean of per-seed differences, keyed by
+    :data:`SEED_SUFFIXES`; std and interval NaN with fewer than 2 differences, all NaN if one is NaN or none."""
+    out = dict.fromkeys(SEED_SUFFIXES, float("nan"))
+    if diffs.size == 0 or np.isnan(diffs).any():
+        return out
+    out["_seed_mean"] = float(diffs.mean())
+    if diffs.size > 1:
+        std = float(diffs.std(ddof=1))
+        half = float(stats.t.ppf(0.975, diffs.size - 1)) * std / math.sqrt(diffs.size)
+        out["_seed_std"], out["_seed_lo"], out["_seed_hi"] = std, out["_seed_mean"] - half, out["_seed_mean"] + half
+    return out
 
 
 def _validate(
@@ -173,9 +198,13 @@ def ablation_table(rows: list[dict], baseline: str, bootstrap: int = 1000, seed:
     deviation (ddof 1), and the interval the bootstrap interval of that seed mean: on each resample of the images
     every seed's scores are evaluated and the metric averaged over seeds (``interval`` = "seeds + bootstrap").
     (The metric of the seed-averaged *scores* is an ensemble's, often far above the seeds' mean, so its interval
-    would not describe the reported mean.) The differences d_mAP / d_tail_mAP are (row's seed mean) - (baseline's
-    seed mean), with the paired-bootstrap interval of that difference on the same resamples; the baseline's own
-    are 0 [0, 0].
+    would not describe the reported mean.) The differences d_mAP, d_head_mAP, d_medium_mAP, d_tail_mAP are (row's
+    seed mean) - (baseline's seed mean), with the paired-bootstrap interval of that difference on the same
+    resamples; the baseline's own are 0 [0, 0]. Beside them, the seeds' view of the same difference: the per-seed
+    differences (row seed s - baseline seed s, for the seeds both have; ``paired_seeds`` of them), their mean, std
+    (ddof 1) and the 95 % Student-t interval of their mean. Where both have the same seeds the mean is the
+    difference itself; where a row lacks some of the baseline's seeds (or has others) it is the mean over the
+    paired seeds only.
 
     Args:
         rows: dicts with ``name``, ``seed`` (int), ``labels`` (N, K) multi-hot, ``scores`` (N, K), ``classes`` (K),
@@ -185,9 +214,12 @@ def ablation_table(rows: list[dict], baseline: str, bootstrap: int = 1000, seed:
         seed: seed of the resamples (the same resamples for every row and difference).
 
     Returns:
-        Frame with columns name, seeds, interval, then for each of mAP, mAUC, head_mAP, medium_mAP, tail_mAP the
-        value, ``_lo``, ``_hi`` and ``_std`` (NaN for one seed), then d_mAP, d_mAP_lo, d_mAP_hi, d_tail_mAP,
-        d_tail_mAP_lo, d_tail_mAP_hi; NaN where undefined (e.g. a group without evaluable classes).
+        Frame with columns name, seeds, paired_seeds, interval, then for each of mAP, mAUC, head_mAP, medium_mAP,
+        tail_mAP the value, ``_lo``, ``_hi`` and ``_std`` (NaN for one seed), then for each of mAP, head_mAP,
+        medium_mAP, tail_mAP the difference ``d_{m}``, its bootstrap ``d_{m}_lo``, ``d_{m}_hi`` and its seed
+        statistics ``d_{m}_seed_mean``, ``d_{m}_seed_std``, ``d_{m}_seed_lo``, ``d_{m}_seed_hi`` (std and interval
+        NaN with fewer than 2 paired seeds); NaN where undefined (e.g. a group without evaluable classes).
+        ``attrs["class_groups"]`` is ``{group: [class, ...]}`` in class order, which :func:`table_markdown` lists.
 
     Raises:
         ValueError: a row's image_ids (or labels, classes, groups) differ from the baseline's, a name has the same
@@ -200,12 +232,9 @@ def ablation_table(rows: list[dict], baseline: str, bootstrap: int = 1000, seed:
     group_arr = np.asarray(groups)
     draws = bootstrap_draws(labels.shape[0], bootstrap, seed)  # (bootstrap, N), shared by every row and difference
 
-    results, resampled = {}, {}
+    results, resampled, by_seed = {}, {}, {}
     for name, group in by_name.items():
-        per_seed = [
-            evaluate_scores(np.asarray(r["scores"], dtype=np.float64), labels, classes, groups, bootstrap=0)
-            for r in group
-        ]
+        by_seed[name] = {int(r["seed"]): _table_metrics(r, labels, classes, groups) for r in group}
         # per resample, the mean over seeds of the metric (NaN-ness depends on the labels only, so it is shared)
         seed_draws = [resampled_metrics(np.asarray(r["scores"], np.float64), labels, group_arr, draws) for r in group]
         resampled[name] = {m: np.mean([d[m] for d in seed_draws], axis=0) for m in METRICS}  # {metric: (bootstrap,)}
@@ -213,10 +242,11 @@ def ablation_table(rows: list[dict], baseline: str, bootstrap: int = 1000, seed:
         cells: dict[str, Any] = {
             "name": name,
             "seeds": len(group),
+            "paired_seeds": len(set(by_seed[name]) & {int(r["seed"]) for r in by_name[baseline]}),
             "interval": ("seeds + bootstrap" if several else "bootstrap 95 %") if bootstrap > 0 else "none",
         }
         for m in TABLE_METRICS:
-            values = np.array([_nan_if_none(res[m]) for res in per_seed])  # (seeds,)
+            values = np.array([v[m] for v in by_seed[name].values()])  # (seeds,)
             defined = not np.isnan(values).any()
             cells[m] = float(values.mean()) if defined else float("nan")
             cells[f"{m}_lo"], cells[f"{m}_hi"], _ = _percentiles(resampled[name][m], cells[m])
@@ -235,11 +265,16 @@ def ablation_table(rows: list[dict], baseline: str, bootstrap: int = 1000, seed:
                 d = cells[m] - base[m]
                 lo, hi, _ = _percentiles(resampled[name][m] - resampled[baseline][m], d)
             cells[f"d_{m}"], cells[f"d_{m}_lo"], cells[f"d_{m}_hi"] = d, lo, hi
+            paired = sorted(set(by_seed[name]) & set(by_seed[baseline]))
+            diffs = np.array([by_seed[name][s][m] - by_seed[baseline][s][m] for s in paired])  # (paired seeds,)
+            cells.update({f"d_{m}{suffix}": v for suffix, v in _seed_interval(diffs).items()})
 
-    columns = ["name", "seeds", "interval"]
+    columns = ["name", "seeds", "paired_seeds", "interval"]
     columns += [f"{m}{suffix}" for m in TABLE_METRICS for suffix in ("", "_lo", "_hi", "_std")]
-    columns += [f"d_{m}{suffix}" for m in DIFF_METRICS for suffix in ("", "_lo", "_hi")]
-    return pd.DataFrame(list(results.values()), columns=columns)
+    columns += [f"d_{m}{suffix}" for m in DIFF_METRICS for suffix in ("", "_lo", "_hi", *SEED_SUFFIXES)]
+    frame = pd.DataFrame(list(results.values()), columns=columns)
+    frame.attrs["class_groups"] = {g: [c for c, cg in zip(classes, groups, strict=True) if cg == g] for g in GROUPS}
+    return frame
 
 
 def _fmt(value: float, signed: bool = False) -> str:
@@ -250,26 +285,54 @@ def _fmt(value: float, signed: bool = False) -> str:
     return f"{value:.3f}"
 
 
-def _cell(value: float, lo: float, hi: float, std: float = float("nan"), signed: bool = False) -> str:
+def _cell(value: float, lo: float, hi: float, std: float = float("nan")) -> str:
+    """``0.173 [0.164, 0.215]``, with a seed std ``0.173 ± 0.004 [0.164, 0.215]``; "-" where undefined."""
     if pd.isna(value):
         return "-"
-    text = _fmt(value, signed)
+    text = _fmt(value)
     if not pd.isna(std):
         text += f" ± {std:.3f}"
     if not (pd.isna(lo) or pd.isna(hi)):
-        text += f" [{_fmt(lo, signed)}, {_fmt(hi, signed)}]"
+        text += f" [{_fmt(lo)}, {_fmt(hi)}]"
+    return text
+
+
+def _diff_cell(row: Mapping[str, Any], metric: str) -> str:
+    """``+0.012 ± 0.008 [boot −0.010, +0.030] [seeds −0.008, +0.032]``; "-" where undefined.
+
+    The difference of the seed means, ± the std of the per-seed differences, the paired bootstrap interval and the
+    Student-t interval over the paired seeds (each part left out where NaN). Where the paired seeds are not all of
+    the row's or their mean is not the difference (the row's seeds differ from the baseline's), their number, mean
+    and std go in the seed interval instead: ``+0.012 [boot …] [seeds −0.008, +0.032; 2 paired, +0.010 ± 0.008]``.
+    """
+    d, mean, std = row[f"d_{metric}"], row[f"d_{metric}_seed_mean"], row[f"d_{metric}_seed_std"]
+    if pd.isna(d):
+        return "-"
+    partial = row["paired_seeds"] != row["seeds"] or not math.isclose(mean, d, abs_tol=1e-9)
+    text = _fmt(d, signed=True)
+    if not pd.isna(std) and not partial:
+        text += f" ± {std:.3f}"
+    lo, hi = row[f"d_{metric}_lo"], row[f"d_{metric}_hi"]
+    if not (pd.isna(lo) or pd.isna(hi)):
+        text += f" [boot {_fmt(lo, signed=True)}, {_fmt(hi, signed=True)}]"
+    lo, hi = row[f"d_{metric}_seed_lo"], row[f"d_{metric}_seed_hi"]
+    if not (pd.isna(lo) or pd.isna(hi)):
+        paired = f"; {row['paired_seeds']} paired, {_fmt(mean, signed=True)} ± {std:.3f}" if partial else ""
+        text += f" [seeds {_fmt(lo, signed=True)}, {_fmt(hi, signed=True)}{paired}]"
     return text
 
 
 def table_markdown(df: pd.DataFrame) -> str:
-    """The :func:`ablation_table` frame as a Markdown table, one line per row.
+    """The :func:`ablation_table` frame as a Markdown table, one line per row, with a footnote on the differences
+    and, where the frame's ``attrs`` carry them, the classes of each group.
 
     Cells are ``0.173 [0.164, 0.215]`` (with several seeds ``0.173 ± 0.004 [0.164, 0.215]``, ± the seed std) and
-    differences ``+0.021 [−0.004, +0.047]``; "-" where undefined. A frame with an ``extra`` column (the study's
+    differences (d_mAP, d_tail_mAP) ``+0.012 ± 0.008 [boot −0.010, +0.030] [seeds −0.008, +0.032]`` as
+    :func:`_diff_cell` writes them; "-" where undefined. A frame with an ``extra`` column (the study's
     :func:`trcgl.study.rows.write_outputs` adds where each row's extra rows come from) shows it after the model.
     """
     labels = ["model", *(["extra"] if "extra" in df.columns else []), "seeds", "interval"]
-    header = [*labels, *TABLE_METRICS, *(f"d_{m}" for m in DIFF_METRICS)]
+    header = [*labels, *TABLE_METRICS, *(f"d_{m}" for m in SHOWN_DIFFS)]
     align = ["---"] * len(labels) + ["---:"] * (len(header) - len(labels))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in df.to_dict("records"):
@@ -277,8 +340,20 @@ def table_markdown(df: pd.DataFrame) -> str:
         cells += [str(row["extra"])] if "extra" in df.columns else []
         cells += [str(row["seeds"]), str(row["interval"])]
         cells += [_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_std"]) for m in TABLE_METRICS]
-        cells += [_cell(row[f"d_{m}"], row[f"d_{m}_lo"], row[f"d_{m}_hi"], signed=True) for m in DIFF_METRICS]
+        cells += [_diff_cell(row, m) for m in SHOWN_DIFFS]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"{', '.join(f'd_{m}' for m in SHOWN_DIFFS)}: (row's seed mean) {MINUS} (baseline's seed mean) ± the std of "
+        f"the per-seed differences (row seed s {MINUS} baseline seed s, on the seeds both have); [boot]: 95 % paired "
+        "bootstrap interval over resampled test images; [seeds]: 95 % Student-t interval of the mean per-seed "
+        "difference (2 or more paired seeds), with the number of paired seeds and their mean ± std where a row's "
+        "seeds differ from the baseline's.",
+    ]
+    class_groups = df.attrs.get("class_groups")
+    if class_groups:
+        listed = [f"{g} ({len(names)}): {', '.join(names) or '-'}" for g, names in class_groups.items()]
+        lines += ["", "Classes: " + "; ".join(listed) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from trcgl.config import StorageConfig, load_config
-from trcgl.data.dataset import read_dataset
+from trcgl.data.dataset import load_dataset_info, read_dataset
 from trcgl.data.images import decode_prepared
+from trcgl.data.label_graph import TAUS, graph_summary, read_graph
 from trcgl.data.ray_prepare import run_prepare
 from trcgl.storage import Storage, dataset_dir
 from trcgl_dev.faults.inputs import BAD_IMAGE_REASONS, BAD_ROW_REASONS, make_padchest_like
@@ -89,6 +90,16 @@ def test_prepare_reads_flat_layout(ray_local, tmp_path):
     ids = make_padchest_like(tmp_path / "src", layout="flat")
     report = run_prepare(_cfg(str(tmp_path / "root"), str(tmp_path / "src")))
     assert report["layout"] == "flat" and report["rows_written"] == len(ids["good"])
+    # labels.json carries the label graph's summary of the train co-occurrence; a dataset without it (prepared
+    # before) gets the same summary computed from cooccurrence.parquet
+    storage = Storage(str(tmp_path / "root"))
+    labels_rel = f"{dataset_dir(report['dataset'])}/labels.json"
+    labels = storage.read_json(labels_rel)
+    info = load_dataset_info(storage, report["dataset"])
+    assert labels["graph"] == graph_summary(info.cooccurrence, info.classes, info.groups)
+    assert [t["tau"] for t in labels["graph"]["by_tau"]] == list(TAUS)
+    storage.write_json(labels_rel, {k: v for k, v in labels.items() if k != "graph"})
+    assert read_graph(storage, report["dataset"]) == labels["graph"]
 
 
 def test_prepare_on_s3(ray_local, tmp_path, s3_endpoint, s3_bucket):

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from trcgl.config import Config, ConfigError, config_hash, dump_yaml, to_dict
-from trcgl.data import labelsets, splits
+from trcgl.data import label_graph, labelsets, splits
 from trcgl.data.images import decode_xray, encode_prepared, resize_square
 from trcgl.data.padchest import clean_metadata, count_reasons, default_metadata_path, read_metadata
 from trcgl.data.synth.source import synth_inputs
@@ -258,7 +258,8 @@ def process_shard(payload: str, *, cfg: Config, dataset: str, images_uri: str, l
 
 
 def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: list[dict], seconds: float) -> dict:
-    """Writes labels.json, cooccurrence.parquet, prepare_report.json and config.yaml, then the manifest."""
+    """Writes labels.json (with the label graph's summary per tau), cooccurrence.parquet, prepare_report.json and
+    config.yaml, then the manifest."""
     out_dir = dataset_dir(plan.name)
     image_rejects = [r for res in shard_results for r in res["rejects"]]
     rejected_ids = {r["image_id"] for r in image_rejects}
@@ -274,8 +275,9 @@ def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: li
             "image_format": IMAGE_FORMAT,
         }
     )
+    counts = splits.cooccurrence(y[split_arr == "train"])  # (K, K)
+    summary["graph"] = label_graph.graph_summary(counts, plan.label_set.classes, summary["groups"])
     storage.write_json(posixpath.join(out_dir, "labels.json"), summary)
-    counts = splits.cooccurrence(y[split_arr == "train"])
     co = pa.Table.from_pandas(splits.cooccurrence_frame(plan.label_set.classes, counts), preserve_index=False)
     storage.write_parquet(posixpath.join(out_dir, "cooccurrence.parquet"), co)
     meta_reasons = count_reasons(plan.meta_rejects)

@@ -9,10 +9,14 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
 from trcgl.config import Config, dump_yaml
+from trcgl.data.dataset import load_dataset_info
+from trcgl.data.label_graph import edges_at, read_graph, tau_table, with_tau
 from trcgl.metrics import TABLE_METRICS
 from trcgl.pipeline.html import Code, Image, Images, Section, Table, Text, render, versions
+from trcgl.plotting import label_graph_plot
 from trcgl.storage import Storage, run_dir
 from trcgl.train.report import long_tail_plot
 
@@ -107,6 +111,9 @@ def build_sections(
                 [Image(pictures["per_class_ap.png"], "best configuration, test split"), Table(table[shown])],
             )
         )
+    graph, graph_png = label_graph_section(cfg, storage, summary["dataset"], best_run)
+    sections.append(graph)
+    pictures["label_graph.png"] = graph_png
     syn = summary.get("synthetic")
     if syn:
         sections.append(synthetic_section(storage, run, syn))
@@ -143,6 +150,31 @@ def build_sections(
         )
     )
     return sections, pictures
+
+
+def label_graph_section(cfg: Config, storage: Storage, dataset: str, best_run: str) -> tuple[Section, bytes]:
+    """The label graph of the train co-occurrence at the best configuration's ``model.gcn_tau`` (its
+    ``config.yaml``; the pipeline config's when the run has none) and the edges and connected tail classes per tau.
+
+    Returns:
+        (the section, the graph's PNG).
+    """
+    best_yaml = posixpath.join(run_dir(best_run), "config.yaml")
+    model = yaml.safe_load(storage.read_bytes(best_yaml))["model"] if storage.exists(best_yaml) else None
+    tau = float(model["gcn_tau"]) if model else cfg.model.gcn_tau
+    gcn = bool(model["gcn"]) if model else cfg.model.gcn
+    info = load_dataset_info(storage, dataset)
+    summary = with_tau(read_graph(storage, dataset), info.cooccurrence, info.classes, info.groups, tau)
+    png = label_graph_plot(info.classes, info.groups, edges_at(info.cooccurrence, tau), tau, dataset)
+    text = Text(
+        "The GCN's label graph from train co-occurrence: an arrow i → j when P(j|i) = C[i, j] / C[i, i] >= tau; node "
+        "i aggregates the nodes it points at, so a class with no arrow out (hollow; crossed out for tail classes) "
+        f"borrows nothing. Drawn at the best configuration's tau = {tau:g}"
+        + ("" if gcn else " (the best configuration does not use the GCN)")
+        + "."
+    )
+    blocks = [text, Image(png, f"label graph at tau = {tau:g}"), Table(tau_table(summary), caption="Edges per tau")]
+    return Section("Label graph", blocks), png
 
 
 FIDELITY_SHOWN = (
@@ -246,7 +278,11 @@ def ablation_section(storage: Storage, run: str) -> Section | None:
     blocks: list[Any] = [Text(header), Table(frame[[c for c in shown if c in frame.columns]], caption="Ablation")]
     pictures = [
         Image(png, caption)
-        for name, caption in (("tail_map.png", "tail mAP per row"), ("heatmap.png", "per-class test AP"))
+        for name, caption in (
+            ("tail_map.png", "tail mAP per row"),
+            ("heatmap.png", "per-class test AP"),
+            ("label_graph.png", "label graph at the study's tau"),
+        )
         if (png := _read_png(storage, posixpath.join(out, name))) is not None
     ]
     if pictures:

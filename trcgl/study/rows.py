@@ -14,8 +14,9 @@ reference pinned, so nothing is looked up in the sub-run's own folders). :func:`
 generation the study's rows need.
 
 Outputs under ``{root}/runs/R/ablation/``: ``table.parquet``, ``table.md``, ``heatmap.png`` (per-class AP, classes by
-train frequency), ``tail_map.png`` (tail mAP per row with intervals), ``ablation_report.json`` and, last,
-``_manifest.json``. The Ray side (the grid on Ray Tune) is :mod:`trcgl.study.ray_ablation`.
+train frequency), ``tail_map.png`` (tail mAP per row with intervals), ``label_graph.png`` (the GCN rows' label graph
+at ``model.gcn_tau``), ``ablation_report.json`` and, last, ``_manifest.json``. The Ray side (the grid on Ray Tune) is
+:mod:`trcgl.study.ray_ablation`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from trcgl.config import (
     filters_fidelity,
 )
 from trcgl.data.dataset import DatasetInfo
+from trcgl.data.label_graph import edges_at, read_graph, tau_table, with_tau
+from trcgl.plotting import label_graph_plot
 from trcgl.storage import Storage, run_dir, slugify
 from trcgl.study import table as at
 
@@ -346,10 +349,26 @@ def generated_quality(cfg: Config, storage: Storage) -> tuple[dict[str, dict[str
     return found, intro + "\n".join(parts)
 
 
+def label_graph_markdown(cfg: Config, storage: Storage, info: DatasetInfo) -> str:
+    """The study's label-graph section of ``table.md``: the picture ``label_graph.png`` (drawn at the study's
+    ``model.gcn_tau``) and the edges and connected tail classes per tau, with every tau a row sets."""
+    taus = {cfg.model.gcn_tau} | {float(r["model.gcn_tau"]) for r in cfg.ablation.rows.values() if "model.gcn_tau" in r}
+    summary = read_graph(storage, info.name)
+    for tau in sorted(taus):
+        summary = with_tau(summary, info.cooccurrence, info.classes, info.groups, tau)
+    isolated = next(t["tail_isolated"] for t in summary["by_tau"] if np.isclose(t["tau"], cfg.model.gcn_tau))
+    return (
+        f"\n## Label graph\n\nThe GCN rows' graph from train co-occurrence: an edge i -> j when P(j|i) >= tau (node i "
+        f"aggregates j). At the study's model.gcn_tau = {cfg.model.gcn_tau:g}, tail classes without a neighbour: "
+        f"{', '.join(isolated) or 'none'}.\n\n![label graph](label_graph.png)\n\n" + _markdown_frame(tau_table(summary))
+    )
+
+
 def write_outputs(
     cfg: Config, storage: Storage, info: DatasetInfo, ratios: tuple[float, float, str], seconds: float
 ) -> dict[str, Any]:
-    """Table (Parquet and Markdown), heat map, tail plot and report of a finished study; the manifest last.
+    """Table (Parquet and Markdown), heat map, tail plot, label graph and report of a finished study; the manifest
+    last.
 
     Returns:
         The study's report (also ``ablation_report.json``).
@@ -404,9 +423,13 @@ def write_outputs(
         markdown += "\nRows without results: " + "; ".join(missing) + "\n"
     generated, quality = generated_quality(cfg, storage)
     markdown += quality
+    markdown += label_graph_markdown(cfg, storage, info)
     storage.write_text(posixpath.join(out, "table.md"), markdown)
     storage.write_bytes(posixpath.join(out, "heatmap.png"), at.per_class_heatmap(rows, list(info.train_counts)))
     storage.write_bytes(posixpath.join(out, "tail_map.png"), at.tail_map_plot(frame))
+    tau = cfg.model.gcn_tau
+    graph = label_graph_plot(info.classes, info.groups, edges_at(info.cooccurrence, tau), tau, info.name)
+    storage.write_bytes(posixpath.join(out, "label_graph.png"), graph)
     report = {
         "run": cfg.train.run,
         "dataset": info.name,

@@ -14,7 +14,8 @@ import torch
 from trcgl.config import Config
 from trcgl.data.dataset import DatasetInfo
 from trcgl.data.images import decode_prepared
-from trcgl.plotting import GROUP_COLOURS, png
+from trcgl.data.label_graph import edges_at
+from trcgl.plotting import GROUP_COLOURS, label_graph_plot, png
 from trcgl.storage import Storage
 from trcgl.train.checkpoint import load_model
 
@@ -157,7 +158,8 @@ def make_report(
     split: str,
     history: list[dict] | None,
 ) -> dict[str, bytes]:
-    """All report pictures as {file name: PNG bytes}."""
+    """All report pictures as {file name: PNG bytes}: per-class AP, groups, training curves, the label graph at the
+    checkpoint's ``model.gcn_tau`` (GCN models) and class attention overlaid on test images (attention models)."""
     name = f"{result['dataset']} / {split}"
     pictures = {
         "per_class_ap_vs_frequency.png": long_tail_plot(table, f"per-class AP, classes by train frequency ({name})"),
@@ -166,6 +168,10 @@ def make_report(
     if history:
         pictures["training_curves.png"] = training_curves(history)
     model, meta = load_model(checkpoint_uri, cfg.storage)
+    if meta["config"]["model"]["gcn"]:
+        tau = float(meta["config"]["model"]["gcn_tau"])
+        edges = edges_at(info.cooccurrence, tau)
+        pictures["label_graph.png"] = label_graph_plot(info.classes, info.groups, edges, tau, info.name)
     if meta["config"]["model"]["class_attention"] or meta["config"]["model"]["csra"]:
         idx, images = pick_attention_examples(storage, info, table, split, cfg.train.report_attention_classes)
         if len(idx):

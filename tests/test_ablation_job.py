@@ -77,6 +77,17 @@ def test_bad_studies_fail_naming_the_row() -> None:
     with pytest.raises(ConfigError, match=r"ablation\.rows\.f\.extra.*fidelity_threshold"):
         check_ablation(filtered)
     assert row_slug("+ SE + CA + GCN (full - diffusion)") == "se_ca_gcn_full_diffusion"
+    bad_value = apply_overrides(cfg, {"ablation.rows": {"m": {"model.pool": "maxx"}}, "ablation.baseline": "m"}, "t")
+    with pytest.raises(ConfigError, match=r"model\.pool.*'maxx'"):
+        check_ablation(bad_value)
+    rows = {"a": {}, "b": {}}
+    with pytest.raises(ConfigError, match=r"ablation\.comparisons\.b.*reference 'c'"):
+        apply_overrides(cfg, {"ablation.rows": rows, "ablation.baseline": "a", "ablation.comparisons": {"b": "c"}}, "t")
+    # unset, the default pairs are kept where both rows exist; set, they are taken as given
+    assert (
+        apply_overrides(cfg, {"ablation.rows": rows, "ablation.baseline": "a"}, "t").ablation.comparison_pairs() == {}
+    )
+    assert load_config("padchest").ablation.comparison_pairs()["ASL + SE"] == "ASL"
 
 
 def test_mode_rows_draw_a_folder_of_their_own() -> None:
@@ -157,6 +168,9 @@ def test_ratios_come_from_the_sweep_only_when_it_drew_synthetic_data(tmp_path: P
     assert study_ratios(cfg, storage)[:2] == (0.7, 0.0)
 
 
+COMPARISON = "ablation.comparisons={+ re-sampling + GCN: backbone + BCE}"
+
+
 @pytest.mark.slow
 def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], tmp_path: Path) -> None:
     root, _ = tiny_prepared
@@ -164,7 +178,7 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     # cluster up and Ray ends the dead driver's trials, which the rerun must not trip over
     cmd = [
         sys.executable, "-m", "jobs.ablation", "--config", "tiny", "--set", f"storage.root={root}", "train.run=abl",
-        "train.epochs=1", "ablation.aug_ratio_tail=2.0",
+        "train.epochs=1", "ablation.aug_ratio_tail=2.0", COMPARISON,
     ]  # fmt: skip
     rows_dir = Path(root) / "runs" / "abl" / "ablation" / "rows"
     log = open(tmp_path / "first.log", "w")
@@ -204,6 +218,11 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     for png in ("heatmap.png", "tail_map.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "_manifest.json").read_text())["rows"] == 2
+    # the comparison section: here the pair is the baseline one, so it repeats the main table's difference
+    compared = pd.read_parquet(out / "comparisons.parquet").set_index("name").loc["+ re-sampling + GCN"]
+    assert compared["reference"] == "backbone + BCE"
+    assert compared["d_tail_mAP"] == pytest.approx(table.set_index("name").loc["+ re-sampling + GCN", "d_tail_mAP"])
+    assert "## Each part against the row it is added to" in md and "| + re-sampling + GCN | backbone + BCE |" in md
     # each row trained exactly once: one classifier run folder per row and seed
     assert sorted(p.parts[-4] for p in rows_dir.glob("*/seed0/classifier/summary.json")) == sorted(
         ["backbone_bce", "re_sampling_gcn"]
@@ -221,6 +240,17 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     from trcgl.study.ray_ablation import run_ablation
 
     again = run_ablation(load_config("tiny", [f"storage.root={root}", "train.run=abl", "train.epochs=1",
-                                              "ablation.aug_ratio_tail=2.0"]))  # fmt: skip
+                                              "ablation.aug_ratio_tail=2.0", COMPARISON]))  # fmt: skip
     assert again.get("skipped") is True and again["rows"] == list(table["name"])
+    # changed table settings write the table again from the finished rows, training nothing
+    table_md = (out / "table.md").stat().st_mtime
+    other = [*cmd[:-1], "ablation.comparisons={}"]
+    third = subprocess.run(other, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (out / "table.md").stat().st_mtime > table_md and "Each part against" not in (out / "table.md").read_text()
+    for path, mtime in done.items():
+        assert path.stat().st_mtime == mtime, path
+    assert sorted(p.parts[-4] for p in rows_dir.glob("*/seed0/classifier/summary.json")) == sorted(
+        ["backbone_bce", "re_sampling_gcn"]
+    )
     assert np.isfinite(table["mAP"]).all()

@@ -17,6 +17,8 @@ from trcgl.metrics import evaluate_scores, per_class_ap_auc, summarise
 from trcgl.study.table import (
     MINUS,
     ablation_table,
+    comparison_markdown,
+    comparison_table,
     paired_bootstrap,
     per_class_heatmap,
     table_markdown,
@@ -458,3 +460,27 @@ def test_study_outputs_carry_each_generated_folders_realism_and_fidelity(tmp_pat
     no_generation = load_config("jobs/configs/synthesis.yaml", ["ablation.rows={b: {extra: none}}",
                                                                  "ablation.baseline=b"])  # fmt: skip
     assert generated_quality(no_generation, storage) == ({}, "")
+
+
+def test_comparisons_take_each_row_against_its_own_reference(rows: list[dict], table: pd.DataFrame) -> None:
+    """A comparison's difference is the two rows' seed means of the main table subtracted (another code path: the
+    main table is taken against the baseline), its intervals are paired on the same resamples, and a pair naming a
+    row without results is left out."""
+    comparisons = {"+tail": "baseline", "weaker": "baseline seed 0", "+tail ": "missing row"}
+    frame = comparison_table(rows, comparisons, bootstrap=200, seed=3)
+    assert list(frame["name"]) == ["+tail", "weaker"] and list(frame["reference"]) == ["baseline", "baseline seed 0"]
+    means = table.set_index("name")
+    for name, reference in (("+tail", "baseline"), ("weaker", "baseline seed 0")):
+        line = frame.set_index("name").loc[name]
+        for metric in ("mAP", "tail_mAP"):
+            assert line[f"d_{metric}"] == pytest.approx(means.loc[name, metric] - means.loc[reference, metric])
+            assert line[f"d_{metric}_lo"] <= line[f"d_{metric}"] <= line[f"d_{metric}_hi"]
+    # against the baseline the comparison is the main table's own difference, interval included (same resamples)
+    tail_line = frame.set_index("name").loc["+tail"]
+    for column in ("d_tail_mAP", "d_tail_mAP_lo", "d_tail_mAP_hi", "d_tail_mAP_seed_lo", "d_tail_mAP_seed_hi"):
+        assert tail_line[column] == pytest.approx(means.loc["+tail", column])
+    assert tail_line["d_tail_mAP_lo"] > 0  # better on the tail, as the main table finds
+    assert frame.set_index("name").loc["weaker", "d_mAP_hi"] < 0  # the weak model loses to the one-seed reference
+    markdown = comparison_markdown(frame)
+    assert markdown.count("\n") == 4 and "| weaker | baseline seed 0 | 1 |" in markdown
+    assert comparison_markdown(comparison_table(rows, {"x": "y"})) == ""

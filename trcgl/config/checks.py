@@ -121,8 +121,28 @@ def check_generator_size(cfg: Config) -> None:
         )
 
 
+# the model section's named choices (trcgl/models/trcgl_net.py checks them again where it builds)
+MODEL_CHOICES = {
+    "output_stride": (8, 16, 32),
+    "pool": ("mean", "max"),
+    "bias_init": ("log_prior", "zero"),
+    "gcn_adjacency": ("paper", "reference"),
+}
+
+
+def check_model(cfg: Config) -> None:
+    """The model section's named choices, so a study row with a bad value fails before any work."""
+    for key, choices in MODEL_CHOICES.items():
+        value = getattr(cfg.model, key)
+        if value not in choices:
+            raise ConfigError(f"config key 'model.{key}' must be one of {list(choices)}, got {value!r}")
+    if cfg.model.csra and cfg.model.cosine_classifier:
+        raise ConfigError("config keys 'model.csra' and 'model.cosine_classifier' are mutually exclusive")
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
+    check_model(cfg)
     d = cfg.data
     if d.source not in ("padchest-synth", "padchest"):
         raise ConfigError(f"config key 'data.source' must be 'padchest-synth' or 'padchest', got {d.source!r}")
@@ -200,6 +220,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'ablation.rows' must name at least one row")
     if ab.baseline not in ab.rows:
         raise ConfigError(f"config key 'ablation.baseline' is {ab.baseline!r}, not one of the rows {list(ab.rows)}")
+    for name, reference in (ab.comparisons or {}).items():
+        for role, row_name in (("row", name), ("reference", reference)):
+            if row_name not in ab.rows:
+                raise ConfigError(
+                    f"config key 'ablation.comparisons.{name}': the {role} {row_name!r} is not one of the rows "
+                    f"{list(ab.rows)}"
+                )
     if not ab.seeds or len(set(ab.seeds)) != len(ab.seeds):
         raise ConfigError(f"config key 'ablation.seeds' must be distinct seeds, at least one, got {ab.seeds}")
     if ab.bootstrap < 0 or ab.aug_ratio_tail < 0 or ab.aug_ratio_medium < 0 or ab.max_concurrent_trials < 1:

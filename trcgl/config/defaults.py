@@ -16,7 +16,7 @@ def default_space() -> dict[str, dict[str, Any]]:
         "train.aug_ratio_medium": {"type": "choice", "values": [0.0, 0.5]},
         "synthetic_set": {"type": "choice", "values": ["synthetic", "synthetic_filtered"]},
         "model.gcn": {"type": "choice", "values": [True, False]},
-        "model.gcn_tau": {"type": "uniform", "low": 0.2, "high": 0.6},
+        "model.gcn_tau": {"type": "uniform", "low": 0.05, "high": 0.5},  # labels.json "graph": edges per tau
         "model.gcn_p": {"type": "uniform", "low": 0.1, "high": 0.4},
         "model.gcn_layers": {"type": "choice", "values": [1, 2, 3]},
         "model.gcn_hidden": {"type": "choice", "values": [64, 128, 256]},
@@ -87,4 +87,22 @@ def default_ablation_rows() -> dict[str, dict[str, Any]]:
         # augmentation: synthesis vs duplication, fidelity filtering on
         "full, duplication instead of synthesis": {**full, "extra": "real"},
         "full, fidelity-filtered synthesis": {**full, "extra": "synthetic_filtered"},
+    }
+
+
+def default_comparisons() -> dict[str, str]:
+    """Rows of :func:`default_ablation_rows` compared with the row they add one part to (besides the baseline)."""
+    return {
+        "+ SE + CA": "+ SE",
+        "+ SE + CA + GCN (full - diffusion)": "+ SE + CA",
+        "ASL + SE": "ASL",
+        "ASL + SE + CA": "ASL + SE",
+        "ASL + SE + CA + GCN": "ASL + SE + CA",
+        "TRCGL-Net (full)": "+ SE + CA + GCN (full - diffusion)",
+        "TRCGL-Net (full, ASL)": "ASL + SE + CA + GCN",
+        "full - SE": "TRCGL-Net (full)",
+        "full - CA": "TRCGL-Net (full)",
+        "full - GCN": "TRCGL-Net (full)",
+        "full, duplication instead of synthesis": "TRCGL-Net (full)",
+        "full, fidelity-filtered synthesis": "TRCGL-Net (full)",
     }

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from trcgl.config.defaults import default_ablation_rows, default_space
+from trcgl.config.defaults import default_ablation_rows, default_comparisons, default_space
 from trcgl.errors import ConfigError
 
 
@@ -330,12 +330,22 @@ class AblationConfig:
 
     rows: dict[str, dict[str, Any]] = field(default_factory=default_ablation_rows)
     baseline: str = "backbone + BCE"  # the row the differences are taken against
+    # row -> the row it adds one part to: the table's second section gives each such difference (a part on top of
+    # the others, e.g. "ASL + SE" against "ASL"), beside the differences to the baseline. Both must be in ``rows``;
+    # None: the pairs of trcgl/config/defaults.py default_comparisons whose two rows are in ``rows``
+    comparisons: dict[str, str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])  # train.seed of each row's runs
     bootstrap: int = 1000  # resamples of the test images for intervals and paired differences
     aug_ratio_tail: float = 1.0  # extra rows per real tail positive for rows with extra != none
     aug_ratio_medium: float = 0.0
     ratios_from_sweep: bool = True  # take the ratios from the run's finished sweep (its best trial) when it has one
     max_concurrent_trials: int = 1
+
+    def comparison_pairs(self) -> dict[str, str]:
+        """``comparisons``, or where it is None the default pairs whose two rows are both in ``rows``."""
+        if self.comparisons is not None:
+            return dict(self.comparisons)
+        return {r: ref for r, ref in default_comparisons().items() if r in self.rows and ref in self.rows}
 
 
 @dataclass

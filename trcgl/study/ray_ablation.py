@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "oracle", "train_diffusion", "reference", "generate", "grid", "table")
 # stages a rerun reuses only when made from the same inputs; --force STAGE recomputes one ("generate": every generated
-# folder of the study; "rows": every row run)
-FORCEABLE = ("oracle", "train_diffusion", "reference", "generate", "rows")
+# folder of the study; "rows": every row run; "table": the table and pictures of a finished grid, e.g. after an
+# upgrade of the table code)
+FORCEABLE = ("oracle", "train_diffusion", "reference", "generate", "rows", "table")
 
 
 def _row_trial(params: dict[str, Any], base: dict[str, Any], ratios: list[float]) -> None:
@@ -117,9 +118,12 @@ def run_ablation(cfg: Config, force: Collection[str] = ()) -> dict[str, Any]:
         log.info("ablation %s: --force rows: clearing %s", run, storage.uri(out))
         storage.delete(out)
     manifest = storage.manifest(out)
-    if manifest is not None and manifest.get("grid") == ab.grid_hash(cfg, (tail, medium)):
+    finished_grid = manifest is not None and manifest.get("grid") == ab.grid_hash(cfg, (tail, medium))
+    if finished_grid and manifest.get("table") == ab.table_hash(cfg) and "table" not in force:
         log.info("ablation %s already finished for this grid: %s", run, storage.uri(out, "table.md"))
         return storage.read_json(posixpath.join(out, "ablation_report.json")) | {"skipped": True}
+    if finished_grid:  # the rows are found finished and replayed; only the table is computed again
+        log.info("ablation %s: grid finished, writing its table again (changed table settings or --force table)", run)
     storage.write_text(posixpath.join(out, "ablation_config.yaml"), dump_yaml(cfg))
     log.info(
         "ablation %s: %d rows x %d seeds, extra rows at tail ratio %g / medium %g from %s",

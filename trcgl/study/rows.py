@@ -251,6 +251,13 @@ def grid_hash(cfg: Config, ratios: tuple[float, float]) -> str:
     return config_hash({"rows": cfg.ablation.rows, "seeds": cfg.ablation.seeds, "ratios": list(ratios)})[:8]
 
 
+def table_hash(cfg: Config) -> str:
+    """Identity of what the table is computed with besides the grid (baseline, comparisons, resamples): a study whose
+    grid is finished but whose table settings changed writes its table again without training anything."""
+    ab = cfg.ablation
+    return config_hash({"baseline": ab.baseline, "comparisons": ab.comparison_pairs(), "bootstrap": ab.bootstrap})[:8]
+
+
 def _classifier(run: str) -> str:
     return run_dir(run, "classifier")
 
@@ -419,6 +426,17 @@ def write_outputs(
         "",
     ]
     markdown = "\n".join(header) + "\n" + at.table_markdown(frame)
+    pairs = ab.comparison_pairs()
+    compared = at.comparison_table(rows, pairs, bootstrap=ab.bootstrap, seed=0)
+    if not compared.empty:
+        storage.write_parquet(
+            posixpath.join(out, "comparisons.parquet"), pa.Table.from_pandas(compared, preserve_index=False)
+        )
+        markdown += (
+            "\n## Each part against the row it is added to\n\n"
+            "The same statistics as above, each row against the row named beside it instead of the baseline "
+            "(`ablation.comparisons`).\n\n" + at.comparison_markdown(compared)
+        )
     if missing:
         markdown += "\nRows without results: " + "; ".join(missing) + "\n"
     generated, quality = generated_quality(cfg, storage)
@@ -436,6 +454,7 @@ def write_outputs(
         "rows": list(frame["name"]),
         "seeds": list(ab.seeds),
         "baseline": ab.baseline,
+        "comparisons": pairs,
         "ratios": {"tail": tail, "medium": medium, "source": source},
         "missing": missing,
         "test_images": len(first["image_ids"]),
@@ -445,7 +464,13 @@ def write_outputs(
         "generated": generated,
     }
     storage.write_json(posixpath.join(out, "ablation_report.json"), report)
-    meta = {"stage": STAGE, "rows": len(frame), "missing": len(missing), "grid": grid_hash(cfg, (tail, medium))}
+    meta = {
+        "stage": STAGE,
+        "rows": len(frame),
+        "missing": len(missing),
+        "grid": grid_hash(cfg, (tail, medium)),
+        "table": table_hash(cfg),
+    }
     storage.publish(out, meta)
     log.info("ablation %s: table of %d rows at %s", cfg.train.run, len(frame), storage.uri(out, "table.md"))
     return report

@@ -357,6 +357,51 @@ def table_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison_table(
+    rows: list[dict], comparisons: Mapping[str, str], bootstrap: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Each compared row against its own reference row (a part against the row it is added to), not the baseline.
+
+    For every ``row → reference`` pair whose rows both have results, :func:`ablation_table` of those two rows with
+    the reference as baseline gives the row's differences (seed means, paired bootstrap and seed intervals, on the
+    same resamples as the main table for the same ``seed``). Pairs naming a row without results are left out.
+
+    Args:
+        rows: as for :func:`ablation_table`.
+        comparisons: row name → name of the row it is compared with.
+        bootstrap: resamples of the test images.
+        seed: seed of the resamples.
+
+    Returns:
+        Frame with columns name, reference, seeds, paired_seeds and every d_ column of :func:`ablation_table`.
+    """
+    present = {str(r["name"]) for r in rows}
+    out = []
+    for name, reference in comparisons.items():
+        if name not in present or reference not in present:
+            continue
+        pair = [r for r in rows if r["name"] in (name, reference)]
+        frame = ablation_table(pair, reference, bootstrap=bootstrap, seed=seed)
+        line = frame[frame["name"] == name].iloc[0]
+        d_columns = [c for c in frame.columns if c.startswith("d_")]
+        out.append({"name": name, "reference": reference, **line[["seeds", "paired_seeds", *d_columns]].to_dict()})
+    return pd.DataFrame(out)
+
+
+def comparison_markdown(df: pd.DataFrame) -> str:
+    """The :func:`comparison_table` frame as Markdown: one line per pair, the shown differences as in the main
+    table."""
+    if df.empty:
+        return ""
+    header = ["model", "compared with", "seeds", *(f"d_{m}" for m in SHOWN_DIFFS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(SHOWN_DIFFS)) + "|"]
+    for row in df.to_dict("records"):
+        cells = [str(row["name"]).replace("|", "\\|"), str(row["reference"]).replace("|", "\\|"), str(row["seeds"])]
+        cells += [_diff_cell(row, m) for m in SHOWN_DIFFS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def per_class_heatmap(rows: list[dict], train_counts: Mapping[str, int] | Sequence[int]) -> bytes:
     """Per-class test AP of each model as a heatmap, classes ordered by train frequency (descending).
 

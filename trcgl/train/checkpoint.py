@@ -3,7 +3,9 @@
 Layout of a checkpoint folder (a Ray Train checkpoint, or ``{root}/runs/{run}/classifier/best/``)::
 
     model.pt      state dict of the bare model (no DDP prefix)
-    meta.json     resolved config, dataset info (classes, groups, train counts, co-occurrence), epoch, val metrics
+    meta.json     resolved config, dataset info (classes, groups, train counts, co-occurrence), epoch, val metrics,
+                  and the per-class decision thresholds chosen on the epoch's val predictions
+                  (``thresholds``: :func:`trcgl.train.thresholds.threshold_record`; absent in older checkpoints)
     adjacency.npy the label-graph adjacency the GCN used (K, K), when the GCN is on
     state.pt      optimiser, scheduler step, epoch, history, best score (training checkpoints only; for resuming)
 """
@@ -42,9 +44,20 @@ def model_signature(cfg: Config, dataset: str) -> str:
 
 
 def checkpoint_files(
-    model: nn.Module, cfg: Config, info: DatasetInfo, epoch: int, metrics: dict[str, Any], state: dict | None = None
+    model: nn.Module,
+    cfg: Config,
+    info: DatasetInfo,
+    epoch: int,
+    metrics: dict[str, Any],
+    state: dict | None = None,
+    thresholds: dict[str, Any] | None = None,
 ) -> dict[str, bytes]:
-    """Serialises a checkpoint as {file name: bytes} (written to a local folder or to storage by the caller)."""
+    """Serialises a checkpoint as {file name: bytes} (written to a local folder or to storage by the caller).
+
+    Args:
+        thresholds: the decision thresholds chosen on val (:func:`trcgl.train.thresholds.threshold_record`), stored
+            in ``meta.json``; None: none stored.
+    """
     files: dict[str, bytes] = {}
     buf = io.BytesIO()
     torch.save(bare(model).state_dict(), buf)
@@ -56,6 +69,8 @@ def checkpoint_files(
         "metrics": metrics,
         "signature": model_signature(cfg, info.name),
     }
+    if thresholds is not None:
+        meta["thresholds"] = thresholds
     files[META_FILE] = json.dumps(meta, indent=1, default=float).encode()
     if cfg.model.gcn:
         buf = io.BytesIO()

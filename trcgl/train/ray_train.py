@@ -47,6 +47,7 @@ from trcgl.train.ray_common import (
     train_device,
 )
 from trcgl.train.ray_evaluate import evaluate_checkpoint
+from trcgl.train.thresholds import threshold_record
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,10 @@ def _validate_and_checkpoint(
 ) -> tuple[float, dict[str, bytes]]:
     """Rank 0's end of an epoch: validates, records the epoch and builds its checkpoint.
 
-    Adds the val metrics (``val_mAP``, ``val_mAUC``, ...) to ``metrics``, appends ``metrics`` to ``history``,
-    rewrites ``best/`` (the checkpoint without ``state.pt``) when val mAP beat ``best``, then ``history.json``.
+    Adds the val metrics (``val_mAP``, ``val_mAUC``, ...) to ``metrics``, appends ``metrics`` to ``history``, chooses
+    the per-class decision thresholds on the same val predictions (:mod:`trcgl.train.thresholds`, stored in the
+    checkpoint's ``meta.json``), rewrites ``best/`` (the checkpoint without ``state.pt``) when val mAP beat ``best``,
+    then ``history.json``.
 
     Returns:
         (the best val mAP so far; the epoch's checkpoint as {file name: bytes}, ``state.pt`` included, for
@@ -304,7 +307,8 @@ def _validate_and_checkpoint(
         "history": history,
         "best": best,
     }
-    files = ckpt.checkpoint_files(w.model, w.cfg, w.info, epoch, metrics, state)
+    thresholds = threshold_record(val_scores, val_targets, w.info.classes, epoch=epoch, dataset=w.info.name)
+    files = ckpt.checkpoint_files(w.model, w.cfg, w.info, epoch, metrics, state, thresholds)
     classifier = run_dir(w.cfg.train.run, STAGE)
     if improved:
         ckpt.write_storage(w.storage, f"{classifier}/best", {k: v for k, v in files.items() if k != ckpt.STATE_FILE})

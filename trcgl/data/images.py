@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from trcgl.errors import ImageDecodeError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 DICOM_MAGIC, DICOM_MAGIC_OFFSET = b"DICM", 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
@@ -126,6 +130,44 @@ def decode_prepared(data: bytes) -> np.ndarray:
     if side * side * 2 != len(data):
         raise ValueError(f"{len(data)} bytes is not a square uint16 image")
     return np.frombuffer(data, dtype="<u2").reshape(side, side).astype(np.float32) / 65535.0
+
+
+def read_image_file(fs: pafs.FileSystem, path: str) -> bytes:
+    """The bytes of one image file on a pyarrow filesystem (local or S3).
+
+    Raises:
+        ImageDecodeError: reason ``missing_file`` when there is no file at ``path``.
+    """
+    try:
+        with fs.open_input_stream(path, compression=None) as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise ImageDecodeError("missing_file", f"no file at {path}") from exc
+    except OSError as exc:
+        if "not found" in str(exc).lower() or "no such file" in str(exc).lower():
+            raise ImageDecodeError("missing_file", f"no file at {path}") from exc
+        raise
+
+
+def prepared_pixels(data: bytes, size: int, *, dicom_window: bool = False) -> np.ndarray:
+    """The image a classifier sees for a PNG or DICOM file: what prepare stores for it, read back.
+
+    :func:`decode_xray` (bit depth inferred), :func:`resize_square` to ``size``, then the 16-bit round trip of
+    :func:`encode_prepared` / :func:`decode_prepared`, so a file scored directly gets the pixels its prepared row has.
+
+    Args:
+        data: PNG or DICOM file bytes.
+        size: the side the classifier was trained at (``data.image_size``).
+        dicom_window: apply a DICOM file's VOI LUT or window (``data.dicom_window``).
+
+    Returns:
+        (size, size) float32 in [0, 1].
+
+    Raises:
+        ImageDecodeError: as :func:`decode_xray`.
+    """
+    image, _ = decode_xray(data, dicom_window=dicom_window)
+    return decode_prepared(encode_prepared(resize_square(image, size)))
 
 
 def encode_png16(pixels: np.ndarray) -> bytes:

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def amp_enabled(wanted: bool, device: torch.device) -> bool:
     """Whether bf16 autocast runs: asked for, on CUDA, and the card supports bf16 (CPU autocast is not used: on
     most CPUs bf16 matmuls are slower than fp32)."""
     return bool(wanted and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def inference_device(wanted: str = "auto") -> torch.device:
+    """The device a scoring process runs on: "auto" is CUDA when this process sees a usable GPU, else the CPU.
+
+    "cuda" on a node whose GPU torch cannot use (a fake GPU of the local autoscaling cluster, a CPU-only torch build)
+    falls back to the CPU and says so, as training does (``trcgl.train.ray_common.train_device``).
+
+    Args:
+        wanted: "auto", "cpu" or "cuda".
+    """
+    if wanted not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {wanted!r}; known: auto, cpu, cuda")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        log.warning("a GPU was asked for but CUDA is not available in this process: scoring on the CPU")
+    cuda = wanted != "cpu" and torch.cuda.is_available()
+    return torch.device("cuda" if cuda else "cpu")
 
 
 def to_device(

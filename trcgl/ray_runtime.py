@@ -1,5 +1,6 @@
-"""Connecting a job to Ray (a cluster when one is named by ``ray.address`` or ``$RAY_ADDRESS``, else a local Ray), and
-the checks that fail fast where Ray would wait forever: GPUs no node has or can get, CPUs left to Ray Data."""
+"""Connecting a job to Ray (a cluster when one is named by ``ray.address`` or ``$RAY_ADDRESS``, else a local Ray), the
+checks that fail fast where Ray would wait forever (GPUs no node has or can get, CPUs left to Ray Data), and the
+actor pool that the part-writing jobs (generate, predict) share."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import ray
 import yaml
 
@@ -219,3 +221,43 @@ def check_gpus_feasible(per_worker: float, key: str, config_path: str | Path | N
             f"{path}): the autoscaler can never add a node that holds one worker and the job would wait forever. "
             f"Set {key} to at most {gpus:g}, or add a node type with more GPUs"
         )
+
+
+def map_parts(
+    fn_class: type,
+    payloads: list[str],
+    constructor_kwargs: dict[str, Any],
+    actors: tuple[int, int],
+    num_gpus: float,
+    num_cpus: float,
+) -> pd.DataFrame:
+    """Hands each payload (one unit of output, e.g. a Parquet part) to a callable class on a Ray Data actor pool.
+
+    Each payload is one block and one batch, so an actor handles one unit at a time and a pool of any size makes the
+    same units. The class writes its outputs itself and returns a small summary frame per batch.
+
+    Args:
+        fn_class: the callable class; called with a pandas batch of one row, column ``payload``.
+        payloads: one string per unit.
+        constructor_kwargs: the class's constructor arguments (each actor builds one instance).
+        actors: (min, max) pool size.
+        num_gpus: GPUs per actor.
+        num_cpus: CPUs per actor.
+
+    Returns:
+        The summaries of every unit, concatenated.
+    """
+    blocks = [pd.DataFrame({"payload": [p]}) for p in payloads]  # one block per unit
+    return (
+        ray.data.from_pandas(blocks)
+        .map_batches(
+            fn_class,
+            fn_constructor_kwargs=constructor_kwargs,
+            compute=ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
+            batch_size=1,
+            batch_format="pandas",
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+        )
+        .to_pandas()
+    )

@@ -36,7 +36,7 @@ from trcgl.diffusion.fidelity import (
 )
 from trcgl.diffusion.plan import Generator, make_plan, output_schema, part_payloads, read_train_rows
 from trcgl.diffusion.realism import realism
-from trcgl.ray_runtime import check_gpus
+from trcgl.ray_runtime import check_gpus, map_parts
 from trcgl.storage import Storage, run_dir
 from trcgl.train.ray_evaluate import predict_split, score_rows
 
@@ -93,25 +93,9 @@ def is_published(cfg: Config, storage: Storage, dataset: str) -> bool:
 
 def generate_parts(cfg: Config, payloads: list[str], model_uri: str, out_dir: str, num_classes: int) -> pd.DataFrame:
     """Runs plan parts through the generator class on an actor pool; returns one summary row per part."""
-    blocks = [pd.DataFrame({"payload": [p]}) for p in payloads]  # one block per part
-    return (
-        ray.data.from_pandas(blocks)
-        .map_batches(
-            Generator,
-            fn_constructor_kwargs={
-                "cfg": to_dict(cfg),
-                "model_uri": model_uri,
-                "out_dir": out_dir,
-                "num_classes": num_classes,
-            },
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.generate.actors_min, max_size=cfg.generate.actors_max),
-            batch_size=1,
-            batch_format="pandas",
-            num_gpus=cfg.generate.num_gpus,
-            num_cpus=cfg.generate.cpus_per_actor,
-        )
-        .to_pandas()
-    )
+    kwargs = {"cfg": to_dict(cfg), "model_uri": model_uri, "out_dir": out_dir, "num_classes": num_classes}
+    g = cfg.generate
+    return map_parts(Generator, payloads, kwargs, (g.actors_min, g.actors_max), g.num_gpus, g.cpus_per_actor)
 
 
 def run_generate(cfg: Config, force: bool = False) -> dict:

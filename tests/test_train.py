@@ -111,6 +111,7 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     from jobs.evaluate import main as evaluate_main
     from trcgl.records import StaleStageError
     from trcgl.train.ray_train import run_training
+    from trcgl.train.thresholds import f1_optimal
 
     root, dataset = tiny_prepared
     storage = Storage(root)
@@ -161,6 +162,12 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     best = max(history, key=lambda h: h["val_mAP"])
     assert evaluated["mAP"] == pytest.approx(best["val_mAP"], abs=1e-4)
     assert evaluated["mAUC"] == pytest.approx(best["val_mAUC"], abs=1e-4)
+    # the decision thresholds stored with best/ (in the Train worker): the F1 rule on the same val predictions
+    meta = storage.read_json(f"{classifier}/best/meta.json")
+    val = pa.parquet.read_table(storage.path(f"{classifier}/eval-val/predictions.parquet")).to_pandas()
+    expected, _, _ = f1_optimal(np.stack(val["scores"]), np.stack(val["labels"]))
+    assert meta["thresholds"]["values"] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert meta["thresholds"]["source"] == {"epoch": meta["epoch"], "dataset": dataset}
     table = pa.parquet.read_table(storage.path(f"{classifier}/per_class.parquet")).to_pandas()
     assert set(table["status"]) <= {"ok", "no_positives", "no_negatives"}
 

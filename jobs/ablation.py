@@ -35,12 +35,18 @@ def main(argv: list[str] | None = None) -> int:
         if needs_generation(cfg):
             check_generator_size(cfg)
 
+    def text(cfg, summary):
+        table = _cli.saved_in(summary, "table.md")
+        shown = _cli.brief(summary, _cli.saved_in(summary, "ablation_report.json"))
+        return shown + (f"\ntable: {table}" if table else "")
+
     return _cli.run(
         lambda cfg, args: run_ablation(cfg, force=args.force),
         __doc__,
         argv,
         force_stages=FORCEABLE,
         check=check,
+        text=text,
     )
 
 

@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             "ci": result["ci"],
         }
 
-    return _cli.run(job, __doc__, rest)
+    def text(cfg, summary):
+        from trcgl.storage import Storage
+
+        return _cli.brief(summary, Storage(cfg.storage.root, cfg.storage).uri(summary["out"], "metrics.json"))
+
+    return _cli.run(job, __doc__, rest, text=text)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         force_stages=(),
         check=check_generator_size,
+        text=lambda cfg, summary: _cli.brief(summary, _cli.saved_in(summary, "generate_report.json")),
     )
 
 

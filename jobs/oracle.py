@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     from trcgl.data.synth.oracle import check_source
 
     return _cli.run(
-        lambda cfg, args: run_oracle(cfg, force=args.force), __doc__, argv, force_stages=(), check=check_source
+        lambda cfg, args: run_oracle(cfg, force=args.force),
+        __doc__,
+        argv,
+        force_stages=(),
+        check=check_source,
+        text=lambda cfg, summary: _cli.brief(summary, _cli.saved_in(summary, "oracle_report.json")),
     )
 
 

@@ -7,9 +7,10 @@ metadata, a local Ray, storage in ./runs; about half an hour on a 2-core laptop 
 Each stage records the config keys and upstream outputs it was made from. A rerun skips a stage made from the same
 ones (so rerunning after an interruption resumes), recomputes a stage whose upstream was recomputed, and stops before
 any training when a stage's own keys changed, naming the stages and keys: --force STAGE ... recomputes them.
-Prints a summary table (mAP, mAUC, head/medium/tail mAP with 95 % intervals, for the best configuration, the
-no-synthetic, no-GCN baseline and, with pipeline.controls, the baseline with duplicated, synthetic or oracle tail
-rows) and the path of the self-contained HTML report; writes {root}/runs/{run}/summary.json and
+Logs a line per stage, training epoch and sweep trial (-v: everything Ray prints; -q: warnings only), then prints a
+summary table (mAP, mAUC, head/medium/tail mAP with 95 % intervals, for the best configuration, the no-synthetic,
+no-GCN baseline and, with pipeline.controls, the baseline with duplicated, synthetic or oracle tail rows) and the
+path of the self-contained HTML report; writes {root}/runs/{run}/summary.json and
 {root}/runs/{run}/report/report.html.
 
     python -m jobs.pipeline
@@ -29,8 +30,8 @@ from typing import Any
 from jobs import _cli
 
 
-def summary_text(summary: dict[str, Any]) -> str:
-    """The final summary as a plain-text table with the report's location."""
+def summary_text(summary: dict[str, Any], saved: str | None = None) -> str:
+    """The final summary as a plain-text table with the report's location (and the summary file's, ``saved``)."""
     from trcgl.pipeline.report import summary_table
 
     table = summary_table(summary["rows"]).to_string(index=False)
@@ -38,26 +39,32 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"{k} {v['seconds']:.0f}s{' (skipped)' if v['skipped'] else ''}" for k, v in summary["stages"].items()
     )
     return (
-        f"\nrun {summary['run']} on {summary['dataset']} (test split, 95 % bootstrap intervals)\n{table}\n"
-        f"stages: {stages}\nreport: {summary['report']}\n"
+        f"run {summary['run']} on {summary['dataset']} (test split, 95 % bootstrap intervals)\n{table}\n"
+        f"stages: {stages}\nreport: {summary['report']}\n" + (f"summary: {saved}\n" if saved else "")
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     from trcgl.config import check_generator_size
     from trcgl.pipeline.ray_pipeline import FORCEABLE, check_pipeline, run_pipeline
-
-    def job(cfg, args):
-        summary = run_pipeline(cfg, force=args.force)
-        sys.stderr.write(summary_text(summary))
-        return summary
+    from trcgl.storage import Storage, run_dir
 
     def check(cfg):
         check_pipeline(cfg)
         if cfg.pipeline.diffusion:
             check_generator_size(cfg)
 
-    return _cli.run(job, __doc__, argv, force_stages=FORCEABLE, check=check)
+    def text(cfg, summary):
+        return summary_text(summary, Storage(cfg.storage.root, cfg.storage).uri(run_dir(cfg.train.run), "summary.json"))
+
+    return _cli.run(
+        lambda cfg, args: run_pipeline(cfg, force=args.force),
+        __doc__,
+        argv,
+        force_stages=FORCEABLE,
+        check=check,
+        text=text,
+    )
 
 
 if __name__ == "__main__":

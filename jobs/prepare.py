@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         drop = ("rejected_image_list", "rejected_metadata_examples")
         return {k: v for k, v in report.items() if k not in drop}
 
-    return _cli.run(job, __doc__, argv)
+    def text(cfg, summary):
+        from trcgl.storage import Storage
+
+        saved = Storage(cfg.storage.root, cfg.storage).uri("datasets", summary["dataset"], "prepare_report.json")
+        return _cli.brief(summary, saved)
+
+    return _cli.run(job, __doc__, argv, text=text)
 
 
 if __name__ == "__main__":

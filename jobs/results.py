@@ -109,7 +109,8 @@ def _leaderboard_view(board: pd.DataFrame, top: int) -> pd.DataFrame:
     return view
 
 
-def _summary_text(summary: dict[str, Any]) -> str:
+def summary_text(summary: dict[str, Any]) -> str:
+    """A run's summary as text: a pipeline's stages and result rows, or a classifier run's facts and test metrics."""
     lines = [f"run:     {summary.get('run', '-')}", f"dataset: {summary.get('dataset', '-')}"]
     if results.is_pipeline_summary(summary):
         lines.insert(1, "kind:    pipeline")
@@ -215,7 +216,7 @@ def _show_run(storage: Storage, run: str, args: argparse.Namespace, out: dict[st
         return 0
     print(f"== {entry['uri']}")
     if entry["summary"] is not None:
-        print(_summary_text(entry["summary"]))
+        print(summary_text(entry["summary"]))
     else:
         print(f"(no summary: {entry['note']})")
     if board is not None:

@@ -24,7 +24,13 @@ from jobs import _cli
 def main(argv: list[str] | None = None) -> int:
     from trcgl.sweep.ray_sweep import run_sweep
 
-    return _cli.run(lambda cfg, args: run_sweep(cfg, force=args.force), __doc__, argv, force_stages=())
+    return _cli.run(
+        lambda cfg, args: run_sweep(cfg, force=args.force),
+        __doc__,
+        argv,
+        force_stages=(),
+        text=lambda cfg, summary: _cli.brief(summary, _cli.saved_in(summary, "sweep_report.json")),
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
         report = run_synthesize(cfg)
         return {k: v for k, v in report.items() if k not in ("class_counts", "contact_sheets")}
 
-    return _cli.run(job, __doc__, argv)
+    return _cli.run(
+        job,
+        __doc__,
+        argv,
+        text=lambda cfg, summary: _cli.brief(summary, _cli.saved_in(summary, "synth_report.json", "root")),
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,14 @@ from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs.results import summary_text
     from trcgl.train.ray_train import run_training
 
-    return _cli.run(lambda cfg, args: run_training(cfg, force=args.force), __doc__, argv, force_stages=())
+    def text(cfg, summary):
+        saved = _cli.saved_in(summary, "summary.json", key="outputs")
+        return summary_text(summary) + (f"\ndetails: {saved}" if saved else "")
+
+    return _cli.run(lambda cfg, args: run_training(cfg, force=args.force), __doc__, argv, force_stages=(), text=text)
 
 
 if __name__ == "__main__":

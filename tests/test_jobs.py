@@ -31,6 +31,8 @@ def test_prepare_command_renders_and_prepares_in_its_own_ray(tmp_path):
             "synth.rows=120",  # the command and its own Ray are the point here, not the dataset's size
             "--log-level",
             "WARNING",
+            "--format",
+            "json",  # the whole summary on stdout, for this script
         ],
         cwd=ROOT,
         env=env,

@@ -36,6 +36,7 @@ from trcgl.pipeline.ray_pipeline import (
     train_or_skip,
 )
 from trcgl.pipeline.report import write_report
+from trcgl.ray_console import tune_output
 from trcgl.ray_runtime import check_cpu_budget, check_gpus, keep_credentials_out_of_tune
 from trcgl.storage import Storage, run_dir
 from trcgl.study import rows as ab
@@ -78,6 +79,7 @@ def make_tuner(cfg: Config, storage: Storage, ratios: tuple[float, float]) -> tu
             storage_path=path,
             storage_filesystem=storage.pyarrow_fs,
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+            **tune_output("val_mAP", len(cfg.ablation.rows) * len(cfg.ablation.seeds)),  # Tune's tables: --verbose
         ),
     )
 

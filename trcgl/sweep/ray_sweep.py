@@ -27,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from trcgl import records
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import resolve_dataset_name
+from trcgl.ray_console import tune_output
 from trcgl.ray_runtime import check_cpu_budget, check_gpus, keep_credentials_out_of_tune
 from trcgl.storage import Storage, run_dir
 from trcgl.sweep import leaderboard as lb
@@ -164,6 +165,7 @@ def make_tuner(cfg: Config, storage: Storage, base: Config) -> tune.Tuner:
             storage_path=sweep_path,
             storage_filesystem=storage.pyarrow_fs,
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+            **tune_output(sw.metric, sw.num_samples),  # one line per ended trial; Tune's tables with --verbose
         ),
     )
 

@@ -19,6 +19,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
 
 from trcgl.config import Config
+from trcgl.ray_console import quiet_train_reports, train_logging
 from trcgl.ray_runtime import check_cpu_budget, check_gpus
 from trcgl.storage import Storage, run_dir
 from trcgl.train.devices import dist_backend
@@ -56,6 +57,7 @@ def run_config(cfg: Config, storage: Storage, stage: str, callbacks: list | None
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         callbacks=callbacks,
+        logging_config=train_logging(),  # Ray Train's own INFO lines only with a job's --verbose
     )
 
 
@@ -119,6 +121,7 @@ def report_epoch(metrics: dict[str, Any], write_checkpoint: Callable[[str], None
             ``ray.train.report`` uploads to the run's storage before it returns (synchronous upload) and which is
             deleted afterwards.
     """
+    quiet_train_reports()  # Ray Train's own line per report: only with a job's --verbose
     if write_checkpoint is None:
         ray.train.report(metrics, checkpoint=None)
         return

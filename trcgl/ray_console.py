@@ -1,0 +1,150 @@
+"""How much a job prints: one verbosity for our own log lines and for what Ray prints.
+
+A job's ``-q`` / ``-v`` flags (``jobs/_cli.py``) choose the level and call :func:`configure` before Ray starts. The
+level is kept in ``$TRCGL_VERBOSITY``, which a local Ray's workers (Tune trial drivers, Ray Train controllers and
+workers, Ray Data actors) inherit from the driver, so the Tune and Train runs they start, and our loggers in them
+(``trcgl/__init__.py``), follow it. On a cluster it reaches workers only through the job's ``runtime_env``
+(``env_vars``); without it they run at ``normal``.
+
+- ``quiet``: warnings and errors, then the job's summary.
+- ``normal`` (the default): our lines at INFO, which are one per pipeline stage, per training epoch and per ended
+  Tune trial (:class:`TrialLines`); Ray's own INFO lines hidden: Tune's trial tables (printed every 30 s), Ray
+  Train's worker-group, checkpoint and report lines, Ray Data's execution plans and logged progress. Ray Data's
+  progress bar, one per dataset, where the driver's stdout is a terminal.
+- ``verbose``: everything Ray prints, as Ray prints it.
+
+Warnings and errors are not hidden at any level: Tune's failed-trial lines and tracebacks, Ray's worker errors and
+Python warnings from workers still reach the console.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ray import tune
+
+log = logging.getLogger(__name__)
+
+QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
+LEVELS = (QUIET, NORMAL, VERBOSE)
+ENV = "TRCGL_VERBOSITY"
+# loggers whose INFO lines only the verbose level shows (errors and warnings pass at every level): Ray's, and
+# Optuna's (the sweep's searcher, in the driver)
+RAY_LOGGERS = ("ray.data", "ray.train", "ray.tune", "optuna")
+
+
+def verbosity() -> str:
+    """The level this process runs at: ``$TRCGL_VERBOSITY``, else ``normal``.
+
+    Raises:
+        ValueError: ``$TRCGL_VERBOSITY`` holds another value.
+    """
+    value = os.environ.get(ENV, NORMAL)
+    if value not in LEVELS:
+        raise ValueError(f"${ENV}={value!r}: expected one of {', '.join(LEVELS)}")
+    return value
+
+
+def configure(level: str) -> None:
+    """Sets the level for this driver and for the local Ray workers it will start (call it before ``ray.init``).
+
+    Sets ``$TRCGL_VERBOSITY``; below ``verbose`` also ``$RAY_DATA_LOG_LEVEL=WARNING`` (unless set already: Ray Data
+    reads it in every process that runs a dataset, and applies it to its log file too) and this process's Ray
+    loggers to WARNING; Ray Data's progress bars of this process (on at ``normal``, one per dataset, not one per
+    operator; off at ``quiet``).
+
+    Args:
+        level: ``quiet``, ``normal`` or ``verbose``.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"verbosity {level!r}: expected one of {', '.join(LEVELS)}")
+    os.environ[ENV] = level
+    if level == VERBOSE:
+        return
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    for name in RAY_LOGGERS + (("ray",) if level == QUIET else ()):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = level == NORMAL
+    context.enable_operator_progress_bars = False
+
+
+def train_logging() -> Any:
+    """Ray Train's ``LoggingConfig`` for a ``RunConfig``: its INFO lines (worker group, checkpoints, every report)
+    only at ``verbose``."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if verbosity() == VERBOSE else "WARNING")
+
+
+def quiet_train_reports() -> None:
+    """Below ``verbose``, drops Ray Train's line per report (``Reporting training result N: TrainingReport(...)``
+    with every metric, one per rank and epoch) in this Train worker.
+
+    Its logger is named by its module's file path, outside ``ray.train``, so :func:`train_logging` does not reach it
+    (ray 2.60, ``ray/train/v2/_internal/execution/context.py``). Call it in the worker, before a report.
+    """
+    if verbosity() == VERBOSE:
+        return
+    try:
+        from ray.train.v2._internal.execution import context  # private: the module whose logger to name
+    except ImportError:
+        return  # another Ray: its lines stay
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def tune_output(metric: str | None = None, total: int | None = None) -> dict[str, Any]:
+    """``tune.RunConfig`` arguments for Tune's console output: its own (``verbose``: trial tables every 30 s and a
+    result table per trial) only at ``verbose``, else one line per ended trial (:class:`TrialLines`).
+
+    At ``verbose=0`` Tune still prints the experiment's header (search algorithm, scheduler, trial count, path) and
+    every failed trial; a restored experiment keeps the output settings it was started with.
+
+    Args:
+        metric: the result key each trial's line shows (e.g. ``val_mAP``).
+        total: the number of trials the experiment will run, when known.
+    """
+    loud = verbosity() == VERBOSE
+    return {"verbose": None if loud else 0, "callbacks": [] if loud else [TrialLines(metric, total)]}
+
+
+class TrialLines(tune.Callback):
+    """Logs one line per Tune trial that ends: finished, stopped by the scheduler, or failed.
+
+    Args:
+        metric: the result key to show (its last reported value).
+        total: trials the experiment runs, shown as ``k/total`` when given.
+    """
+
+    def __init__(self, metric: str | None = None, total: int | None = None) -> None:
+        self.metric = metric
+        self.total = total
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log.info("%s", trial_line(trial, trials, self.metric, self.total, "ended"))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log.warning("%s (error file: %s)", trial_line(trial, trials, self.metric, self.total, "failed"),
+                    trial.error_file)  # fmt: skip
+
+
+def trial_line(trial: Any, trials: list, metric: str | None, total: int | None, verb: str) -> str:
+    """``trial 3/39 ended after 5 iterations (136 s): row=ASL seed=0; val_mAP 0.3152``."""
+    done = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
+    result = trial.last_result or {}
+    params = " ".join(f"{k}={_short(v)}" for k, v in sorted((trial.config or {}).items()))
+    text = (
+        f"trial {done}{f'/{total}' if total else ''} {trial.trial_id} {verb} after "
+        f"{result.get('training_iteration', 0)} iterations ({result.get('time_total_s', 0.0):.0f} s): {params}"
+    )
+    if metric and metric in result:
+        text += f"; {metric} {_short(result[metric])}"
+    return text
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

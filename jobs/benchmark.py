@@ -3,6 +3,7 @@
     python -m jobs.benchmark prepare [--rows 2000] [--render-size 512] [--size 224] [--scale 10]
     python -m jobs.benchmark train [--backbone resnet18] [--size 128] [--batch 32] [--steps 12] [--threads 2]
     python -m jobs.benchmark generate [--images 32] [--steps 10] [--batch 8] [--no-pool]
+    python -m jobs.benchmark predict [--images 512] [--source-size 512] [--preset demo] [--gpus-per-actor 0]
     python -m jobs.benchmark autoscale [--workdir DIR] [--actors-max 2] [--idle-timeout-minutes M]
     python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
     python -m jobs.benchmark faults [--workdir DIR] [--only train-worker-kill sweep-driver-kill ...]
@@ -20,6 +21,11 @@ generate: images/s of (a) the presets' route (edit at data.image_size, with cont
 generator class, (c) the route before it (32 px sampling upsampled, no controls) and their ratio a/c; (b) the Ray
 Data actor-pool job on route (a) with 1, then 2 actors (skipped with --no-pool); b/a with 1 actor (target >= 0.9)
 and the 1 -> 2 actor scaling.
+
+predict: images/s of (a) a plain in-process loop (read, decode and resize as prepare does, forward, decide, one
+Parquet file) and (b) jobs.predict's library call on a Ray Data actor pool with 1, then 2 actors, over the same PNG
+folder and checkpoint (the preset's model, untrained); b/a with 1 actor (target >= 0.9) and with 2 actors, and the
+1 -> 2 actor scaling.
 
 gpu: on a CUDA GPU, diffusion sampling images/s at fp32 vs bf16 for several batch sizes and classifier training
 images/s with AMP off/on and torch.compile off/on, with achieved TFLOP/s against the card's dense bf16 peak. Without
@@ -78,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--batch", type=int, default=8)
     gen.add_argument("--preset", default="demo", help="config preset whose diffusion architecture is measured")
     gen.add_argument("--no-pool", action="store_true", help="only the in-process routes (a) and (c): no Ray")
+    pred = sub.add_parser("predict", help="jobs.predict: in-process loop vs Ray Data actor pool with 1 and 2 actors")
+    pred.add_argument("--images", type=int, default=512, help="PNG files to score")
+    pred.add_argument("--source-size", type=int, default=512, help="side of the source PNGs")
+    pred.add_argument("--preset", default="demo", help="config preset whose classifier architecture is measured")
+    pred.add_argument("--batch", type=int, default=32, help="images per forward pass")
+    pred.add_argument("--rows-per-part", type=int, default=64, help="images per output part")
+    pred.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs for the one actor (split over two)")
+    pred.add_argument("--workdir", default=None, help="keep inputs and outputs here (default: a temp dir, removed)")
     gpu = sub.add_parser("gpu", help="GPU code paths: sampling fp32/bf16, training AMP/compile, TFLOP/s vs peak")
     gpu.add_argument("--dry-run", action="store_true", help="CPU, small sizes, even where CUDA is present")
     gpu.add_argument("--preset", default="demo", help="config preset whose architectures are measured")
@@ -117,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl_dev.benchmarks.ray_generate_bench import run as run_generate
 
         result = run_generate(args.images, args.steps, args.batch, args.preset, pool=not args.no_pool)
+    elif args.which == "predict":
+        from trcgl_dev.benchmarks.ray_predict_bench import run as run_predict
+
+        sizes = (args.images, args.source_size, args.preset, args.batch, args.rows_per_part)
+        result = run_predict(*sizes, gpus_per_actor=args.gpus_per_actor, workdir=args.workdir)
     elif args.which == "cost":
         from trcgl.config import load_config
         from trcgl.cost import estimate

@@ -27,6 +27,17 @@ def test_generate_benchmark_runs(ray_local, capsys):
     assert "new route / old route (a/c)" in out
 
 
+@pytest.mark.slow
+def test_predict_benchmark_runs(ray_local, capsys):
+    from jobs.benchmark import main
+
+    args = ["predict", "--images", "6", "--source-size", "48", "--preset", "tiny", "--batch", "4"]
+    args += ["--rows-per-part", "3"]  # two parts: both actors of the second run score one
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ratio b/a with 1 actor" in out and "ratio b/a with 2 actors" in out and "scaling 1 -> 2 actors" in out
+
+
 @pytest.mark.parametrize("epochs", [[9.0, 3.0, 5.0], [4.0]])
 def test_cache_benchmark_ratios(epochs):
     """The cache benchmark's arithmetic (its runs, four training jobs per stage, are left to the benchmark itself:

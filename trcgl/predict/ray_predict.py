@@ -227,7 +227,7 @@ def _report(
     """The report of a finished run (every part checked present)."""
     n_parts = -(-len(listing.items) // opts.rows_per_part)
     if results is None:
-        results = pd.DataFrame(columns=["part", "written", "bad", "skipped"])
+        results = pd.DataFrame({"part": [], "written": [], "bad": [], "skipped": [], "seconds": []})
     if sorted(results["part"]) != list(range(n_parts)):
         raise RuntimeError(f"scoring returned parts {sorted(results['part'])}, expected {n_parts}")
     bad = [b for v in results.sort_values("part")["bad"] for b in json.loads(v)]
@@ -258,5 +258,6 @@ def _report(
         "bad": bad[:REPORT_BAD_MAX],
         "parts": n_parts,
         "parts_skipped": int(results["skipped"].sum()),
+        "actor_seconds": round(float(results["seconds"].sum()), 2),  # busy time of the actors, summed over parts
         "overlays_per_image": opts.overlays,
     }

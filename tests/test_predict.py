@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from test_dicom import dicom, xray
 
+from jobs.predict import main as predict_main
 from trcgl.config import ConfigError, load_config
 from trcgl.data.dataset import DatasetInfo
 from trcgl.data.images import decode_prepared, decode_xray, encode_png16, encode_prepared, resize_square
@@ -188,7 +189,7 @@ def test_predict_folder_matches_an_in_process_forward_pass(ray_local, folder_cas
 
 
 @pytest.mark.slow
-def test_rerun_writes_nothing_and_a_resume_fills_only_the_gap(ray_local, folder_case):
+def test_rerun_writes_nothing_and_a_resume_fills_only_the_gap(ray_local, folder_case, capsys):
     c = folder_case
     out = c["root"] / "out-rerun"
     opts = PredictOptions(str(c["checkpoint"]), str(c["images"]), out=str(out), rows_per_part=2, actors=2)
@@ -198,6 +199,13 @@ def test_rerun_writes_nothing_and_a_resume_fills_only_the_gap(ray_local, folder_
     again = run_predict(c["cfg"], opts)
     assert files_under(out) == before  # not one file written again
     assert again["rerun"] and {k: v for k, v in again.items() if k != "rerun"} == first
+    # the command line, on the published folder: its summary, and again nothing written
+    args = ["--checkpoint", str(c["checkpoint"]), "--images", str(c["images"]), "--out", str(out)]
+    args += ["--rows-per-part", "2", "--config", "tiny", "--set", f"storage.root={c['root']}", "--format", "json"]
+    assert predict_main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images_scored"] == 6 and summary["bad_images"] == 2 and summary["rerun"]
+    assert summary["threshold_rule"] == "f1-optimal per class on val" and files_under(out) == before
     table = pd.read_parquet(out).sort_values("image_id").reset_index(drop=True)
     # a killed run: one part and the manifest missing; the rerun scores that part only
     (out / "part-00001.parquet").unlink()

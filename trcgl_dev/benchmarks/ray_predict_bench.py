@@ -11,11 +11,13 @@ images, the rest copies), the same batch size and one torch thread per scorer:
 (b) ``run_predict`` (the job's library call, listing, record, report and manifest included) with 1 actor, then with
     2 actors, each into a fresh output folder.
 
-Model loading is inside every timing; one batch of (a) runs untimed first, so (a) carries no first-call costs of the
-process, and a local Ray (2 CPUs) is started before (b) is timed. Printed: images/s of each, b/a with 1 actor
-(target >= 0.9) and with 2 actors, the scaling from 1 to 2 actors (ideal 2.0 on 2 free cores), and (b)'s images per
-second of actor busy time (the parts alone), which shows how much of (b)'s time is fixed costs: actor start-up (a new
-process importing torch and the model code), model loading, listing, report and manifest.
+Model loading is inside every timing. Untimed first: one batch of (a), so (a) carries no first-call costs of the
+process; a local Ray (2 CPUs) is started and one (b) run made on a batch of copies, since the driver's first Ray
+Data run imports ray.data and starts Ray Data's own actors. Each timed (b) run starts its scoring actors anew.
+Printed: images/s of each, b/a with 1 actor (target >= 0.9) and with 2 actors, the scaling from 1 to 2 actors (ideal
+2.0 on 2 free cores), and (b)'s images per second of actor busy time (the parts alone), which shows how much of (b)'s
+time is fixed costs: actor start-up (a new process importing torch and the model code), model loading, listing,
+report and manifest. The machine's load average is printed with them.
 """
 
 from __future__ import annotations
@@ -157,6 +159,10 @@ def run(
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         pools, busy = [], []
         try:
+            # untimed: the driver's first Ray Data run imports ray.data and starts Ray Data's own actors (once per
+            # driver, like (a)'s first-call costs); every timed run below still starts its scoring actors anew
+            warm = write_images(work / "warm-images", min(images, batch), source_size)[0].parent
+            run_predict(cfg, PredictOptions(str(work / "checkpoint"), str(warm), out=str(work / "warm"), actors=1))
             for actors in (1, 2):
                 opts = PredictOptions(
                     str(work / "checkpoint"),

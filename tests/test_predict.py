@@ -4,12 +4,14 @@ that write nothing and resumes that fill only the gap; the threshold rule on a h
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -292,6 +294,34 @@ def test_checkpoint_without_thresholds_chooses_them_on_val_and_scores_a_prepared
     np.testing.assert_allclose(got, in_process(tmp_path / "old", [stored[i] for i in test]), atol=1e-5)
     np.testing.assert_array_equal(table[pred_cols].to_numpy(), got >= np.asarray(report["thresholds"]["values"]))
     assert report["source"] == "dataset:hand:test" and report["bad_images"] == 0
+
+
+@pytest.mark.slow
+def test_an_s3_folder_is_listed_and_scored(folder_case, s3_bucket, s3_endpoint):
+    """The same files on S3 (the loopback server), listed and scored by the scorer the actors run, in process; its
+    part written to S3, then skipped when asked again."""
+    from trcgl.config import to_dict
+    from trcgl.predict.scorer import PartScorer
+    from trcgl.predict.sources import list_source, part_payloads
+
+    c = folder_case
+    cfg = load_config("tiny", [f"storage.root=s3://{s3_bucket}/root", f"storage.endpoint_url={s3_endpoint}"])
+    storage = Storage(cfg.storage.root, cfg.storage)
+    for name in ("a.png", "sub/c.png", "f.dcm", "corrupt.png", "notes.txt"):
+        storage.write_bytes(f"incoming/{name}", (c["images"] / name).read_bytes())
+    listing = list_source(f"s3://{s3_bucket}/root/incoming", storage, "ds")
+    assert listing.items["image_id"].tolist() == ["a.png", "corrupt.png", "f.dcm", "sub/c.png"]
+    assert listing.items["uri"].tolist()[0] == f"s3://{s3_bucket}/root/incoming/a.png" and listing.ignored == 1
+    scorer = PartScorer(str(c["checkpoint"]), storage.root, "out", c["thresholds"]["values"], to_dict(cfg.storage))
+    items = json.loads(part_payloads(listing.items, 10)[0])["items"]
+    done = scorer.write_part(0, items)
+    assert done["written"] == 3 and not done["skipped"]
+    assert [(b["image_id"], b["reason"]) for b in done["bad"]] == [("corrupt.png", "not_png")]
+    table = pq.read_table(io.BytesIO(storage.read_bytes("out/part-00000.parquet"))).to_pandas()
+    probs_cols, _ = class_columns(CLASSES)
+    expected = in_process(c["checkpoint"], [pixels(c["images"] / n) for n in ("a.png", "f.dcm", "sub/c.png")])
+    np.testing.assert_allclose(table[probs_cols].to_numpy(), expected, atol=1e-5)
+    assert scorer.write_part(0, items)["skipped"]
 
 
 def test_sources_that_cannot_be_scored_say_why(tmp_path):

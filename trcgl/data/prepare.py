@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from trcgl.config import Config, ConfigError, config_hash, dump_yaml, to_dict
 from trcgl.data import label_graph, labelsets, splits
-from trcgl.data.images import decode_xray, encode_prepared, resize_square
+from trcgl.data.images import decode_xray, encode_prepared, read_image_file, resize_square
 from trcgl.data.padchest import clean_metadata, count_reasons, default_metadata_path, read_metadata
 from trcgl.data.synth.source import synth_inputs
 from trcgl.errors import ImageDecodeError
@@ -223,15 +223,7 @@ def process_shard(payload: str, *, cfg: Config, dataset: str, images_uri: str, l
     for row in spec["rows"]:
         path = image_path(root, layout, row["image_dir"], row["image_id"])
         try:
-            try:
-                with fs.open_input_stream(path, compression=None) as fh:
-                    data = fh.read()
-            except FileNotFoundError as exc:
-                raise ImageDecodeError("missing_file", f"no file at {path}") from exc
-            except OSError as exc:
-                if "not found" in str(exc).lower() or "no such file" in str(exc).lower():
-                    raise ImageDecodeError("missing_file", f"no file at {path}") from exc
-                raise
+            data = read_image_file(fs, path)
             image, bits = decode_xray(data, int(row["bits_stored"]), dicom_window=cfg.data.dicom_window)
             encoded = encode_prepared(resize_square(image, size))
         except ImageDecodeError as exc:

@@ -1,4 +1,5 @@
-"""Prepare a dataset: metadata + images → sharded Parquet, labels.json, cooccurrence.parquet, prepare_report.json.
+"""Prepare a dataset: metadata + images → Parquet parts, and the sidecars _labels.json, _cooccurrence.parquet and
+_prepare_report.json (pd.read_parquet on the folder reads the parts alone).
 
 With data.source=padchest-synth (the default) it first renders PadChest-Synth if that is not there yet. Rerunning
 with the same config skips finished work; a different config writes a different dataset name.
@@ -27,9 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         return {k: v for k, v in report.items() if k not in drop}
 
     def text(cfg, summary):
-        from trcgl.storage import Storage
+        from trcgl.storage import PREPARE_REPORT, Storage, dataset_dir
 
-        saved = Storage(cfg.storage.root, cfg.storage).uri("datasets", summary["dataset"], "prepare_report.json")
+        storage = Storage(cfg.storage.root, cfg.storage)
+        saved = storage.uri(storage.sidecar_rel(dataset_dir(summary["dataset"]), PREPARE_REPORT))
         return _cli.brief(summary, saved)
 
     return _cli.run(job, __doc__, argv, text=text)

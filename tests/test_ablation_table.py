@@ -440,19 +440,19 @@ def test_study_outputs_carry_each_generated_folders_realism_and_fidelity(tmp_pat
     """The study's table.md and report show what its generator made: the realism record and the per-class fidelity
     of each folder its rows draw, read from where generate wrote them (a folder not generated is left out)."""
     from trcgl.config import load_config
-    from trcgl.storage import Storage
+    from trcgl.storage import FIDELITY, REALISM, Storage
     from trcgl.study.rows import generated_quality, synthetic_folder
 
     cfg = load_config("jobs/configs/synthesis.yaml", [f"storage.root={tmp_path}"])
     storage = Storage(str(tmp_path))
     edit = synthetic_folder(cfg.train.run, "synthetic_edit")
     realism = {"auroc": 0.6789, "laplacian_std_ratio": 0.9321, "n_synthetic": 40, "n_real": 41}
-    storage.write_json(f"{edit}/realism.json", realism)
+    storage.write_json(f"{edit}/{REALISM}", realism)
     fidelity = pd.DataFrame(
         {"class": ["pneumothorax", "hernia"], "auroc_real": [0.8, 0.6], "auroc_synthetic": [0.4567, 0.5],
          "auroc_synthetic_vs_control": [0.5123, 0.49], "other": [1, 2]}
     )  # fmt: skip
-    storage.write_parquet(f"{edit}/fidelity.parquet", pa.Table.from_pandas(fidelity, preserve_index=False))
+    storage.write_parquet(f"{edit}/{FIDELITY}", pa.Table.from_pandas(fidelity, preserve_index=False))
     found, markdown = generated_quality(cfg, storage)
     assert found == {"synthetic_edit": {"folder": edit, "realism": realism}}  # sample mode: nothing generated
     assert "0.679" in markdown and "0.932" in markdown and "synthetic_sample" not in markdown

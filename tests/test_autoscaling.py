@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from trcgl import ray_runtime
+from trcgl.storage import GENERATE_PLAN
 from trcgl_dev import local_cluster as rcl
 from trcgl_dev.benchmarks.ray_autoscale_bench import RUN, generate_command
 
@@ -70,7 +71,7 @@ def test_generate_scales_gpu_nodes_from_zero_and_back(
     assert FALLBACK in watch.log, tail  # fake GPUs: the generator says it samples on the CPU
 
     out = Path(root) / "runs" / RUN / "synthetic"
-    plan = pq.read_table(out / "plan.parquet").to_pandas()
+    plan = pq.read_table(out / GENERATE_PLAN).to_pandas()
     ids = [i for p in sorted(out.glob("part-*.parquet")) for i in pq.read_table(p, columns=["image_id"])["image_id"]]
     ids = [i.as_py() for i in ids]
     assert len(ids) == len(set(ids)) == len(plan), (len(ids), len(set(ids)), len(plan))

@@ -12,7 +12,7 @@ import pytest
 from trcgl.config import GenerateConfig, load_config
 from trcgl.data.dataset import DatasetInfo
 from trcgl.diffusion.plan import Generator, make_plan, part_payloads
-from trcgl.storage import Storage, run_dir
+from trcgl.storage import FIDELITY, GRIDS, REALISM, Storage, run_dir
 from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS
 
 
@@ -112,11 +112,11 @@ def test_train_diffusion_then_generate_then_score_fidelity(tiny_diffusion):
     ids = [r["image_id"] for r in rows()]
     assert len(ids) == len(set(ids)) == first["images"]
     # a killed run fills only the gap: tests/faults/test_faults_generation_kill.py
-    grids = [f for f in storage.list_files(f"{out}/grids") if f.endswith(".png")]
+    grids = [f for f in storage.list_files(f"{out}/{GRIDS}") if f.endswith(".png")]
     assert len(grids) == len(first["per_class"]) and first["fidelity"] is None  # no reference classifier yet
     # realism needs no reference: every generated image (fewer than generate.realism_max_images) against train positives
     assert first["realism"]["n_synthetic"] == first["images"] and first["realism"]["real_split"] == "train"
-    assert storage.read_json(f"{out}/realism.json") == first["realism"]
+    assert storage.read_json(f"{out}/{REALISM}") == first["realism"]
 
     # fidelity with a reference classifier (an untrained one: this checks the mechanics, not the figures)
     from trcgl.data.dataset import load_dataset_info
@@ -146,7 +146,7 @@ def test_train_diffusion_then_generate_then_score_fidelity(tiny_diffusion):
     assert all(r[a] is None or 0.0 <= r[a] <= 1.0 for r in scored["fidelity"] for a in aurocs)
     assert all(r["controls"] == r["synthetic"] for r in scored["fidelity"])  # generate.controls: one per image
     assert all(r["visible_pixels"] is not None for r in scored["fidelity"])  # PadChest-Synth: the renderer says
-    table = pq.read_table(storage.path(f"{out}/fidelity.parquet")).to_pandas()
+    table = pq.read_table(storage.path(f"{out}/{FIDELITY}")).to_pandas()
     assert {"auroc_real", "auroc_control", "mean_margin", "visible"} <= set(table.columns)
     # a margin (score minus its control's) of -1 passes every image; the keep fraction keeps the better half of each
     assert scored["filtered"]["ranked_by"] == "margin" and scored["filtered"]["of"] == first["images"]
@@ -274,4 +274,4 @@ def test_grids_and_realism_without_a_reference_classifier(tmp_path):
     assert result["fidelity"] is None and len(result["grids"]) == 2
     assert result["realism"]["n_synthetic"] == 12 and result["realism"]["n_real"] == 12  # the same class mix
     assert 0.0 <= result["realism"]["auroc"] <= 1.0 and result["realism"]["real_split"] == "train"
-    assert storage.read_json(f"{out}/realism.json") == result["realism"]
+    assert storage.read_json(f"{out}/{REALISM}") == result["realism"]

@@ -54,9 +54,8 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
     )
     assert len(board) == 1  # a 1-trial sweep keeps CI short; tests/faults kills and resumes a 2-trial sweep
     assert storage.manifest("runs/tiny/synthetic") is not None
-    synthetic = pd.read_parquet(
-        f"{root}/runs/tiny/synthetic/part-00000.parquet",
-        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}},
+    synthetic = pd.read_parquet(  # the whole folder: its sidecars stay out of the Parquet namespace
+        f"{root}/runs/tiny/synthetic", storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}}
     )
     # edited real negatives, each with its control (the same donor and seed with the empty prompt)
     assert (synthetic["mode"] == "edit").all() and synthetic["donor_id"].notna().all()
@@ -65,10 +64,10 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
     # prepare and training on S3 (what the separate prepare-on-S3 and train-on-S3 tests checked before)
     datasets = [f for f in storage.list_files("datasets") if f.endswith("_manifest.json")]
     assert len(datasets) == 1
-    assert {"labels.json", "cooccurrence.parquet", "prepare_report.json"} <= set(
+    assert {"_labels.json", "_cooccurrence.parquet", "_prepare_report.json"} <= set(
         storage.read_json(datasets[0])["files"]
     )
-    config_text = storage.read_bytes(datasets[0].replace("_manifest.json", "config.yaml")).decode()
+    config_text = storage.read_bytes(datasets[0].replace("_manifest.json", "_config.yaml")).decode()
     # credentials from the environment (this run's random fake secret) never reach saved configs
     assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in config_text
     baseline = storage.list_files("runs/tiny/baseline/classifier")

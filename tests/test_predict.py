@@ -27,7 +27,7 @@ from trcgl.models import build_model
 from trcgl.predict.ray_predict import PredictOptions, run_predict
 from trcgl.predict.scorer import class_columns
 from trcgl.records import StaleStageError
-from trcgl.storage import Storage
+from trcgl.storage import COOCCURRENCE, LABELS, Storage
 from trcgl.train import checkpoint as ckpt
 from trcgl.train.thresholds import FALLBACK, f1_optimal, threshold_record
 
@@ -226,7 +226,7 @@ def test_rerun_writes_nothing_and_a_resume_fills_only_the_gap(ray_local, folder_
 
 
 def write_dataset(storage: Storage, name: str, images: np.ndarray, labels: np.ndarray, splits: list[str]) -> None:
-    """A prepared dataset in prepare's own format: one part, labels.json, cooccurrence.parquet, the manifest."""
+    """A prepared dataset in prepare's own format: one part, _labels.json, _cooccurrence.parquet, the manifest."""
     n, k = labels.shape
     rows = {
         "image_id": [f"img-{i:03d}" for i in range(n)],
@@ -243,7 +243,7 @@ def write_dataset(storage: Storage, name: str, images: np.ndarray, labels: np.nd
     storage.write_parquet(f"{base}/part-00000.parquet", pa.Table.from_pydict(rows, schema=parquet_schema(k)))
     train = labels[np.asarray(splits) == "train"]
     storage.write_json(
-        f"{base}/labels.json",
+        f"{base}/{LABELS}",
         {
             "classes": CLASSES,
             "groups": ["head", "medium", "tail"],
@@ -253,7 +253,7 @@ def write_dataset(storage: Storage, name: str, images: np.ndarray, labels: np.nd
         },
     )
     co = pa.Table.from_pandas(cooccurrence_frame(CLASSES, train.T @ train), preserve_index=False)
-    storage.write_parquet(f"{base}/cooccurrence.parquet", co)
+    storage.write_parquet(f"{base}/{COOCCURRENCE}", co)
     storage.publish(base, {"stage": "prepare"})
 
 

@@ -12,7 +12,7 @@ from trcgl.data.dataset import load_dataset_info, read_dataset
 from trcgl.data.images import decode_prepared
 from trcgl.data.label_graph import TAUS, graph_summary, read_graph
 from trcgl.data.ray_prepare import run_prepare
-from trcgl.storage import Storage, dataset_dir
+from trcgl.storage import COOCCURRENCE, LABELS, PREPARE_REPORT, Storage, dataset_dir
 from trcgl_dev.faults.inputs import BAD_IMAGE_REASONS, BAD_ROW_REASONS, make_padchest_like
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def _check_dataset(storage: Storage, report: dict, ids: dict[str, list[str]]) ->
     by_image = {r["image_id"]: r["reason"] for r in report["rejected_image_list"]}
     assert by_image == BAD_IMAGE_REASONS
     assert report["dropped_metadata_by_reason"] == BAD_ROW_REASONS
-    labels = storage.read_json(f"{dataset_dir(name)}/labels.json")
+    labels = storage.read_json(f"{dataset_dir(name)}/{LABELS}")
     k = labels["classes"].index("cardiomegaly")
     rows = table.to_pylist()
     cardio = [r["image_id"] for r in rows if r["labels"][k] == 1]
@@ -57,10 +57,10 @@ def _check_dataset(storage: Storage, report: dict, ids: dict[str, list[str]]) ->
     for r in rows:
         patients.setdefault(r["patient_id"], set()).add(r["split"])
     assert all(len(s) == 1 for s in patients.values())
-    co = pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(f"{dataset_dir(name)}/cooccurrence.parquet")))
+    co = pq.read_table(storage.pyarrow_fs.open_input_file(storage.path(f"{dataset_dir(name)}/{COOCCURRENCE}")))
     assert co.num_rows > 0
     files = storage.manifest(dataset_dir(name))["files"]
-    assert {"labels.json", "cooccurrence.parquet", "prepare_report.json", "config.yaml"} <= set(files)
+    assert {"_labels.json", "_cooccurrence.parquet", "_prepare_report.json", "_config.yaml"} <= set(files)
     assert sum(f.startswith("part-") for f in files) == 4  # 20 planned rows / 6 per shard
 
 
@@ -90,10 +90,10 @@ def test_prepare_reads_flat_layout(ray_local, tmp_path):
     ids = make_padchest_like(tmp_path / "src", layout="flat")
     report = run_prepare(_cfg(str(tmp_path / "root"), str(tmp_path / "src")))
     assert report["layout"] == "flat" and report["rows_written"] == len(ids["good"])
-    # labels.json carries the label graph's summary of the train co-occurrence; a dataset without it (prepared
-    # before) gets the same summary computed from cooccurrence.parquet
+    # _labels.json carries the label graph's summary of the train co-occurrence; a dataset without it (prepared
+    # before) gets the same summary computed from _cooccurrence.parquet
     storage = Storage(str(tmp_path / "root"))
-    labels_rel = f"{dataset_dir(report['dataset'])}/labels.json"
+    labels_rel = f"{dataset_dir(report['dataset'])}/{LABELS}"
     labels = storage.read_json(labels_rel)
     info = load_dataset_info(storage, report["dataset"])
     assert labels["graph"] == graph_summary(info.cooccurrence, info.classes, info.groups)
@@ -113,7 +113,7 @@ def test_prepare_on_s3(ray_local, tmp_path, s3_endpoint, s3_bucket):
     report = run_prepare(cfg)
     storage = Storage(cfg.storage.root, cfg.storage)
     _check_dataset(storage, report, ids)
-    saved = storage.read_json(f"{dataset_dir(report['dataset'])}/prepare_report.json")
+    saved = storage.read_json(f"{dataset_dir(report['dataset'])}/{PREPARE_REPORT}")
     assert saved["rows_written"] == len(ids["good"]) and saved["images"].startswith("s3://")
     assert json.dumps(saved).find("testing") == -1  # no credential leaks into the report
 

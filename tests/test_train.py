@@ -15,10 +15,9 @@ from trcgl.train.data import augment, choose_resampled, choose_synthetic, lr_fac
 
 def make_synthetic_folder(storage: Storage, dataset: str) -> str:
     """A synthetic folder built from real tail-positive train images (what the generation job writes)."""
-    from trcgl.data.dataset import read_dataset
+    from trcgl.data.dataset import load_dataset_info, read_dataset
 
-    labels = storage.read_json(f"datasets/{dataset}/labels.json")
-    tail = [i for i, g in enumerate(labels["groups"]) if g == "tail"]
+    tail = [i for i, g in enumerate(load_dataset_info(storage, dataset).groups) if g == "tail"]
     table = read_dataset(storage, dataset, split="train").to_pylist()
     rows = [r for r in table if any(r["labels"][k] for k in tail)]
     assert rows, "the tiny dataset has tail-positive train images"

@@ -8,12 +8,19 @@ environment or the cloud's role (the AWS SDK's usual chain), never from config f
 Layout::
 
     {root}/sources/{name}/          PadChest-format raw data we rendered (PadChest-Synth): CSV, images/, sheets
-    {root}/datasets/{dataset}/      part-*.parquet, labels.json, cooccurrence.parquet, prepare_report.json
+    {root}/datasets/{dataset}/      part-*.parquet, _labels.json, _cooccurrence.parquet, _prepare_report.json
     {root}/runs/{run}/...           per-run stages
 
 Writes are atomic: local files are written under a temporary name and renamed; an S3 object appears only when its
 upload completes. A stage publishes its outputs by writing ``_manifest.json`` last; readers trust only outputs a
 manifest lists.
+
+A folder of Parquet parts (``part-*.parquet``: a dataset, ``synthetic/``, ``oracle/``, a predict output) is a Parquet
+dataset as it stands: every other file or folder in it (reports, plans, configs, grids, the manifest) is a sidecar
+whose name starts with ``_`` (:func:`sidecar`), which pyarrow's dataset discovery skips, and so ``pd.read_parquet``,
+Ray Data and Spark. Folders written before that rule kept some sidecars without the underscore:
+:meth:`Storage.sidecar_rel` finds either, and :meth:`Storage.drop_legacy_sidecars` removes the old names from a
+folder being rewritten.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -40,6 +47,16 @@ from trcgl.errors import ConfigError, StorageError
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+SIDECAR_PREFIX = "_"  # pyarrow's default ignore_prefixes are "." and "_": a sidecar is never read as a part
+
+
+def sidecar(name: str) -> str:
+    """The name a sidecar file or folder takes in a folder of Parquet parts: ``name`` with a leading underscore.
+
+    >>> sidecar("labels.json")
+    '_labels.json'
+    """
+    return name if name.startswith(SIDECAR_PREFIX) else SIDECAR_PREFIX + name
 
 
 @dataclass(frozen=True)
@@ -366,6 +383,37 @@ class Storage:
             if name.endswith(suffix):
                 yield posixpath.join(rel_dir, name)
 
+    # ------------------------------------------------------------------------------------------------ sidecars
+
+    def sidecar_rel(self, rel_dir: str, name: str) -> str:
+        """The path of sidecar ``name`` (a file or folder) of ``rel_dir``: ``_name`` (:func:`sidecar`), or ``name``
+        in a folder written before sidecars took the underscore.
+
+        One stat when the folder is in the current layout, two in an old one. When neither exists it returns the
+        current name, so that the read that follows fails naming the path a current writer would have made.
+        """
+        current = posixpath.join(rel_dir, sidecar(name))
+        if self.exists(current):
+            return current
+        legacy = posixpath.join(rel_dir, name.removeprefix(SIDECAR_PREFIX))
+        if self.exists(legacy):
+            log.debug("%s: sidecar %s in the layout before the underscore", self.uri(rel_dir), legacy)
+            return legacy
+        return current
+
+    def drop_legacy_sidecars(self, rel_dir: str, names: Iterable[str]) -> None:
+        """Deletes the pre-underscore copies (``name``, not ``_name``) of sidecars in a folder a stage is finishing.
+
+        A stage killed under the old code and resumed under this one left them there; published beside the parts
+        they would make ``pd.read_parquet(folder)`` fail (JSON) or read their rows as data (Parquet). Call it
+        before :meth:`publish`, so the manifest lists only the current names.
+        """
+        for name in names:
+            legacy = posixpath.join(rel_dir, name.removeprefix(SIDECAR_PREFIX))
+            if self.exists(legacy):
+                log.info("%s: removing %s, written before sidecars took the underscore", self.uri(rel_dir), name)
+                self.delete(legacy)
+
 
 # ---------------------------------------------------------------------------------------------------- layout
 
@@ -375,8 +423,17 @@ def source_dir(name: str) -> str:
     return f"sources/{name}"
 
 
+# Sidecars of a prepared dataset; until the underscore rule (see the module docstring) they had the names without it.
+LABELS, COOCCURRENCE = sidecar("labels.json"), sidecar("cooccurrence.parquet")
+PREPARE_REPORT, DATASET_CONFIG = sidecar("prepare_report.json"), sidecar("config.yaml")
+# Sidecars of a generate output (runs/{run}/synthetic/); likewise.
+GENERATE_PLAN, GENERATE_REPORT = sidecar("plan.parquet"), sidecar("generate_report.json")
+REALISM, FIDELITY, GRIDS = sidecar("realism.json"), sidecar("fidelity.parquet"), sidecar("grids")
+
+
 def dataset_dir(name: str) -> str:
-    """A prepared dataset: Parquet shards, labels.json, cooccurrence.parquet, prepare_report.json."""
+    """A prepared dataset: Parquet shards ``part-*.parquet`` and the sidecars ``_labels.json``,
+    ``_cooccurrence.parquet``, ``_prepare_report.json``, ``_config.yaml``, ``_shards/``, ``_manifest.json``."""
     return f"datasets/{name}"
 
 

@@ -2,12 +2,14 @@
 
 A dataset is ``{root}/datasets/{name}/`` (see :mod:`trcgl.storage`): Parquet parts of rows ``image_id`` (string),
 ``image`` (raw uint16 bytes, :func:`trcgl.data.images.decode_prepared`), ``labels`` (K multi-hot) and ``split``, plus
-``labels.json`` (classes, groups, counts) and ``cooccurrence.parquet`` (train label co-occurrence counts). Readers
-trust only the parts its manifest lists.
+the sidecars ``_labels.json`` (classes, groups, counts) and ``_cooccurrence.parquet`` (train label co-occurrence
+counts), read under their names without the underscore in a dataset prepared before sidecars took it. Readers trust
+only the parts its manifest lists.
 """
 
 from __future__ import annotations
 
+import io
 import posixpath
 from dataclasses import dataclass
 
@@ -18,14 +20,14 @@ import pyarrow.parquet as pq
 
 from trcgl.config import Config
 from trcgl.data.prepare import dataset_name, resolve_inputs
-from trcgl.storage import Storage, dataset_dir
+from trcgl.storage import COOCCURRENCE, LABELS, Storage, dataset_dir
 
 COLUMNS = ["image_id", "image", "labels"]
 
 
 @dataclass
 class DatasetInfo:
-    """What a training run needs to know about a prepared dataset (from labels.json and cooccurrence.parquet)."""
+    """What a training run needs to know about a prepared dataset (from its labels and co-occurrence sidecars)."""
 
     name: str
     classes: list[str]
@@ -75,7 +77,7 @@ class DatasetInfo:
 
 
 def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
-    """Reads a published dataset's labels.json and co-occurrence.
+    """Reads a published dataset's labels and co-occurrence sidecars.
 
     Raises:
         FileNotFoundError: when the dataset is not prepared (names the path and the command that makes it).
@@ -87,10 +89,9 @@ def load_dataset_info(storage: Storage, name: str) -> DatasetInfo:
             f"dataset {name!r} is not prepared at {storage.uri(base)!r}: "
             "run python -m jobs.prepare with the same config"
         )
-    labels = storage.read_json(posixpath.join(base, "labels.json"))
+    labels = storage.read_json(storage.sidecar_rel(base, LABELS))
     classes = labels["classes"]
-    with storage.pyarrow_fs.open_input_file(storage.path(base, "cooccurrence.parquet")) as fh:
-        co = pq.read_table(fh).to_pandas()
+    co = pq.read_table(io.BytesIO(storage.read_bytes(storage.sidecar_rel(base, COOCCURRENCE)))).to_pandas()
     k = len(classes)
     cooc = np.zeros((k, k), dtype=np.int64)
     cooc[co["i"].to_numpy(), co["j"].to_numpy()] = co["count"].to_numpy()

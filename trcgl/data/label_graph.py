@@ -5,7 +5,7 @@ P(j|i) = C[i, j] / C[i, i] of the train co-occurrence counts C and keeps a direc
 P(j|i) >= τ. Row i of the adjacency is what node i aggregates, so class i "has a neighbour" when it has an out-edge.
 A tail class without one keeps only its own node: the GCN gives it nothing to borrow. :func:`graph_summary` says,
 per τ, how many edges there are and which classes (tail classes first) have a neighbour; ``prepare`` stores it in
-``labels.json`` under ``"graph"`` and :func:`read_graph` reads it back (computing it for datasets prepared before).
+``_labels.json`` under ``"graph"`` and :func:`read_graph` reads it back (computing it for datasets prepared before).
 
 P(j|i) is recomputed here rather than imported from the model (a data module does not load torch): the same three
 lines as ``build_adjacency``'s binarisation.
@@ -14,18 +14,17 @@ lines as ``build_adjacency``'s binarisation.
 from __future__ import annotations
 
 import logging
-import posixpath
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from trcgl.storage import Storage, dataset_dir
+from trcgl.storage import LABELS, Storage, dataset_dir
 
 log = logging.getLogger(__name__)
 
-TAUS = (0.1, 0.2, 0.3, 0.4, 0.5)  # the thresholds labels.json summarises
+TAUS = (0.1, 0.2, 0.3, 0.4, 0.5)  # the thresholds _labels.json summarises
 
 
 def conditional_probabilities(cooccurrence: np.ndarray) -> np.ndarray:
@@ -129,12 +128,12 @@ def tau_table(summary: dict[str, Any]) -> pd.DataFrame:
 
 
 def read_graph(storage: Storage, dataset: str) -> dict[str, Any]:
-    """A published dataset's graph summary: ``labels.json``'s ``"graph"``, or, for a dataset prepared before
-    labels.json carried it, computed from ``cooccurrence.parquet`` (the same counts it would have been made from)."""
-    labels = storage.read_json(posixpath.join(dataset_dir(dataset), "labels.json"))
+    """A published dataset's graph summary: ``_labels.json``'s ``"graph"``, or, for a dataset prepared before the
+    labels carried it, computed from ``_cooccurrence.parquet`` (the same counts it would have been made from)."""
+    labels = storage.read_json(storage.sidecar_rel(dataset_dir(dataset), LABELS))
     if "graph" in labels:
         return labels["graph"]
-    log.info("dataset %s: labels.json has no graph summary (older dataset); computing it", dataset)
+    log.info("dataset %s: its labels sidecar has no graph summary (older dataset); computing it", dataset)
     # lazy: trcgl.data.dataset imports prepare, which imports this module
     from trcgl.data.dataset import load_dataset_info
 

@@ -28,7 +28,15 @@ from trcgl.data.images import decode_xray, encode_prepared, read_image_file, res
 from trcgl.data.padchest import clean_metadata, count_reasons, default_metadata_path, read_metadata
 from trcgl.data.synth.source import synth_inputs
 from trcgl.errors import ImageDecodeError
-from trcgl.storage import Storage, dataset_dir, filesystem_for
+from trcgl.storage import (
+    COOCCURRENCE,
+    DATASET_CONFIG,
+    LABELS,
+    PREPARE_REPORT,
+    Storage,
+    dataset_dir,
+    filesystem_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +258,8 @@ def process_shard(payload: str, *, cfg: Config, dataset: str, images_uri: str, l
 
 
 def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: list[dict], seconds: float) -> dict:
-    """Writes labels.json (with the label graph's summary per tau), cooccurrence.parquet, prepare_report.json and
-    config.yaml, then the manifest."""
+    """Writes the sidecars ``_labels.json`` (with the label graph's summary per tau), ``_cooccurrence.parquet``,
+    ``_prepare_report.json`` and ``_config.yaml``, then the manifest."""
     out_dir = dataset_dir(plan.name)
     image_rejects = [r for res in shard_results for r in res["rejects"]]
     rejected_ids = {r["image_id"] for r in image_rejects}
@@ -269,9 +277,9 @@ def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: li
     )
     counts = splits.cooccurrence(y[split_arr == "train"])  # (K, K)
     summary["graph"] = label_graph.graph_summary(counts, plan.label_set.classes, summary["groups"])
-    storage.write_json(posixpath.join(out_dir, "labels.json"), summary)
+    storage.write_json(posixpath.join(out_dir, LABELS), summary)
     co = pa.Table.from_pandas(splits.cooccurrence_frame(plan.label_set.classes, counts), preserve_index=False)
-    storage.write_parquet(posixpath.join(out_dir, "cooccurrence.parquet"), co)
+    storage.write_parquet(posixpath.join(out_dir, COOCCURRENCE), co)
     meta_reasons = count_reasons(plan.meta_rejects)
     image_reasons: dict[str, int] = {}
     for r in image_rejects:
@@ -298,14 +306,18 @@ def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: li
         "shards": plan.num_shards,
         "seconds": round(seconds, 2),
     }
-    storage.write_json(posixpath.join(out_dir, "prepare_report.json"), report)
-    storage.write_text(posixpath.join(out_dir, "config.yaml"), dump_yaml(cfg))
+    storage.write_json(posixpath.join(out_dir, PREPARE_REPORT), report)
+    storage.write_text(posixpath.join(out_dir, DATASET_CONFIG), dump_yaml(cfg))
+    storage.drop_legacy_sidecars(out_dir, (LABELS, COOCCURRENCE, PREPARE_REPORT, DATASET_CONFIG))
     storage.publish(out_dir, {"stage": "prepare", "dataset": plan.name, "config_hash": plan.config_hash})
     return report
 
 
 def check_existing(storage: Storage, plan: PreparePlan) -> dict | None:
     """The report of a finished dataset with the same config, or None.
+
+    A dataset published before sidecars took the underscore counts as finished too (its manifest holds the same
+    config hash) and is used as it is: its report is read under the old name.
 
     Raises:
         ConfigError: when a published dataset of this name was made by a different config.
@@ -318,4 +330,11 @@ def check_existing(storage: Storage, plan: PreparePlan) -> dict | None:
             f"dataset {plan.name!r} at {storage.uri(dataset_dir(plan.name))!r} was prepared with a different config; "
             "choose another data.name or delete it"
         )
-    return storage.read_json(posixpath.join(dataset_dir(plan.name), "prepare_report.json"))
+    if PREPARE_REPORT not in manifest.get("files", {}):
+        log.info(
+            "dataset %r at %r is in the layout before sidecars took the underscore: used as it is (read it with "
+            "other tools as part-*.parquet, or delete it to prepare it again in the current layout)",
+            plan.name,
+            storage.uri(dataset_dir(plan.name)),
+        )
+    return storage.read_json(storage.sidecar_rel(dataset_dir(plan.name), PREPARE_REPORT))

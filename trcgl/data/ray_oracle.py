@@ -1,7 +1,7 @@
 """The oracle stage as a Ray Data job: plan parts fan out to ``map_batches`` tasks that render, prepare and write.
 
 Writes ``{root}/runs/{run}/oracle/``: ``part-*.parquet`` (one per plan part, skipped when present, so a rerun after a
-kill renders only the missing parts), ``_plan.parquet``, ``oracle_report.json`` and, last, the manifest that the
+kill renders only the missing parts), ``_plan.parquet``, ``_oracle_report.json`` and, last, the manifest that the
 classifier's mixing trusts. The folder is claimed with its record (:func:`trcgl.data.synth.oracle.oracle_record`)
 before any work: a rerun with the same inputs skips or resumes, one with other plan or synth values stops naming
 them unless forced. What the rows are: :mod:`trcgl.data.synth.oracle`.
@@ -43,7 +43,7 @@ def run_oracle(cfg: Config, force: bool = False, option: str = "--force") -> dic
         option: the command-line option that forces this stage, named in errors.
 
     Returns:
-        The report (``oracle_report.json``), with ``skipped`` true when it was already published.
+        The report (``_oracle_report.json``), with ``skipped`` true when it was already published.
 
     Raises:
         ConfigError: ``data.source`` is not padchest-synth.
@@ -61,7 +61,8 @@ def run_oracle(cfg: Config, force: bool = False, option: str = "--force") -> dic
     report_rel = posixpath.join(out_dir, oracle.REPORT_FILE)
     if state == "same" and storage.manifest(out_dir) is not None:
         log.info("oracle rows of %s already rendered at %s: skipping", cfg.train.run, storage.uri(out_dir))
-        return storage.read_json(report_rel) | {"skipped": True}
+        # a folder published before sidecars took the underscore is reused too: its report is oracle_report.json
+        return storage.read_json(storage.sidecar_rel(out_dir, oracle.REPORT_FILE)) | {"skipped": True}
     plan = oracle.make_oracle_plan(cfg, storage, info)
     if plan.empty:
         raise ValueError(
@@ -107,6 +108,7 @@ def run_oracle(cfg: Config, force: bool = False, option: str = "--force") -> dic
         "output": storage.uri(out_dir),
     }
     storage.write_json(report_rel, report)
+    storage.drop_legacy_sidecars(out_dir, (oracle.REPORT_FILE,))
     storage.publish(out_dir, {"stage": records.ORACLE_STAGE, "dataset": dataset})
     log.info("oracle rows of %s: %d rendered into %s", cfg.train.run, len(plan), storage.uri(out_dir))
     return report | {"skipped": False}

@@ -1,8 +1,9 @@
 """Tail-class generation as a Ray Data job: plan parts fan out to a generator class on an actor pool.
 
 Writes ``{root}/runs/{run}/synthetic/part-*.parquet`` (one file per plan part, skipped when present, so a rerun after
-a kill fills only the gap), ``plan.parquet``, ``generate_report.json`` and, last, the manifest that the classifier's
-mixing trusts.
+a kill fills only the gap) and beside them, out of the Parquet namespace (:func:`trcgl.storage.sidecar`),
+``_plan.parquet``, ``_grids/``, ``_realism.json``, ``_fidelity.parquet``, ``_generate_report.json``, ``_inputs.json``
+and, last, the manifest that the classifier's mixing trusts. So ``pd.read_parquet(folder)`` reads the rows.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from trcgl.diffusion.fidelity import (
 from trcgl.diffusion.plan import Generator, make_plan, output_schema, part_payloads, read_train_rows
 from trcgl.diffusion.realism import realism
 from trcgl.ray_runtime import check_gpus, map_parts
-from trcgl.storage import Storage, run_dir
+from trcgl.storage import FIDELITY, GENERATE_PLAN, GENERATE_REPORT, GRIDS, REALISM, Storage, run_dir
 from trcgl.train.ray_evaluate import predict_split, score_rows
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def run_generate(cfg: Config, force: bool = False) -> dict:
         )
     check_gpus(cfg.generate.num_gpus, cfg.ray.autoscaling, "generate.num_gpus")
     model_uri = model_location(cfg, storage)
-    storage.write_parquet(posixpath.join(out_dir, "plan.parquet"), pa.Table.from_pandas(plan, preserve_index=False))
+    storage.write_parquet(posixpath.join(out_dir, GENERATE_PLAN), pa.Table.from_pandas(plan, preserve_index=False))
     payloads = part_payloads(plan)
     log.info(
         "generating %d images in %d parts for %d classes with %s",
@@ -149,7 +150,8 @@ def run_generate(cfg: Config, force: bool = False) -> dict:
         "output": storage.uri(out_dir),
         **quality,
     }
-    storage.write_json(posixpath.join(out_dir, "generate_report.json"), report)
+    storage.write_json(posixpath.join(out_dir, GENERATE_REPORT), report)
+    storage.drop_legacy_sidecars(out_dir, (GENERATE_PLAN, GENERATE_REPORT, REALISM, FIDELITY, GRIDS))
     storage.publish(out_dir, {"stage": "generate", "dataset": dataset, "model": model_uri})
     return report
 
@@ -191,7 +193,7 @@ def _slug(cls: str) -> str:
 def _grids_and_realism(
     cfg: Config, storage: Storage, info: DatasetInfo, out_dir: str, syn: pd.DataFrame
 ) -> tuple[list[str], dict | None]:
-    """Writes ``grids/{class}.png`` (synthetic above real train positives) and ``realism.json``; returns the grids'
+    """Writes ``_grids/{class}.png`` (synthetic above real train positives) and ``_realism.json``; returns the grids'
     paths and the realism figures (None with ``generate.realism_max_images=0``)."""
     g = cfg.generate  # realism_max_images >= 0: checked when the config loads
     # up to realism_max_images synthetic rows (seeded) and as many real train positives in the same class mix
@@ -205,7 +207,7 @@ def _grids_and_realism(
     grids = []
     for cls, rows in syn.groupby("target_class", sort=True):
         synthetic = [decode_prepared(b) for b in rows["image"].head(g.grid_examples)]
-        rel = posixpath.join(out_dir, "grids", f"{_slug(cls)}.png")
+        rel = posixpath.join(out_dir, GRIDS, f"{_slug(cls)}.png")
         storage.write_bytes(rel, sample_grid(cls, synthetic, grid_real[info.classes.index(cls)]))
         grids.append(rel)
     if not len(chosen):
@@ -219,7 +221,7 @@ def _grids_and_realism(
     )
     figures = {**tested.to_dict(), "real_split": "train"}
     log.info("realism: %s", figures)
-    storage.write_json(posixpath.join(out_dir, "realism.json"), figures)
+    storage.write_json(posixpath.join(out_dir, REALISM), figures)
     return grids, figures
 
 
@@ -260,7 +262,7 @@ def _write_filtered(
     ranked: tuple[np.ndarray, str],
     reference: str,
 ) -> dict:
-    """Writes ``grids/filtered/{class}.png`` (kept above dropped) and publishes the rows passing the fidelity filter
+    """Writes ``_grids/filtered/{class}.png`` (kept above dropped) and publishes the rows passing the fidelity filter
     as ``synthetic_filtered/``; returns what was kept.
 
     Args:
@@ -294,7 +296,7 @@ def _write_filtered(
     for cls, rows in syn.assign(kept=mask).groupby("target_class", sort=True):
         kept = [decode_prepared(b) for b in rows.loc[rows["kept"], "image"].head(n)]
         dropped = [decode_prepared(b) for b in rows.loc[~rows["kept"], "image"].head(n)]
-        rel = posixpath.join(out_dir, "grids", "filtered", f"{_slug(cls)}.png")
+        rel = posixpath.join(out_dir, GRIDS, "filtered", f"{_slug(cls)}.png")
         storage.write_bytes(rel, filter_grid(cls, kept, dropped))
         grids.append(rel)
     log.info("fidelity filter (by %s): kept %d of %d images", ranked_by, int(mask.sum()), len(syn))
@@ -311,15 +313,15 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
     """Writes a sample grid per generated class, the realism test and, with a reference classifier, the fidelity
     table with its controls (:mod:`trcgl.diffusion.fidelity`).
 
-    Realism (:mod:`trcgl.diffusion.realism`, ``realism.json``) compares up to ``generate.realism_max_images`` generated
+    Realism (:mod:`trcgl.diffusion.realism`, ``_realism.json``) compares up to ``generate.realism_max_images`` generated
     images with as many real train positives of the same classes in the same class mix. Fidelity scores the synthetic
     images, their matched controls (column ``control_image``, when generated) and the real val images with the
-    reference; ``fidelity.parquet``.
+    reference; ``_fidelity.parquet``.
 
     With ``generate.fidelity_threshold`` and/or ``generate.fidelity_keep_fraction`` the rows passing the filter
     (:func:`~trcgl.diffusion.fidelity.fidelity_keep`, ranked by the margin over each image's control when every image
     has one, else by the raw score) are also written, as a published folder, to
-    ``{root}/runs/{run}/synthetic_filtered/``, and ``grids/filtered/{class}.png`` shows kept above dropped images.
+    ``{root}/runs/{run}/synthetic_filtered/``, and ``_grids/filtered/{class}.png`` shows kept above dropped images.
     """
     parts = [storage.path(p) for p in storage.list_files(out_dir) if "/part-" in p]
     syn = pa.concat_tables([pq.read_table(storage.pyarrow_fs.open_input_file(p)) for p in parts]).to_pandas()
@@ -347,9 +349,7 @@ def fidelity_and_grids(cfg: Config, storage: Storage, info: DatasetInfo, out_dir
         control_scores,
         *(visibility or (None, None)),
     )
-    storage.write_parquet(
-        posixpath.join(out_dir, "fidelity.parquet"), pa.Table.from_pandas(table, preserve_index=False)
-    )
+    storage.write_parquet(posixpath.join(out_dir, FIDELITY), pa.Table.from_pandas(table, preserve_index=False))
     fidelity_rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")  # None, never NaN
     result |= {"fidelity": fidelity_rows, "reference": reference, "fidelity_split": FIDELITY_SPLIT}
     # the fidelity filter: ranked by the margin over each image's control (the raw score without controls)

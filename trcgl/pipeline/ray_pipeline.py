@@ -41,7 +41,7 @@ from trcgl.data.synth.oracle import check_source, oracle_record
 from trcgl.diffusion import ray_diffusion, ray_generate
 from trcgl.metrics import TABLE_METRICS
 from trcgl.pipeline.report import write_report
-from trcgl.storage import Storage, run_dir
+from trcgl.storage import GENERATE_REPORT, Storage, run_dir
 from trcgl.sweep import ray_sweep
 from trcgl.sweep.space import searched_folders
 from trcgl.train import ray_train
@@ -228,7 +228,7 @@ def generate_or_skip(
     state = ray_generate.claim_output(gen_cfg, storage, dataset, force, option)
     synthetic = run_dir(cfg.train.run, "synthetic")
     if state == "same" and ray_generate.is_published(gen_cfg, storage, dataset):
-        report = storage.read_json(posixpath.join(synthetic, "generate_report.json"))
+        report = storage.read_json(storage.sidecar_rel(synthetic, GENERATE_REPORT))  # or the pre-underscore name
         return {"skipped": True, "report": report}
     report = ray_generate.run_generate(gen_cfg)
     return {"report": report, "record": {"images": report["images"], "filtered": report.get("filtered")}}

@@ -17,7 +17,7 @@ from trcgl.data.label_graph import edges_at, read_graph, tau_table, with_tau
 from trcgl.metrics import TABLE_METRICS
 from trcgl.pipeline.html import Code, Image, Images, Section, Table, Text, render, versions
 from trcgl.plotting import label_graph_plot
-from trcgl.storage import Storage, run_dir
+from trcgl.storage import GRIDS, Storage, run_dir
 from trcgl.train.report import long_tail_plot
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def synthetic_section(storage: Storage, run: str, syn: dict[str, Any]) -> Sectio
         run: ``train.run``.
         syn: the generate stage's report (``images``, ``realism``, ``fidelity``, ``filtered``).
     """
-    grids_dir = posixpath.join(run_dir(run, "synthetic"), "grids")
+    grids_dir = storage.sidecar_rel(run_dir(run, "synthetic"), GRIDS)  # "grids" in a folder of the old layout
     blocks: list[Any] = [Text(f"{syn.get('images')} synthetic tail-class images; top row synthetic, bottom real.")]
     if syn.get("realism"):
         blocks += [

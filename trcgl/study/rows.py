@@ -43,7 +43,7 @@ from trcgl.config import (
 from trcgl.data.dataset import DatasetInfo
 from trcgl.data.label_graph import edges_at, read_graph, tau_table, with_tau
 from trcgl.plotting import label_graph_plot
-from trcgl.storage import Storage, run_dir, slugify
+from trcgl.storage import FIDELITY, REALISM, Storage, run_dir, slugify
 from trcgl.study import table as at
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def _extra_rows(summary: dict[str, Any]) -> int:
     return int(mix.get("synthetic", 0)) + int(mix.get("resampled", 0)) + int(mix.get(ORACLE, 0))
 
 
-# fidelity columns the study's table.md shows per generated folder (fidelity.parquet has them all)
+# fidelity columns the study's table.md shows per generated folder (_fidelity.parquet has them all)
 QUALITY_COLUMNS = (
     "class",
     "visible_pixels",
@@ -321,7 +321,7 @@ def _markdown_frame(frame: pd.DataFrame) -> str:
 
 def generated_quality(cfg: Config, storage: Storage) -> tuple[dict[str, dict[str, Any]], str]:
     """Realism and fidelity with controls of each generated folder the study's rows draw, as ``generate`` wrote them
-    (``realism.json``, ``fidelity.parquet``), so the study's table can be read beside what its generator made.
+    (``_realism.json``, ``_fidelity.parquet``), so the study's table can be read beside what its generator made.
 
     Returns:
         ({extra: {"folder", "realism"}} for folders with a realism record, a Markdown section ("" when none)).
@@ -330,7 +330,7 @@ def generated_quality(cfg: Config, storage: Storage) -> tuple[dict[str, dict[str
     parts: list[str] = []
     for extra in needs_generation(cfg):
         folder = str(synthetic_folder(cfg.train.run, extra))  # every generated extra has a folder
-        realism_rel, fidelity_rel = posixpath.join(folder, "realism.json"), posixpath.join(folder, "fidelity.parquet")
+        realism_rel, fidelity_rel = storage.sidecar_rel(folder, REALISM), storage.sidecar_rel(folder, FIDELITY)
         if not storage.exists(realism_rel):
             continue  # synthetic_filtered: derived from synthetic/, whose record is listed under its own extra
         realism = storage.read_json(realism_rel)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from trcgl.ray_runtime import load_cluster_config
+from trcgl.storage import GENERATE_PLAN
 from trcgl_dev import local_cluster as rcl
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def measure(
         most = max(most, level)
         if level >= pool and full_pool is None:
             full_pool = when - watch.started
-    plan = synthetic / "plan.parquet"
+    plan = synthetic / GENERATE_PLAN
     images = pq.read_table(plan).num_rows if plan.exists() else 0
     samples = watch.samples + after
     max_gpu = max((rcl.gpu_node_count(c, config) for _, c in samples), default=0)

@@ -55,7 +55,7 @@ GENERATOR = "padchest-synth-renderer"
 MODE = "sample"  # the rows' ``mode``: the plan is sample mode's, and the renderer draws each image from scratch
 ID_PREFIX = "oracle-"
 PLAN_FILE = "_plan.parquet"  # a sidecar: the leading underscore keeps it out of the folder's Parquet namespace
-REPORT_FILE = "oracle_report.json"
+REPORT_FILE = "_oracle_report.json"  # a sidecar too ('oracle_report.json' in folders written before)
 SYNTH_SOURCE = "padchest-synth"
 # the generate keys that decide the oracle's rows: the sample-mode plan (which classes, how many rows, which donors,
 # which parts) and whether rows carry control images

@@ -16,7 +16,7 @@ def default_space() -> dict[str, dict[str, Any]]:
         "train.aug_ratio_medium": {"type": "choice", "values": [0.0, 0.5]},
         "synthetic_set": {"type": "choice", "values": ["synthetic", "synthetic_filtered"]},
         "model.gcn": {"type": "choice", "values": [True, False]},
-        "model.gcn_tau": {"type": "uniform", "low": 0.05, "high": 0.5},  # labels.json "graph": edges per tau
+        "model.gcn_tau": {"type": "uniform", "low": 0.05, "high": 0.5},  # _labels.json "graph": edges per tau
         "model.gcn_p": {"type": "uniform", "low": 0.1, "high": 0.4},
         "model.gcn_layers": {"type": "choice", "values": [1, 2, 3]},
         "model.gcn_hidden": {"type": "choice", "values": [64, 128, 256]},

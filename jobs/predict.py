@@ -1,15 +1,18 @@
 """Apply a classifier checkpoint to new images on a Ray Data actor pool: per-class probabilities and decisions.
 
 SOURCE (--images): a folder of PNG and DICOM files, local or s3:// (recursive); dataset:SPLIT (a split of the
-checkpoint's prepared dataset) or dataset:NAME:SPLIT. Writes part-*.parquet (image_id, uri, prob_<class>,
-pred_<class>, findings, overlays) and _report.json under --out (default: runs/{run}/predict/{source}-{hash}/ under
-storage.root). Decisions are probability >= the class's threshold, chosen on val (F1-optimal per class) and stored
-with the checkpoint. A rerun scores only missing parts; bad images are skipped and listed with their reason.
+checkpoint's prepared dataset) or dataset:NAME:SPLIT; table:PATH (the image paths of a CSV or Parquet table, its
+columns mapped by data.table: the job's own with data.source=table, else the checkpoint's). Writes part-*.parquet
+(image_id, uri, prob_<class>, pred_<class>, findings, overlays) and _report.json under --out (default:
+runs/{run}/predict/{source}-{hash}/ under storage.root). Decisions are probability >= the class's threshold, chosen
+on val (F1-optimal per class) and stored with the checkpoint. A rerun scores only missing parts; bad images are
+skipped and listed with their reason.
 
     python -m jobs.predict --checkpoint ./runs/runs/demo/final/classifier/best --images /data/new-xrays
     python -m jobs.predict --checkpoint s3://bucket/trcgl/runs/demo/final/classifier/best \
         --images s3://bucket/incoming/ --overlays 3 --set storage.root=s3://bucket/trcgl
     python -m jobs.predict --checkpoint ./runs/runs/demo/final/classifier/best --images dataset:test
+    python -m jobs.predict --checkpoint ./runs/runs/cxr14/classifier/best --images table:/data/cxr14/test.csv
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--checkpoint", required=True, help="checkpoint folder: local path or s3://")
-    extra.add_argument("--images", required=True, help="SOURCE: folder, s3:// prefix, dataset:[NAME:]SPLIT")
+    extra.add_argument("--images", required=True, help="SOURCE: folder, s3:// prefix, dataset:[NAME:]SPLIT, table:PATH")
     extra.add_argument("--out", default=None, help="output folder: relative to storage.root, absolute, or s3://")
     extra.add_argument("--actors", type=int, default=2, help="scoring actors (at most one per part)")
     extra.add_argument("--batch-size", type=int, default=32, help="images per forward pass")

@@ -328,8 +328,8 @@ def test_sources_that_cannot_be_scored_say_why(tmp_path):
     from trcgl.predict.sources import list_source
 
     storage = Storage(str(tmp_path))
-    with pytest.raises(ConfigError, match="issue 20, item 1"):
-        list_source("table:/data/images.csv", storage, "ds")
+    with pytest.raises(ConfigError, match="a table needs its column mapping"):
+        list_source("table:/data/images.csv", storage, "ds")  # no data section mapping a table
     with pytest.raises(ConfigError, match="dataset:SPLIT or dataset:NAME:SPLIT"):
         list_source("dataset:a:b:c", storage, "ds")
     with pytest.raises(FileNotFoundError, match="no folder or file"):

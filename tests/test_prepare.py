@@ -128,6 +128,7 @@ def test_a_key_added_at_its_neutral_value_keeps_the_dataset_name():
     before_the_key = to_dict(cfg.data)
     before_the_key.pop("name")
     before_the_key.pop("dicom_window")
+    before_the_key.pop("table")  # data.table (data.source=table only) at its default is neutral too
     before_the_key["metadata"], before_the_key["images"] = "m.csv", "imgs"
     prefix = f"{cfg.data.source}-{cfg.data.label_set}-{cfg.data.image_size}px-"
     assert dataset_name(cfg, "m.csv", "imgs") == prefix + config_hash(before_the_key)

@@ -7,6 +7,7 @@ so a job fails before any work starts, naming the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any
 
@@ -22,6 +23,10 @@ GENERATE_MODES = ("sample", "edit")
 # ablation.rows.<name>.extra: synthetic_<mode> draws a folder of its own, generated with generate.mode forced to <mode>
 MODE_EXTRAS = {f"synthetic_{mode}": mode for mode in GENERATE_MODES}
 ABLATION_EXTRAS = ("none", "synthetic", "synthetic_filtered", *MODE_EXTRAS, "real", "oracle")
+DATA_SOURCES = ("padchest-synth", "padchest", "table")
+# data.table.uncertain / blank: what a -1 / blank value becomes ("ignore", a per-class mask, is not supported yet)
+UNCERTAIN_POLICIES = ("zeros", "ones")
+BLANK_POLICIES = ("zeros",)
 
 
 def field_type(dotted: str) -> Any:
@@ -140,12 +145,58 @@ def check_model(cfg: Config) -> None:
         raise ConfigError("config keys 'model.csra' and 'model.cosine_classifier' are mutually exclusive")
 
 
+def check_table(cfg: Config) -> None:
+    """``data.table`` for ``data.source=table``: the keys that can be checked without reading the table (which columns
+    exist is checked when it is read, :mod:`trcgl.data.table`)."""
+    t = cfg.data.table
+    if not t.path_column:
+        raise ConfigError("config key 'data.table.path_column' must name the image path column")
+    if bool(t.labels_column) == bool(t.label_columns):
+        raise ConfigError(
+            "data.source=table needs exactly one of config keys 'data.table.labels_column' (one delimited column) "
+            f"and 'data.table.label_columns' (one column per finding, or 'auto'); got {t.labels_column!r} and "
+            f"{t.label_columns!r}"
+        )
+    if isinstance(t.label_columns, str) and t.label_columns != "auto":
+        raise ConfigError(f"config key 'data.table.label_columns' must be a list of columns or 'auto', got "
+                          f"{t.label_columns!r}")  # fmt: skip
+    if t.patient_column and t.patient_pattern:
+        raise ConfigError("config keys 'data.table.patient_column' and 'data.table.patient_pattern' are exclusive")
+    if not (t.patient_column or t.patient_pattern or t.split_column):
+        raise ConfigError(
+            "data.source=table needs config key 'data.table.patient_column' or 'data.table.patient_pattern' (splits "
+            "are by patient), or 'data.table.split_column' (a given split)"
+        )
+    if t.patient_pattern:
+        try:
+            groups = re.compile(t.patient_pattern).groups
+        except re.error as exc:
+            raise ConfigError(f"config key 'data.table.patient_pattern' {t.patient_pattern!r}: {exc}") from None
+        if groups < 1:
+            raise ConfigError(
+                f"config key 'data.table.patient_pattern' {t.patient_pattern!r} needs a group: the patient id"
+            )
+    for key, allowed in (("uncertain", UNCERTAIN_POLICIES), ("blank", BLANK_POLICIES)):
+        value = getattr(t, key)
+        if value == "ignore":
+            raise ConfigError(
+                f"config key 'data.table.{key}' 'ignore' is not supported yet: prepared labels are 0/1 with no "
+                f"per-class mask for the losses and metrics to honour; use one of {list(allowed)}"
+            )
+        if value not in allowed:
+            raise ConfigError(f"config key 'data.table.{key}' must be one of {list(allowed)}, got {value!r}")
+    if not t.labels_separator or not t.localization_separator:
+        raise ConfigError("config keys 'data.table.labels_separator' / 'localization_separator' must not be empty")
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     check_model(cfg)
     d = cfg.data
-    if d.source not in ("padchest-synth", "padchest"):
-        raise ConfigError(f"config key 'data.source' must be 'padchest-synth' or 'padchest', got {d.source!r}")
+    if d.source not in DATA_SOURCES:
+        raise ConfigError(f"config key 'data.source' must be one of {list(DATA_SOURCES)}, got {d.source!r}")
+    if d.source == "table":
+        check_table(cfg)
     if d.layout not in ("auto", "dirs", "flat"):
         raise ConfigError(f"config key 'data.layout' must be auto, dirs or flat, got {d.layout!r}")
     if not 8 <= d.image_size <= 4096:

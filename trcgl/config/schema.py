@@ -54,18 +54,45 @@ class GroupConfig:
 
 
 @dataclass
+class TableConfig:
+    """``data.source=table``: which columns of a labelled CSV or Parquet table (``data.metadata``) mean what.
+
+    How each value is read, and which rows are dropped and why: :mod:`trcgl.data.table`; recipes for ChestX-ray14 and
+    CheXpert / MIMIC-CXR: README "Your own data: a labelled table".
+    """
+
+    path_column: str = "Path"  # image path: relative to data.images (else the table's folder), absolute, or s3://
+    patient_column: str | None = None  # patient id column (the patient split groups by it)
+    patient_pattern: str | None = None  # or a regex on the path whose first group is the patient (r"(patient\d+)/")
+    split_column: str | None = None  # train / val / test per row (valid, validate, validation = val); None: by patient
+    view_columns: list[str] = field(default_factory=list)  # joined by " " into the view; []: no view filter
+    view_values: dict[str, str] = field(default_factory=dict)  # view -> projection ({"Lateral": "L"}); else as is
+    labels_column: str | None = None  # one column of delimited findings (ChestX-ray14's "Finding Labels") ...
+    labels_separator: str = "|"
+    none_labels: list[str] = field(default_factory=list)  # findings that mean none (e.g. "No Finding"): dropped
+    # ... or one column per finding (1 positive, 0 negative, -1 uncertain, blank unmentioned): names, or "auto"
+    label_columns: list[str] | str = field(default_factory=list)
+    uncertain: str = "zeros"  # -1 values: "zeros" (negative) or "ones" (positive); "ignore" is refused (no mask yet)
+    blank: str = "zeros"  # blank values: "zeros"; "ignore" is refused as above
+    localization_column: str | None = None  # optional delimited localizations (diffusion prompts, regions)
+    localization_separator: str = "|"
+
+
+@dataclass
 class DataConfig:
     """What dataset to prepare and how.
 
     ``source`` is ``padchest-synth`` (the embedded default: rendered by :mod:`jobs.synthesize_padchest` into
-    ``{root}/sources/``) or ``padchest`` (real images at ``images``).
+    ``{root}/sources/``), ``padchest`` (real images at ``images``) or ``table`` (any labelled CSV or Parquet table at
+    ``metadata``, its columns mapped by ``table``).
     """
 
     source: str = "padchest-synth"
-    metadata: str | None = None  # PadChest CSV (.csv or .csv.gz, local or s3://); None: the default for the source
+    # PadChest CSV, or the table of data.source=table (.csv, .csv.gz or .parquet, local or s3://); None: the default
+    metadata: str | None = None
     images: str | None = None  # images root (local or s3://); None: the rendered PadChest-Synth images
     layout: str = "auto"  # "dirs" ({images}/{ImageDir}/{ImageID}), "flat" ({images}/{ImageID}) or "auto"
-    label_set: str = "cxr-lt-30"  # a file in trcgl/data/labelsets/, or "padchest-top-N"
+    label_set: str = "cxr-lt-30"  # a file in trcgl/data/labelsets/, or "top-N" (alias "padchest-top-N")
     projections: list[str] = field(default_factory=lambda: ["PA", "AP", "AP_horizontal"])
     image_size: int = 224
     max_rows: int | None = None  # keep only the first N usable rows (ordered by ImageID); None: all
@@ -76,6 +103,7 @@ class DataConfig:
     name: str | None = None  # dataset name; None: derived from this section's hash
     split: SplitConfig = field(default_factory=SplitConfig)
     groups: GroupConfig = field(default_factory=GroupConfig)
+    table: TableConfig = field(default_factory=TableConfig)  # data.source=table only
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Label sets: which classes a dataset has and the rules that map raw PadChest findings onto them.
 
 Label sets are data, not code. ``cxr-lt-30`` lives in ``labelsets/cxr-lt-30.yaml`` (read it: every rule is there);
-any other YAML dropped beside it is usable by its name. ``padchest-top-N`` is built from the data: every raw finding
-(except ``normal``-style meta labels we drop) with at least N positives in the train split, each class mapping from
-exactly itself.
+any other YAML dropped beside it is usable by its name. ``top-N`` (also spelt ``padchest-top-N``) is built from the
+data: every raw finding (except ``normal``-style meta labels we drop) with at least N positives in the train split,
+each class mapping from exactly itself; with ``data.source=table`` a raw finding is a label token or a label column's
+name (:mod:`trcgl.data.table`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 from trcgl.errors import ConfigError
 
 LABELSET_DIR = Path(__file__).resolve().parent / "labelsets"
-TOP_N = re.compile(r"^padchest-top-(\d+)$")
+TOP_N = re.compile(r"^(?:padchest-)?top-(\d+)$")
 NORMAL = "normal"
 # Raw labels that describe the study, not a finding: never a class of padchest-top-N.
 META_LABELS = frozenset({"unchanged", "exclude", "suboptimal study"})
@@ -90,8 +91,8 @@ class LabelSet:
 
 
 def available() -> list[str]:
-    """Names of the label sets shipped as files, plus the padchest-top-N family."""
-    return sorted(p.stem for p in LABELSET_DIR.glob("*.yaml")) + ["padchest-top-N"]
+    """Names of the label sets shipped as files, plus the top-N family."""
+    return sorted(p.stem for p in LABELSET_DIR.glob("*.yaml")) + ["top-N", "padchest-top-N"]
 
 
 def load_file(name: str) -> LabelSet:
@@ -116,10 +117,10 @@ def load_file(name: str) -> LabelSet:
 
 
 def top_n(name: str, train_raw_labels: Sequence[Iterable[str]]) -> LabelSet:
-    """``padchest-top-N``: every raw finding with at least N train positives, by descending count."""
+    """``top-N`` (or ``padchest-top-N``): every raw finding with at least N train positives, by descending count."""
     match = TOP_N.match(name)
     if match is None:
-        raise ConfigError(f"label set {name!r} is not of the form padchest-top-N")
+        raise ConfigError(f"label set {name!r} is not of the form top-N or padchest-top-N")
     n = int(match.group(1))
     counts = Counter(r for raws in train_raw_labels for r in set(raws) if r not in META_LABELS)
     classes = tuple(sorted((c for c, v in counts.items() if v >= n), key=lambda c: (-counts[c], c)))
@@ -129,7 +130,7 @@ def top_n(name: str, train_raw_labels: Sequence[Iterable[str]]) -> LabelSet:
 
 
 def resolve(name: str, train_raw_labels: Sequence[Iterable[str]] | None = None) -> LabelSet:
-    """A label set by name; ``padchest-top-N`` needs the train rows' raw labels."""
+    """A label set by name; ``top-N`` needs the train rows' raw labels."""
     if TOP_N.match(name):
         if train_raw_labels is None:
             raise ConfigError(f"label set {name!r} is computed from train labels; none were given")

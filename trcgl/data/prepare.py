@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from trcgl.config import Config, ConfigError, config_hash, dump_yaml, to_dict
+from trcgl.config import Config, ConfigError, TableConfig, config_hash, dump_yaml, to_dict
 from trcgl.data import label_graph, labelsets, splits
+from trcgl.data import table as table_source
 from trcgl.data.images import decode_xray, encode_prepared, read_image_file, resize_square
 from trcgl.data.padchest import clean_metadata, count_reasons, default_metadata_path, read_metadata
 from trcgl.data.synth.source import synth_inputs
@@ -90,6 +91,10 @@ def resolve_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
     """
     if cfg.data.source == "padchest-synth":
         return synth_inputs(cfg, storage)
+    if cfg.data.source == "table":
+        if not cfg.data.metadata:
+            raise ConfigError("config key 'data.metadata' must name the table when data.source=table")
+        return cfg.data.metadata, table_source.images_root(cfg.data, cfg.data.metadata)
     if not cfg.data.images:
         raise ConfigError("config key 'data.images' must point at the PadChest images when data.source=padchest")
     return cfg.data.metadata or default_metadata_path(), cfg.data.images
@@ -98,7 +103,19 @@ def resolve_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
 # data keys added after datasets were first named, each with the value that prepares exactly what was prepared
 # before the key existed: at that value the key is left out of the name's hash, so a dataset (and every stage record
 # naming it) prepared before the key existed keeps its name and is not prepared again
-NAME_NEUTRAL_VALUES: dict[str, Any] = {"dicom_window": False}
+NAME_NEUTRAL_VALUES: dict[str, Any] = {"dicom_window": False, "table": to_dict(TableConfig())}
+# of those, the keys also left out of the config hash a dataset's manifest records (dicom_window has been recorded
+# since it was added), so a dataset prepared before the key existed is found finished, not "another config"
+HASH_NEUTRAL_KEYS = ("table",)
+
+
+def data_section(cfg: Config, neutral: tuple[str, ...]) -> dict[str, Any]:
+    """The data section as a dict, without the keys of ``neutral`` that are at their neutral value."""
+    section = to_dict(cfg.data)
+    for key in neutral:
+        if section.get(key) == NAME_NEUTRAL_VALUES[key]:
+            section.pop(key)
+    return section
 
 
 def dataset_name(cfg: Config, metadata_uri: str, images_uri: str) -> str:
@@ -109,11 +126,8 @@ def dataset_name(cfg: Config, metadata_uri: str, images_uri: str) -> str:
     """
     if cfg.data.name:
         return cfg.data.name
-    section = to_dict(cfg.data)
+    section = data_section(cfg, tuple(NAME_NEUTRAL_VALUES))
     section.pop("name")
-    for key, neutral in NAME_NEUTRAL_VALUES.items():
-        if section.get(key) == neutral:
-            section.pop(key)
     section["metadata"], section["images"] = metadata_uri, images_uri
     return f"{cfg.data.source}-{cfg.data.label_set}-{cfg.data.image_size}px-{config_hash(section)}"
 
@@ -131,6 +145,9 @@ def detect_layout(cfg: Config, images_uri: str, rows: pd.DataFrame) -> str:
     Raises:
         FileNotFoundError: when neither layout has any of the probed images (names both tried paths).
     """
+    if cfg.data.source == "table":  # each row names its file: check that the first ones are there
+        table_source.probe_images(rows, images_uri, cfg.storage, PROBE_ROWS)
+        return table_source.LAYOUT
     if cfg.data.layout != "auto":
         return cfg.data.layout
     fs, root = filesystem_for(images_uri, cfg.storage)
@@ -152,11 +169,16 @@ def detect_layout(cfg: Config, images_uri: str, rows: pd.DataFrame) -> str:
 
 def plan_prepare(cfg: Config, metadata_uri: str, images_uri: str) -> PreparePlan:
     """Reads and cleans metadata, labels rows, splits by patient and cuts shards."""
-    raw = read_metadata(metadata_uri, cfg.storage)
-    kept, rejected = clean_metadata(raw, cfg.data.projections)
+    if cfg.data.source == "table":
+        raw = table_source.read_table(metadata_uri, cfg.storage)
+        kept, rejected = table_source.clean_table(raw, cfg.data, metadata_uri)
+    else:
+        raw = read_metadata(metadata_uri, cfg.storage)
+        kept, rejected = clean_metadata(raw, cfg.data.projections)
     if cfg.data.max_rows is not None:
         kept = kept.head(cfg.data.max_rows).reset_index(drop=True)
-    kept["split"] = splits.assign_splits(kept["patient_id"].tolist(), cfg.data.split)
+    if "split" not in kept:  # a table's split column, else by patient
+        kept["split"] = splits.assign_splits(kept["patient_id"].tolist(), cfg.data.split)
     train_raw = kept.loc[kept["split"] == "train", "raw_labels"].tolist()
     label_set = labelsets.resolve(cfg.data.label_set, train_raw)
     kept["labels"] = list(label_set.encode(kept["raw_labels"].tolist()).tolist())
@@ -170,7 +192,9 @@ def plan_prepare(cfg: Config, metadata_uri: str, images_uri: str) -> PreparePlan
     name = dataset_name(cfg, metadata_uri, images_uri)
     return PreparePlan(
         name=name,
-        config_hash=config_hash({"data": to_dict(cfg.data), "metadata": metadata_uri, "images": images_uri}),
+        config_hash=config_hash(
+            {"data": data_section(cfg, HASH_NEUTRAL_KEYS), "metadata": metadata_uri, "images": images_uri}
+        ),
         metadata_uri=metadata_uri,
         images_uri=images_uri,
         layout=layout,
@@ -225,13 +249,17 @@ def process_shard(payload: str, *, cfg: Config, dataset: str, images_uri: str, l
         done = storage.read_json(sidecar)
         return {**done, "skipped": True, "seconds": time.perf_counter() - t0}
     fs, root = filesystem_for(images_uri, cfg.storage)
+    filesystems: dict[str, Any] = {}  # table rows: one filesystem per scheme
     size = cfg.data.image_size
     records: dict[str, list[Any]] = {name: [] for name in parquet_schema(num_classes).names}
     rejects = []
     for row in spec["rows"]:
-        path = image_path(root, layout, row["image_dir"], row["image_id"])
+        row_fs, path = fs, image_path(root, layout, row["image_dir"], row["image_id"])
+        if layout == table_source.LAYOUT:
+            uri = table_source.image_uri(row["image_id"], images_uri)
+            row_fs, path = table_source.locate(uri, cfg.storage, filesystems)
         try:
-            data = read_image_file(fs, path)
+            data = read_image_file(row_fs, path)
             image, bits = decode_xray(data, int(row["bits_stored"]), dicom_window=cfg.data.dicom_window)
             encoded = encode_prepared(resize_square(image, size))
         except ImageDecodeError as exc:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import ray
 
 from trcgl import records
-from trcgl.config import Config, config_hash, to_dict
+from trcgl.config import Config, DataConfig, config_hash, from_dict, to_dict
 from trcgl.data.dataset import load_dataset_info
 from trcgl.predict.scorer import PartScorer, class_columns
 from trcgl.predict.sources import Listing, list_source, part_payloads
@@ -136,6 +136,14 @@ def checkpoint_thresholds(
     return {**record, "stored_in": f"{THRESHOLDS} (computed by jobs.predict)", "checkpoint_meta": meta_hash}
 
 
+def table_data(cfg: Config, meta: dict) -> DataConfig:
+    """The data section mapping a ``table:`` SOURCE: the job's own when it says ``data.source=table``, else the
+    checkpoint's (:mod:`trcgl.predict.sources`)."""
+    if cfg.data.source == "table":
+        return cfg.data
+    return from_dict({"data": meta["config"].get("data", {})}, "the checkpoint's meta.json").data
+
+
 def stage_record(opts: PredictOptions, meta_hash: str, listing: Listing, thresholds: dict) -> dict:
     """What the output folder is made from (module docstring: reruns)."""
     keys = {
@@ -192,7 +200,9 @@ def run_predict(cfg: Config, opts: PredictOptions, force: bool = False) -> dict:
     """
     t0 = time.perf_counter()
     meta, meta_hash = read_meta(cfg, opts.checkpoint)
-    listing = list_source(opts.images, Storage(cfg.storage.root, cfg.storage), meta["dataset"]["name"])
+    listing = list_source(
+        opts.images, Storage(cfg.storage.root, cfg.storage), meta["dataset"]["name"], table_data(cfg, meta)
+    )
     size = int(meta["dataset"]["image_size"])
     if listing.image_size is not None and listing.image_size != size:
         raise ValueError(
@@ -253,6 +263,7 @@ def _report(
         "images_listed": len(listing.items),
         "images_scored": scored,
         "files_ignored": listing.ignored,
+        "ignored_by_reason": listing.ignored_by_reason,  # table rows passed over
         "bad_images": len(bad),
         "bad_by_reason": by_reason,
         "bad": bad[:REPORT_BAD_MAX],

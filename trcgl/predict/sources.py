@@ -8,8 +8,12 @@ SOURCE forms (:func:`list_source`):
   (:func:`trcgl.data.images.decode_xray`). A single image file works too. Item id: the path below the folder;
 * ``dataset:SPLIT`` or ``dataset:NAME:SPLIT``: the rows of one split of a prepared dataset (by default the one the
   checkpoint was trained on), already decoded and resized by prepare. Item id: the row's ``image_id``;
-* ``table:PATH``: reserved for a table of image paths (issue 20, item 1): a lister registered in :data:`LISTERS`
-  returning items with a ``uri`` each is all the job needs.
+* ``table:PATH``: the image paths of a CSV or Parquet table (local or s3://), its columns mapped by a
+  ``data.source=table`` data section (:mod:`trcgl.data.table`): the job's own when its config has
+  ``data.source=table``, else the checkpoint's. Rows are kept as prepare keeps them, but for their labels (a new table
+  needs none): rows without a path or patient, of a view not in ``data.projections``, or repeating a path are passed
+  over and counted by reason. Relative paths are below ``data.images``, else the table's folder. Item id: the path
+  cell as written.
 
 Items are sorted by id and cut into parts of ``rows_per_part``; part j is ``part-{j:05d}.parquet`` in the output, so
 the same listing always gives the same parts (a rerun skips the finished ones).
@@ -20,15 +24,17 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trcgl.config import StorageConfig, config_hash
+from trcgl.config import DataConfig, StorageConfig, config_hash
 from trcgl.data.dataset import load_dataset_info
+from trcgl.data.padchest import count_reasons
+from trcgl.data.table import clean_table, image_uri, images_root, read_table
 from trcgl.errors import ConfigError
 from trcgl.storage import Storage, filesystem_for, parse_uri
 
@@ -42,10 +48,12 @@ class Listing:
     """The items of a SOURCE.
 
     Attributes:
-        kind: "folder" or "dataset".
-        source: the SOURCE as resolved (a folder's absolute path or s3:// URI; ``dataset:NAME:SPLIT``).
+        kind: "folder", "dataset" or "table".
+        source: the SOURCE as resolved (a folder's absolute path or s3:// URI; ``dataset:NAME:SPLIT``;
+            ``table:URI``).
         items: columns :data:`ITEM_COLUMNS`, one row per image, sorted by ``image_id`` (unique).
-        ignored: files below a folder passed over by name (other suffixes, hidden or ``_`` names).
+        ignored: files below a folder passed over by name (other suffixes, hidden or ``_`` names); table rows passed
+            over.
         image_size: the side of a dataset's prepared images; None for files (resized by the scorer).
     """
 
@@ -54,6 +62,7 @@ class Listing:
     items: pd.DataFrame
     ignored: int = 0
     image_size: int | None = None
+    ignored_by_reason: dict[str, int] = field(default_factory=dict)  # table rows passed over, by reason
 
     def fingerprint(self) -> str:
         """A hash of the item list: another list (images added or removed) is another input."""
@@ -114,7 +123,7 @@ def list_dataset(storage: Storage, name: str, split: str) -> Listing:
     return Listing("dataset", f"{DATASET_PREFIX}{name}:{split}", items, image_size=info.image_size)
 
 
-def list_dataset_spec(spec: str, storage: Storage, default_dataset: str) -> Listing:
+def list_dataset_spec(spec: str, storage: Storage, default_dataset: str, data: DataConfig) -> Listing:
     """``dataset:SPLIT`` (the checkpoint's dataset) or ``dataset:NAME:SPLIT``, listed by :func:`list_dataset`."""
     fields = spec[len(DATASET_PREFIX) :].split(":")
     if len(fields) == 1 and fields[0]:
@@ -124,33 +133,51 @@ def list_dataset_spec(spec: str, storage: Storage, default_dataset: str) -> List
     raise ConfigError(f"--images {spec!r}: expected dataset:SPLIT or dataset:NAME:SPLIT (e.g. dataset:test)")
 
 
-def list_table(spec: str, storage: Storage, default_dataset: str) -> Listing:
-    """A table of image paths (issue 20, item 1): not yet available. Its lister returns items with ``uri`` set (the
-    image file, local or s3://) and ``image_id`` the table's id column; the scorer needs nothing else."""
-    raise ConfigError(
-        f"--images {spec!r}: table sources (a CSV or Parquet of image paths) are not implemented yet (issue 20, "
-        "item 1); give a folder, an s3:// prefix or dataset:NAME:SPLIT"
-    )
+def list_table(spec: str, storage: Storage, default_dataset: str, data: DataConfig) -> Listing:
+    """``table:URI``: the image paths of a table, mapped by ``data`` (module docstring: which rows).
+
+    Raises:
+        ConfigError: ``data`` is not a table source, a mapped column is missing, or no row is left.
+    """
+    uri = spec[len(TABLE_PREFIX) :]
+    if not uri:
+        raise ConfigError(f"--images {spec!r}: expected table:PATH (a CSV or Parquet file, local or s3://)")
+    if data.source != "table":
+        raise ConfigError(
+            f"--images {spec!r}: a table needs its column mapping (data.table), but the checkpoint was trained on "
+            f"data.source={data.source!r}: give it with --config of a table preset or --set data.source=table "
+            "data.table.path_column=... (README: Your own data: a labelled table)"
+        )
+    kept, rejected = clean_table(read_table(uri, storage.cfg), data, uri, labels=False)
+    if kept.empty:
+        raise ConfigError(f"--images {spec!r}: no row of {uri} is usable ({count_reasons(rejected)})")
+    root = images_root(data, uri)
+    ids = kept["image_id"].tolist()
+    items = _items(ids, [image_uri(i, root) for i in ids], [None] * len(ids))
+    by_reason = count_reasons(rejected)
+    return Listing("table", f"{TABLE_PREFIX}{uri}", items, ignored=len(rejected), ignored_by_reason=by_reason)
 
 
-# SOURCE prefix -> lister(spec, storage, the checkpoint's dataset name); a SOURCE without a known prefix is a folder
-LISTERS: dict[str, Callable[[str, Storage, str], Listing]] = {
+# SOURCE prefix -> lister(spec, storage, the checkpoint's dataset name, the data section mapping a table); a SOURCE
+# without a known prefix is a folder
+LISTERS: dict[str, Callable[[str, Storage, str, DataConfig], Listing]] = {
     DATASET_PREFIX: list_dataset_spec,
     TABLE_PREFIX: list_table,
 }
 
 
-def list_source(spec: str, storage: Storage, default_dataset: str) -> Listing:
+def list_source(spec: str, storage: Storage, default_dataset: str, data: DataConfig | None = None) -> Listing:
     """The items of a SOURCE (module docstring: the forms).
 
     Args:
         spec: the SOURCE as given to ``--images``.
-        storage: the storage root (prepared datasets; endpoint settings for s3:// folders).
+        storage: the storage root (prepared datasets; endpoint settings for s3:// folders and tables).
         default_dataset: the dataset ``dataset:SPLIT`` means (the checkpoint's).
+        data: the data section whose ``table`` maps a ``table:`` SOURCE; None: the defaults (no table source).
     """
     for prefix, lister in LISTERS.items():
         if spec.startswith(prefix):
-            return lister(spec, storage, default_dataset)
+            return lister(spec, storage, default_dataset, data or DataConfig())
     return list_folder(spec, storage.cfg)
 
 

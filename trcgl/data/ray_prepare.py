@@ -33,7 +33,7 @@ def run_prepare(cfg: Config) -> dict:
     """Prepares ``{root}/datasets/{name}/`` from metadata + images (skipped when already published).
 
     Returns:
-        The prepare report (also written as ``prepare_report.json``), plus ``skipped_shards``.
+        The prepare report (also written as ``_prepare_report.json``), plus ``skipped_shards``.
     """
     t0 = time.perf_counter()
     storage = Storage(cfg.storage.root, cfg.storage)

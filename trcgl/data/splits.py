@@ -75,7 +75,7 @@ def cooccurrence_frame(classes: Sequence[str], counts: np.ndarray) -> pd.DataFra
 
 
 def label_summary(classes: Sequence[str], y: np.ndarray, splits: np.ndarray, cfg: GroupConfig) -> dict:
-    """What ``labels.json`` holds: ordered classes, groups, per-split counts and train prevalence.
+    """What ``_labels.json`` holds: ordered classes, groups, per-split counts and train prevalence.
 
     Args:
         classes: K class names.

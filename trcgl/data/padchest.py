@@ -10,7 +10,7 @@ The metadata is one CSV, ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv[
 **What we read.** ImageID, ImageDir, PatientID, Projection, Labels (a Python-list string), Localizations, sex,
 birth year, study date, BitsStored (12 or 10 bits; 16 when absent and unknown).
 
-**What we keep and drop, and why** (each dropped row is counted by reason in ``prepare_report.json``):
+**What we keep and drop, and why** (each dropped row is counted by reason in ``_prepare_report.json``):
 
 =========================  ============================================================================
 reason                     rule

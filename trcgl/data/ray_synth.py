@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import pandas as pd
+import pyarrow as pa
 import ray
 
 from trcgl.config import Config, dump_yaml, to_dict
@@ -12,6 +14,46 @@ from trcgl.data.synth import source
 from trcgl.storage import Storage, source_dir
 
 log = logging.getLogger(__name__)
+
+
+def _render_blocks(batch: dict, plan_ref: list, step: int, cfg_dict: dict, name: str, layout: str) -> dict:
+    """Renders the plan rows of each block id in ``batch["id"]``; returns one summary row per block."""
+    plan = ray.get(plan_ref[0])  # a pyarrow Table in the object store: read in place, not copied
+    out: dict[str, list] = {"block": [], "rendered": [], "seconds": []}
+    for block in batch["id"]:
+        rows = plan.slice(int(block) * step, step).to_pandas()
+        res = source.render_rows(rows, cfg_dict, name, layout, check_existing=False)
+        out["block"].append(int(block))
+        out["rendered"].append(int((res["status"] == "rendered").sum()))
+        out["seconds"].append(float(res["seconds"].sum()))
+    return out
+
+
+def _render(cfg: Config, name: str, todo: pd.DataFrame) -> pd.DataFrame:
+    """Renders every row of ``todo`` as Ray Data tasks of ``synth.batch_size`` rows; one summary row per block.
+
+    The plan travels once, as one Arrow table in the object store, and the dataset holds only block ids, so the
+    driver builds no per-block frames and collects one small row per block, whatever the number of rows.
+    """
+    step = cfg.synth.batch_size
+    blocks = -(-len(todo) // step)
+    plan_ref = ray.put(pa.Table.from_pandas(todo, preserve_index=False))
+    ds = ray.data.range(blocks, override_num_blocks=blocks).map_batches(
+        _render_blocks,
+        batch_size=1,  # one task renders one block of rows
+        fn_kwargs={
+            "plan_ref": [plan_ref],  # in a list, so Ray hands the task the reference, not a copy per call
+            "step": step,
+            "cfg_dict": to_dict(cfg),
+            "name": name,
+            "layout": cfg.synth.layout,
+        },
+        num_cpus=cfg.ray.cpus_per_task,
+    )
+    results = ds.to_pandas()
+    if sorted(results["block"]) != list(range(blocks)):
+        raise RuntimeError(f"rendering returned {len(results)} results for {blocks} blocks")
+    return results
 
 
 def run_synthesize(cfg: Config) -> dict:
@@ -37,21 +79,21 @@ def run_synthesize(cfg: Config) -> dict:
     subset = source.select_subset(cfg, full)
     storage.write_bytes(f"{base}/{source.CSV_FILE}", source.subset_csv_bytes(subset))
     plan = source.render_plan(subset)
-    log.info("rendering %d PadChest-Synth images at %d px into %s", len(plan), cfg.synth.size, storage.uri(base))
-    step = cfg.synth.batch_size
-    blocks = [plan.iloc[i : i + step] for i in range(0, len(plan), step)]  # one task per block
-    ds = ray.data.from_pandas(blocks).map_batches(
-        source.render_rows,
-        batch_size=cfg.synth.batch_size,
-        batch_format="pandas",
-        fn_kwargs={"cfg_dict": to_dict(cfg), "name": name, "layout": cfg.synth.layout},
-        num_cpus=cfg.ray.cpus_per_task,
+    todo = source.missing_rows(storage, name, cfg.synth.layout, plan).reset_index(drop=True)
+    log.info(
+        "rendering %d PadChest-Synth images at %d px into %s (%d of %d already present)",
+        len(todo),
+        cfg.synth.size,
+        storage.uri(base),
+        len(plan) - len(todo),
+        len(plan),
     )
-    results = ds.to_pandas()
-    if sorted(results["image_id"]) != sorted(plan["image_id"]):
-        raise RuntimeError(f"rendering returned {len(results)} results for {len(plan)} planned images")
+    results = _render(cfg, name, todo) if len(todo) else pd.DataFrame({"block": [], "rendered": [], "seconds": []})
+    if int(results["rendered"].sum()) != len(todo):
+        raise RuntimeError(f"rendering returned {int(results['rendered'].sum())} images for {len(todo)} planned")
     sheets = source.write_contact_sheets(cfg, storage, name, cfg.synth.layout, plan)
-    status = results["status"].value_counts().to_dict()
+    status = {"rendered": len(todo), "exists": len(plan) - len(todo)}
+    seconds_per_image = float(results["seconds"].sum()) / len(todo) if len(todo) else 0.0
     report = {
         "source": name,
         "root": storage.uri(base),
@@ -61,7 +103,7 @@ def run_synthesize(cfg: Config) -> dict:
         "rows": len(plan),
         "rendered": int(status.get("rendered", 0)),
         "already_present": int(status.get("exists", 0)),
-        "render_seconds_per_image": round(float(results["seconds"].mean()), 4),
+        "render_seconds_per_image": round(seconds_per_image, 4),
         "projections": plan["projection"].value_counts().to_dict(),
         "class_counts": source.class_counts(plan),
         "contact_sheets": sheets,

@@ -9,6 +9,7 @@
     python -m jobs.benchmark faults [--workdir DIR] [--only train-worker-kill sweep-driver-kill ...]
     python -m jobs.benchmark cache [--workdir DIR] [--epochs 3] [--stages classifier diffusion]
     python -m jobs.benchmark cost [--config jobs/configs/padchest.yaml] [--set KEY=VALUE ...]
+    python -m jobs.benchmark scale [--sizes 2000 20000 full] [--workdir DIR] [--render-size 256] [--size 64]
 
 prepare: our Ray Data prepare vs. torchxrayvision's PC_Dataset through a DataLoader (num_workers=2) on the same
 PadChest-Synth images; images/s of each and their ratio (target >= 1.0); peak memory of prepare at 1x and
@@ -39,6 +40,12 @@ cache: the tiny classifier and diffusion training jobs with their data streamed 
 (train.cache_mb=0) vs read once and held in Ray's object store (the default); seconds per epoch and per run, and
 held/streamed ratios (below 1.0: holding is faster).
 
+scale: PadChest-Synth rendered and prepared (demo preset, fresh storage root and local Ray per size) at each size,
+``full`` being every usable metadata row (synth.rows=all): seconds and images/s of each stage and peak memory of the
+whole process tree per size, time-per-row and memory ratios against the smallest size (linear time, flat memory is
+the goal; the full set's targets: 60 minutes, 4 GB), then one classifier epoch's images/s streamed
+(train.cache_mb=0) from the largest dataset vs held from the smallest. --no-epoch skips the epochs.
+
 cost: no run, a model on paper (trcgl/cost.py): what one full pipeline run with the config costs on cluster/aws.yaml
 (bytes read, prepare CPU-hours, diffusion, generation and sweep GPU-hours, storage, dollars on-demand and spot),
 every figure with its source (measured, published or assumed). README "What a full run costs".
@@ -59,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging("WARNING")
         return run_autoscale(args_in[1:])
+    if args_in[:1] == ["scale"]:  # its own options (trcgl_dev/benchmarks/ray_scale_bench.py)
+        from trcgl_dev.benchmarks.ray_scale_bench import run as run_scale
+
+        setup_logging("WARNING")
+        for line in run_scale(args_in[1:]).lines():
+            sys.stdout.write(line + "\n")
+        return 0
     if args_in[:1] == ["faults"]:  # its own options (trcgl_dev/benchmarks/ray_faults_bench.py)
         from trcgl_dev.benchmarks.ray_faults_bench import run as run_faults
 
@@ -102,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile in the CPU dry run")
     sub.add_parser("autoscale", help="GPU nodes from 0 and back on the local autoscaling cluster (--help for options)")
     sub.add_parser("faults", help="the fault-injection scenarios, one line of figures each (--help for options)")
+    sub.add_parser("scale", help="render + prepare at growing row counts: time and memory growth (--help for options)")
     from trcgl_dev.benchmarks.ray_cache_bench import add_arguments as cache_arguments
 
     cache_arguments(sub.add_parser("cache", help="training epochs: data streamed each epoch vs held in memory"))

@@ -69,3 +69,40 @@ def test_cache_benchmark_ratios(epochs):
     one = CacheBenchResult({"train": 388, "val": 66}, runs[:2]).lines()
     assert one[-1] == "cache  classifier held/streamed, streamed first: epoch 0.50, run 0.50"
     assert not any("mean of" in line for line in one)
+
+
+def test_scale_benchmark_lines():
+    """The scale benchmark's arithmetic (no Ray): time per row and memory above idle against the smallest size, the
+    full set's targets, and the epoch ratio."""
+    from trcgl_dev.benchmarks.ray_scale_bench import EpochRun, ScaleBenchResult, ScaleRun
+
+    small = ScaleRun("2000", rows=2000, prepared=1800, render_s=40.0, prepare_s=10.0, peak_mb=1500.0, idle_mb=1000.0)
+    # 10x the rows in 12x the time (1.2x per row), 1.5x the memory above idle
+    big = ScaleRun("20000", rows=20000, prepared=18000, render_s=500.0, prepare_s=100.0, peak_mb=1750.0, idle_mb=1000.0)
+    full = ScaleRun(
+        "full", rows=160000, prepared=110000, render_s=3000.0, prepare_s=700.0, peak_mb=2000.0, idle_mb=1000.0
+    )
+    epochs = [EpochRun("full", "streamed", 88000, 800.0), EpochRun("2000", "held", 1400, 10.0)]
+    lines = ScaleBenchResult([small, big, full], epochs).lines()
+    assert lines[0] == (
+        "scale  rows=2000: 2000 rendered in 40.0 s (50.0 images/s), 1800 prepared in 10.0 s (180.0 images/s), "
+        "total 50.0 s; peak memory 1500 MB (500 MB above idle)"
+    )
+    assert lines[3] == (
+        "scale  rows=20000 vs 2000: 10.0x rows, time per row 1.20x (1.0: linear), "
+        "peak memory above idle 1.50x (1.0: flat)"
+    )
+    assert lines[5] == "scale  full set: 61.7 min (target <= 60), peak 2000 MB (target <= 4096): NOT met"
+    assert lines[-1] == "scale  classifier epoch images/s streamed/held: 0.79x"  # 110 / 140 images/s
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs(ray_local, capsys, tmp_path):
+    from jobs.benchmark import main
+
+    args = ["scale", "--sizes", "120", "60", "--preset", "tiny", "--render-size", "64", "--size", "32"]
+    assert main([*args, "--no-epoch", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("scale  rows=60: ") and out[1].startswith("scale  rows=120: ")  # smallest first
+    assert out[2].startswith("scale  rows=120 vs 60: ") and "time per row" in out[2]
+    assert (tmp_path / "rows-60" / "datasets").is_dir() and (tmp_path / "rows-120" / "datasets").is_dir()

@@ -15,6 +15,8 @@ from trcgl.storage import Storage, source_dir
 
 log = logging.getLogger(__name__)
 
+MAX_DATA_BLOCKS = 200
+
 
 def _render_blocks(batch: dict, plan_ref: list, step: int, cfg_dict: dict, name: str, layout: str) -> dict:
     """Renders the plan rows of each block id in ``batch["id"]``; returns one summary row per block."""
@@ -38,9 +40,11 @@ def _render(cfg: Config, name: str, todo: pd.DataFrame) -> pd.DataFrame:
     step = cfg.synth.batch_size
     blocks = -(-len(todo) // step)
     plan_ref = ray.put(pa.Table.from_pandas(todo, preserve_index=False))
-    ds = ray.data.range(blocks, override_num_blocks=blocks).map_batches(
+    # at most MAX_DATA_BLOCKS Ray Data blocks of ids, each task calling the function once per id: a few hundred tasks
+    # instead of one per id at every row (thousands of tiny read and map tasks each cost scheduling time)
+    ds = ray.data.range(blocks, override_num_blocks=min(blocks, MAX_DATA_BLOCKS)).map_batches(
         _render_blocks,
-        batch_size=1,  # one task renders one block of rows
+        batch_size=1,  # one call per block of rows (a task makes as many calls as its Ray Data block has ids)
         fn_kwargs={
             "plan_ref": [plan_ref],  # in a list, so Ray hands the task the reference, not a copy per call
             "step": step,
@@ -75,10 +79,12 @@ def run_synthesize(cfg: Config) -> dict:
         log.info("PadChest-Synth %s already rendered at %s: skipping", name, storage.uri(base))
         return storage.read_json(f"{base}/synth_report.json")
     storage.check_writable()
-    full = source.read_full_csv()
-    subset = source.select_subset(cfg, full)
+    # the whole CSV as text and the subset are dropped before rendering: at every row they are most of the driver's
+    # memory, and only the compact plan is needed from here on
+    subset = source.select_subset(cfg, source.read_full_csv())
     storage.write_bytes(f"{base}/{source.CSV_FILE}", source.subset_csv_bytes(subset))
     plan = source.render_plan(subset)
+    del subset
     todo = source.missing_rows(storage, name, cfg.synth.layout, plan).reset_index(drop=True)
     log.info(
         "rendering %d PadChest-Synth images at %d px into %s (%d of %d already present)",

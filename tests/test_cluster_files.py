@@ -576,3 +576,22 @@ def test_padchest_preset_fits_the_cluster():
         assert cfg.train.gpus_per_worker <= gpus and cfg.generate.num_gpus <= gpus, where
         assert cfg.train.num_workers * cfg.train.gpus_per_worker <= gpus * most, f"{where}: too few GPU nodes"
         assert cfg.generate.actors_max * cfg.generate.num_gpus <= gpus * most, f"{where}: too few GPU nodes"
+
+
+def test_strict_spread_beyond_the_local_clusters_nodes_fails_fast(monkeypatch):
+    """``train.placement_strategy=STRICT_SPREAD`` puts each Train worker on a node of its own: with more workers than
+    the autoscaler's node types can ever hold (cluster/local-autoscaling.yaml: 2 gpu_worker nodes of 1 GPU) the
+    placement group would wait forever, so it fails at once, naming the key; within them, or packed, it passes."""
+    from trcgl.config import ConfigError
+    from trcgl.ray_runtime import CONFIG_ENV, check_spread
+
+    monkeypatch.setenv(CONFIG_ENV, str(CLUSTER / "local-autoscaling.yaml"))
+    gpu_worker = {"CPU": 0.45, "GPU": 1.0}
+    with pytest.raises(ConfigError, match=r"'train.placement_strategy' is STRICT_SPREAD .* 3 workers .* only 2 nodes"):
+        check_spread("STRICT_SPREAD", 3, gpu_worker, True, "train.placement_strategy")
+    check_spread("STRICT_SPREAD", 2, gpu_worker, True, "train.placement_strategy")
+    check_spread("PACK", 3, gpu_worker, True, "train.placement_strategy")  # other strategies: the autoscaler's call
+    # CPU-only workers fit the gpu_worker and cpu_worker types (2 + 1 nodes); the head advertises no CPU
+    check_spread("STRICT_SPREAD", 3, {"CPU": 0.45}, True, "train.placement_strategy")
+    with pytest.raises(ConfigError, match="only 3 nodes"):
+        check_spread("STRICT_SPREAD", 4, {"CPU": 0.45}, True, "train.placement_strategy")

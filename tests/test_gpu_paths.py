@@ -95,3 +95,15 @@ def test_peak_lookup_prefers_the_longest_name():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert peak_tflops("NVIDIA A10G") == 70.0
     assert peak_tflops("Quadro Something") is None
+
+
+def test_auto_backend_is_nccl_only_where_this_torch_can_use_cuda():
+    """``train.dist_backend=auto`` for GPU workers, as each worker answers it: a GPU Ray declares but torch cannot use
+    (a fake GPU of the local autoscaling cluster; this machine, whose torch build has NCCL but no CUDA device) trains on
+    the CPU, so the process group must be gloo there; named backends are kept."""
+    from trcgl.train.devices import dist_backend
+
+    nccl = torch.distributed.is_available() and torch.distributed.is_nccl_available()
+    assert dist_backend(True, "auto") == ("nccl" if CUDA and nccl else "gloo")
+    assert dist_backend(False, "auto") == "gloo"
+    assert dist_backend(False, "nccl") == "nccl" and dist_backend(True, "gloo") == "gloo"

@@ -154,6 +154,51 @@ def check_cpu_budget(cfg: Config, concurrent_runs: int = 1, driver_cpus: float =
         )
 
 
+def _fits(have: dict[str, Any], need: dict[str, float]) -> bool:
+    return all(float(have.get(k, 0)) + 1e-9 >= v for k, v in need.items() if v > 0)
+
+
+def check_spread(strategy: str, workers: int, per_worker: dict[str, float], autoscaling: bool, key: str) -> None:
+    """Fails fast when a STRICT_SPREAD placement (one worker per node) needs more nodes than there can be.
+
+    Ray places such a group only on ``workers`` distinct nodes that each hold one worker; with fewer it pends forever
+    with no error. Without an autoscaler the nodes alive now count; with one, the node types of its config
+    (:func:`autoscaler_config_path`: ``max_workers`` of each worker type that holds a worker, and the head if it
+    does); where no config is visible the autoscaler is trusted. Other strategies place anywhere the resources are.
+
+    Args:
+        strategy: the placement strategy (``train.placement_strategy``).
+        workers: workers in the group.
+        per_worker: one worker's resources (``{"CPU": ..., "GPU": ...}``).
+        autoscaling: ``ray.autoscaling``.
+        key: the config key that asked, named in the error.
+
+    Raises:
+        ConfigError: naming the key, the workers and the nodes that could hold one.
+    """
+    if strategy != "STRICT_SPREAD" or workers <= 1:
+        return
+    if not autoscaling:
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and _fits(n.get("Resources") or {}, per_worker))
+        where = "alive nodes of this cluster hold one worker each and ray.autoscaling is false"
+    else:
+        path = autoscaler_config_path()
+        if path is None:
+            return
+        config = load_cluster_config(path)
+        nodes = sum(
+            1 if name == config.get("head_node_type") else int(spec.get("max_workers", 0))
+            for name, spec in node_types(config).items()
+            if _fits(spec.get("resources") or {}, per_worker)
+        )
+        where = f"nodes of the autoscaler's node types (config {path}) can hold one worker each"
+    if nodes < workers:
+        raise ConfigError(
+            f"config key {key!r} is STRICT_SPREAD (one worker per node) for {workers} workers of {per_worker}, but "
+            f"only {nodes} {where}: the workers would wait forever. Use SPREAD or PACK, fewer workers, or more nodes"
+        )
+
+
 def node_types(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``available_node_types`` of a cluster config."""
     return dict(config.get("available_node_types") or {})

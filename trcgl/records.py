@@ -195,6 +195,7 @@ CLASSIFIER_EXECUTION_KEYS = (
     "train.dataset",
     "train.cpus_per_worker",
     "train.gpus_per_worker",
+    "train.placement_strategy",
     "train.pin_memory",
     "train.max_failures",
     "train.checkpoints_to_keep",

@@ -19,6 +19,7 @@ SYNTHETIC_SET = "synthetic_set"  # pseudo-key: which synthetic folder of the run
 SYNTHETIC_FOLDERS = ("synthetic", "synthetic_filtered")
 TYPES = ("choice", "uniform", "loguniform", "int")
 EXTRA_SOURCES = ("synthetic", "real", "oracle")  # train.extra_source
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # train.placement_strategy (Ray's)
 GENERATE_MODES = ("sample", "edit")
 # ablation.rows.<name>.extra: synthetic_<mode> draws a folder of its own, generated with generate.mode forced to <mode>
 MODE_EXTRAS = {f"synthetic_{mode}": mode for mode in GENERATE_MODES}
@@ -260,6 +261,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.eval_local_rows' must be >= 0, got {cfg.train.eval_local_rows}")
     if cfg.train.dist_backend not in ("auto", "nccl", "gloo"):
         raise ConfigError(f"config key 'train.dist_backend' must be auto, nccl or gloo, got {cfg.train.dist_backend!r}")
+    if cfg.train.placement_strategy not in PLACEMENT_STRATEGIES:
+        raise ConfigError(
+            f"config key 'train.placement_strategy' must be one of {list(PLACEMENT_STRATEGIES)}, "
+            f"got {cfg.train.placement_strategy!r}"
+        )
     if sw.scheduler not in ("asha", "fifo"):
         raise ConfigError(f"config key 'sweep.scheduler' must be asha or fifo, got {sw.scheduler!r}")
     if sw.num_samples < 1 or sw.max_concurrent_trials < 1:

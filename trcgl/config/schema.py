@@ -207,7 +207,12 @@ class TrainConfig:
     # 0.5, so that two workers and a sweep trial's driver still leave one whole CPU of two
     cpus_per_worker: float = 0.45
     gpus_per_worker: float = 1.0  # when use_gpu
-    dist_backend: str = "auto"  # torch.distributed: "auto" (NCCL with GPUs where torch has it, else gloo), nccl, gloo
+    # torch.distributed: "auto" (gloo for CPU workers; for GPU workers NCCL when every worker's torch can use CUDA and
+    # has NCCL, else gloo, decided on the placed workers), nccl, gloo
+    dist_backend: str = "auto"
+    # the Train workers' placement group: PACK (Ray's default: fewest nodes), SPREAD, STRICT_PACK, STRICT_SPREAD (one
+    # worker per node)
+    placement_strategy: str = "PACK"
     amp: bool = True  # mixed precision (bf16 autocast) where the device supports it (CUDA with bf16)
     compile: bool = False  # torch.compile the model for training steps (checkpoints keep the plain weights)
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": tracing without code generation)

@@ -83,8 +83,8 @@ def train_or_replay(cfg: Config, option: str = "--force") -> None:
     if state == "same" and storage.exists(f"{classifier}/summary.json"):
         # finished before the sweep's driver was killed, but Tune had not recorded it: replay its epochs, don't retrain
         log.info("run %s already finished: reporting its recorded epochs", cfg.train.run)
-        for epoch in storage.read_json(f"{classifier}/history.json"):
-            tune.report(epoch)
+        for epoch in storage.read_json(f"{classifier}/history.json"):  # the metrics, as the run reported them
+            tune.report({k: v for k, v in epoch.items() if k not in ray_train.PLACEMENT_KEYS})
         return
     ray_train.run_training(cfg, callbacks=[TuneReportCallback()])
 

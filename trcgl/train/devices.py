@@ -66,10 +66,16 @@ def prepare_for_speed(
 
 
 def dist_backend(use_gpu: bool, wanted: str = "auto") -> str:
-    """The torch.distributed backend for Ray Train: ``wanted``, or for "auto" NCCL when GPUs are used and this torch
-    build has NCCL, gloo otherwise (gloo also carries CUDA tensors, only slower)."""
+    """The torch.distributed backend for Ray Train: ``wanted``, or for "auto" NCCL when GPUs are used and this
+    process's torch can use CUDA and has NCCL, gloo otherwise (gloo also carries CUDA tensors, only slower).
+
+    "auto" with GPUs is a question about the Train workers' processes, so Ray Train asks it there
+    (:func:`trcgl.train.ray_common.torch_config`): a GPU Ray declares but torch cannot use (a fake GPU of the local
+    autoscaling cluster, a broken driver) trains on the CPU (``train_device``), where NCCL cannot run.
+    """
     if wanted != "auto":
         return wanted
     import torch.distributed as dist
 
-    return "nccl" if use_gpu and dist.is_available() and dist.is_nccl_available() else "gloo"
+    nccl = dist.is_available() and dist.is_nccl_available()
+    return "nccl" if use_gpu and nccl and torch.cuda.is_available() else "gloo"

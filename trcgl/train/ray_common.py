@@ -8,6 +8,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,11 @@ import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
+from ray.train.torch.config import _TorchBackend
 
 from trcgl.config import Config
 from trcgl.ray_console import quiet_train_reports, train_logging
-from trcgl.ray_runtime import check_cpu_budget, check_gpus
+from trcgl.ray_runtime import check_cpu_budget, check_gpus, check_spread
 from trcgl.storage import Storage, run_dir
 from trcgl.train.devices import dist_backend
 
@@ -28,21 +30,68 @@ log = logging.getLogger(__name__)
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
-    """Workers, CPUs and GPUs per worker from ``train.*`` (failing fast on GPUs no node has, see check_gpus)."""
+    """Workers, CPUs and GPUs per worker and their placement from ``train.*`` (failing fast on GPUs no node has, see
+    check_gpus, and on a strict spread over more nodes than there are, see check_spread).
+
+    ``train.placement_strategy`` is the strategy of the workers' placement group: PACK (Ray's default: as few nodes as
+    possible, DDP traffic stays inside a node), SPREAD (across nodes where it can), STRICT_PACK (one node or none),
+    STRICT_SPREAD (one worker per node or none: each worker gets a node's network link and memory to itself).
+    """
     check_cpu_budget(cfg)
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
         check_gpus(cfg.train.gpus_per_worker, cfg.ray.autoscaling, "train.gpus_per_worker")
-    return ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources)
+    strategy = cfg.train.placement_strategy
+    check_spread(strategy, cfg.train.num_workers, resources, cfg.ray.autoscaling, "train.placement_strategy")
+    return ScalingConfig(
+        num_workers=cfg.train.num_workers,
+        use_gpu=cfg.train.use_gpu,
+        resources_per_worker=resources,
+        placement_strategy=strategy,
+    )
 
 
 def torch_config(cfg: Config) -> TorchConfig:
-    """The process-group backend from ``train.dist_backend`` ("auto": NCCL with GPUs where torch has it, else gloo).
+    """The process group's backend from ``train.dist_backend``: nccl or gloo as named; "auto" is gloo for CPU workers
+    and, for GPU workers, chosen on the workers once they are placed (:class:`_WorkersChooseBackend`).
 
-    The driver decides for all workers, so the driver's and the workers' torch builds must agree (one image).
+    The driver cannot tell for GPU workers: it often runs on a head without GPUs, and a node may declare GPUs that
+    torch cannot use (the fake GPUs of the local autoscaling cluster, a broken driver), whose workers train on the
+    CPU (:func:`train_device`), where NCCL fails. Ray's own default (``backend=None``) picks NCCL for any GPU worker.
     """
+    if cfg.train.dist_backend == "auto" and cfg.train.use_gpu:
+        return _WorkersChooseBackendConfig()
     return TorchConfig(backend=dist_backend(cfg.train.use_gpu, cfg.train.dist_backend))
+
+
+class _WorkersChooseBackend(_TorchBackend):
+    """Ray's torch backend, with the process group's backend chosen on the placed workers before it starts.
+
+    Each worker answers :func:`~trcgl.train.devices.dist_backend` for itself (NCCL where its torch can use CUDA and
+    has NCCL, else gloo); every rank must use the same one, so it is NCCL only when every worker said NCCL, else gloo
+    (which also carries the CUDA tensors of workers that have CUDA). Ray's ``TorchftConfig`` subclasses
+    ``_TorchBackend`` the same way.
+    """
+
+    def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
+        answers = worker_group.execute(_gpu_worker_backend)
+        backend = "nccl" if all(a == "nccl" for a in answers) else "gloo"
+        log.info("process group backend %s (the workers' torch: %s)", backend, answers)
+        super().on_start(worker_group, replace(backend_config, backend=backend))
+
+
+def _gpu_worker_backend() -> str:
+    """What "auto" means for a GPU worker, asked in the worker's process (Ray's ``execute`` wants a named function)."""
+    return dist_backend(True, "auto")
+
+
+class _WorkersChooseBackendConfig(TorchConfig):
+    """A ``TorchConfig`` whose backend the placed workers choose (:class:`_WorkersChooseBackend`)."""
+
+    @property
+    def backend_cls(self) -> type[_TorchBackend]:
+        return _WorkersChooseBackend
 
 
 def run_config(cfg: Config, storage: Storage, stage: str, callbacks: list | None = None) -> RunConfig:
@@ -197,6 +246,22 @@ def all_workers_sum(values: list[int], device: torch.device) -> list[int]:
     t = torch.tensor(values, dtype=torch.int64, device=device)
     torch.distributed.all_reduce(t)
     return [int(v) for v in t.tolist()]
+
+
+def worker_placement() -> dict[str, Any]:
+    """Where this attempt's Train workers run: ``{"dist_backend": ..., "workers": [{"rank", "node_id"}, ...]}``
+    (ranks in order; ``node_id``: the Ray node, which tells nodes apart where hostnames do not, as on the fake nodes
+    of the local autoscaling cluster).
+
+    Every rank calls it once, at the same point (an all-gather over the process group; without one, this worker
+    alone). Under NCCL the gather goes through the current CUDA device, which Ray Train sets for each worker.
+    """
+    me = {"rank": ray.train.get_context().get_world_rank(), "node_id": ray.get_runtime_context().get_node_id()}
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return {"dist_backend": None, "workers": [me]}
+    workers: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(workers, me)
+    return {"dist_backend": str(torch.distributed.get_backend()), "workers": workers}
 
 
 def train_device(stage: str) -> torch.device:

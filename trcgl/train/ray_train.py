@@ -45,6 +45,7 @@ from trcgl.train.ray_common import (
     scaling_config,
     torch_config,
     train_device,
+    worker_placement,
 )
 from trcgl.train.ray_evaluate import evaluate_checkpoint
 from trcgl.train.thresholds import threshold_record
@@ -52,6 +53,8 @@ from trcgl.train.thresholds import threshold_record
 log = logging.getLogger(__name__)
 
 STAGE = "classifier"
+# what history.json records per epoch beside the reported metrics: where the attempt's workers ran (worker_placement)
+PLACEMENT_KEYS = ("dist_backend", "workers")
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -279,11 +282,12 @@ def _predict(model: torch.nn.Module, it: Any, device: torch.device) -> tuple[np.
 
 
 def _validate_and_checkpoint(
-    w: _Worker, epoch: int, metrics: dict[str, Any], history: list[dict], best: float
+    w: _Worker, epoch: int, metrics: dict[str, Any], history: list[dict], best: float, placement: dict[str, Any]
 ) -> tuple[float, dict[str, bytes]]:
     """Rank 0's end of an epoch: validates, records the epoch and builds its checkpoint.
 
-    Adds the val metrics (``val_mAP``, ``val_mAUC``, ...) to ``metrics``, appends ``metrics`` to ``history``, chooses
+    Adds the val metrics (``val_mAP``, ``val_mAUC``, ...) to ``metrics``, appends ``metrics`` and ``placement`` (the
+    attempt's workers and backend, :func:`worker_placement`; kept out of the reported metrics) to ``history``, chooses
     the per-class decision thresholds on the same val predictions (:mod:`trcgl.train.thresholds`, stored in the
     checkpoint's ``meta.json``), rewrites ``best/`` (the checkpoint without ``state.pt``) when val mAP beat ``best``,
     then ``history.json``.
@@ -296,7 +300,7 @@ def _validate_and_checkpoint(
     val_scores, val_targets = _predict(ckpt.bare(w.model), val_batches, w.device)
     val = evaluate_scores(val_scores, val_targets, w.info.classes, w.info.groups, bootstrap=0)
     metrics.update({f"val_{k}": val[k] for k in METRICS})
-    history.append(metrics)
+    history.append(metrics | placement)
     score = val["mAP"] if val["mAP"] is not None else -1.0
     improved = score > best
     best = max(best, score)
@@ -328,9 +332,10 @@ def train_loop_per_worker(config: dict) -> None:
     w = _build(config)
     # -- resume: from the run's newest checkpoint Ray Train registered, if any
     start_epoch, history, best = _resume(w)
-    # -- distribute: DDP on the training device; this worker's shard of the train rows
+    # -- distribute: DDP on the training device; this worker's shard of the train rows; where the ranks run
     w = _distribute(w)
     shard = ray.train.get_dataset_shard("train")
+    placement = worker_placement()  # an all-gather: every rank, once an attempt
     for epoch in range(start_epoch, w.cfg.train.epochs):
         t0 = time.perf_counter()
         # -- train the epoch, its rows counted for the fault suite
@@ -348,7 +353,7 @@ def train_loop_per_worker(config: dict) -> None:
         # -- validate and checkpoint (rank 0)
         checkpoint = None
         if w.rank == 0:
-            best, files = _validate_and_checkpoint(w, epoch, metrics, history, best)
+            best, files = _validate_and_checkpoint(w, epoch, metrics, history, best, placement)
             checkpoint = partial(ckpt.write_local, files=files)
         # -- report: every rank, once an epoch (a barrier); rank 0 attaches the checkpoint
         report_epoch(metrics, checkpoint)
@@ -446,6 +451,8 @@ def run_training(cfg: Config, callbacks: list | None = None, force: bool = False
         "best_val_mAP": max((h["val_mAP"] or -1) for h in history),
         "test": {k: test[k] for k in METRICS} | {"ci": test["ci"]},
         "best_checkpoint": best_uri,
+        # the last epoch's Train workers (rank, Ray node id) and process-group backend; history.json has each epoch's
+        "placement": {k: history[-1].get(k) for k in PLACEMENT_KEYS},
         "outputs": storage.uri(classifier),
         "train_seconds": round(time.perf_counter() - t0, 1),
     }

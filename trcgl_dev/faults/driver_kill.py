@@ -47,9 +47,17 @@ def job_env() -> dict[str, str]:
 
 
 def kill_when(
-    cmd: list[str], ready: Callable[[], bool], log_path: Path, timeout_s: float = 600.0, poll_s: float = 0.5
+    cmd: list[str],
+    ready: Callable[[], bool],
+    log_path: Path,
+    timeout_s: float = 600.0,
+    poll_s: float = 0.5,
+    env: dict[str, str] | None = None,
 ) -> float:
     """Starts ``cmd`` in its own process group and SIGKILLs the group once ``ready()`` holds.
+
+    ``env``: the job's environment (default :func:`job_env`; e.g. ``{**os.environ, **LocalCluster.env()}`` for a
+    driver on the local autoscaling cluster).
 
     Returns:
         Seconds from start to the kill.
@@ -61,7 +69,12 @@ def kill_when(
     t0 = time.perf_counter()
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=job_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=REPO,
+            env=job_env() if env is None else env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         while not ready():

@@ -1,13 +1,15 @@
 """Nothing downloads weights or data at run time unless a user's config names them: real jobs run with outbound
 network blocked.
 
-Each job runs as a subprocess whose environment puts ``tests/_offline`` first on ``PYTHONPATH``: its
-``sitecustomize.py`` makes every ``connect`` to another machine raise (see that module), in the driver and, because
-Ray's local workers inherit the driver's environment, in every Ray worker too. ``HF_HUB_OFFLINE`` /
-``TRANSFORMERS_OFFLINE`` / ``HF_DATASETS_OFFLINE`` are set as well, so a hub lookup fails in the libraries' own
-offline mode before it reaches the network. A future default that names a hub id (timm, transformers, diffusers) or
-fetches a data set then fails the job, or at the latest this test's check that its driver and Ray workers had no
-connection refused.
+A blocked process's environment puts ``tests/_offline`` first on ``PYTHONPATH``: its ``sitecustomize.py`` makes
+every ``connect`` to another machine raise (see that module), in the driver and, because Ray's processes inherit the
+environment of the process that starts Ray, in every Ray worker too. ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` /
+``HF_DATASETS_OFFLINE`` are set as well, so a hub lookup fails in the libraries' own offline mode before it reaches
+the network. The job checked is the end-to-end pipeline job (tests/conftest.py ``pipeline_on_token_head``: its
+token-auth head runs with the blocker, so the job's driver and workers do): it prepares, trains the diffusion model
+(diffusers UNet, transformers text encoder), generates, sweeps and trains classifiers (timm backbone, torch-geometric
+GCN, class attention). A future default that names a hub id or fetches a data set then fails the job, or at the
+latest this test's check that its driver and Ray workers had no connection refused.
 """
 
 from __future__ import annotations
@@ -20,22 +22,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import OFFLINE_BLOCKER, offline_additions
 
-ROOT = Path(__file__).resolve().parent.parent
-BLOCKER = Path(__file__).resolve().parent / "_offline"
 MESSAGE = "network blocked by tests/test_offline.py"
-OFFLINE_FLAGS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def offline_env(log: Path) -> dict[str, str]:
-    """This process's environment with the blocker first on ``PYTHONPATH``, the hub libraries offline, its
-    events logged to ``log``, and no ``RAY_ADDRESS`` (a job then starts a local Ray of its own)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = os.pathsep.join([str(BLOCKER), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env.update(OFFLINE_FLAGS)
-    env["TRCGL_OFFLINE_LOG"] = str(log)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    """This process's environment with :func:`conftest.offline_additions` and no ``RAY_ADDRESS``."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | offline_additions(log)
 
 
 def read_events(log: Path) -> list[dict]:
@@ -101,7 +95,7 @@ def test_blocker_refuses_outside_addresses_at_once_and_keeps_loopback(tmp_path: 
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["module"] == str(BLOCKER / "sitecustomize.py"), out  # ours, not another sitecustomize
+    assert out["module"] == str(OFFLINE_BLOCKER / "sitecustomize.py"), out  # ours, not another sitecustomize
     for call in ("connect", "connect_ex", "create_connection", "ipv6"):
         error, seconds = out[call]
         assert error is not None and error.startswith(MESSAGE), (call, error)
@@ -112,39 +106,20 @@ def test_blocker_refuses_outside_addresses_at_once_and_keeps_loopback(tmp_path: 
     assert [e["event"] for e in events] == ["installed"] + ["blocked"] * 4, events
 
 
-JOBS = {
-    "diffusion": ("jobs.train_diffusion", ["diffusion.epochs=1"], "diffusion/model"),
-    "classifier": ("jobs.train_classifier", ["train.epochs=1", "train.bootstrap=10"], "classifier/metrics.json"),
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", sorted(JOBS))
-def test_job_runs_with_the_network_blocked(stage: str, tiny_prepared: tuple[str, str], tmp_path: Path) -> None:
-    """A real tiny job (timm backbone, torch-geometric GCN, class attention; for diffusion the diffusers UNet and the
-    transformers text encoder) on a local Ray of its own, with outbound network blocked in the driver and every
-    Ray worker: it finishes, writes its outputs, and neither its driver nor a Ray worker tried to reach another
-    machine."""
-    root, dataset = tiny_prepared
-    module, extra, output = JOBS[stage]
-    run = f"offline-{stage}"
-    log = tmp_path / "offline.jsonl"
-    cmd = [
-        sys.executable, "-m", module, "--config", "tiny", "--set", f"storage.root={root}", f"train.dataset={dataset}",
-        f"train.run={run}", "ray.num_cpus=2", *extra,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=offline_env(log), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
-    events = read_events(log)
+def test_pipeline_job_runs_with_the_network_blocked(pipeline_on_token_head: dict) -> None:
+    """The end-to-end pipeline job ran with outbound network blocked in its driver and every Ray worker: it
+    finished, and neither its driver nor a Ray worker tried to reach another machine."""
+    job = pipeline_on_token_head["security"].job
+    events = read_events(pipeline_on_token_head["offline_log"])
     blocked = [e for e in events if e["event"] == "blocked"]
-    assert proc.returncode == 0, f"{blocked}\n{tail}"
-    assert (Path(root) / "runs" / run / output).exists(), tail
-    # the blocker was live where the model was built and trained: the driver and Ray's Python workers
+    assert job.succeeded, f"{blocked}\n{job.log_tail}"
+    # the blocker was live where the models were built and trained: the job's driver and Ray's Python workers
     installed = [e["cmdline"] for e in events if e["event"] == "installed"]
-    assert any(f"-m {module}" in c for c in installed), installed
+    assert any("-m jobs.pipeline" in c for c in installed), installed
     assert any("default_worker.py" in c for c in installed), installed
     # a refused connection the caller swallowed (a fallback after a failed download, a call home) fails too, where
     # the job's code runs: the driver and Ray's workers. Ray's own system processes are left out: its dashboard
     # probes the cloud metadata address (169.254.169.254) at start-up even with usage stats off, refused or not
-    ours = [e for e in blocked if f"-m {module}" in e["cmdline"] or "default_worker.py" in e["cmdline"]]
+    ours = [e for e in blocked if "-m jobs.pipeline" in e["cmdline"] or "default_worker.py" in e["cmdline"]]
     assert ours == [], ours

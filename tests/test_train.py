@@ -119,7 +119,10 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     first = run_training(load_config("tiny", [*overrides, "train.epochs=1"]))
     assert first["epochs_run"] == 1 and first["train_rows"]["synthetic"] == 0
     synthetic = make_synthetic_folder(storage, dataset)
-    cfg = load_config("tiny", [*overrides, f"train.synthetic=[{synthetic}]", "train.aug_ratio_tail=1.0"])
+    # compiled with the tracing backend (the GPU path that exists on CPU): the learning, resume and evaluate checks
+    # below then hold for a compiled training step
+    compiled = ["train.compile=true", "train.compile_backend=aot_eager"]
+    cfg = load_config("tiny", [*overrides, f"train.synthetic=[{synthetic}]", "train.aug_ratio_tail=1.0", *compiled])
     # the same run with other values is refused, naming them, before any work
     with pytest.raises(StaleStageError, match=r"train\.aug_ratio_tail: 0\.0 -> 1\.0.*train\.epochs: 1 -> 6"):
         run_training(cfg)
@@ -129,9 +132,11 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     assert [h["epoch"] for h in history] == list(range(cfg.train.epochs))
     assert {h["start_epoch"] for h in history} == {0}  # one attempt from epoch 0: nothing kept from the 1-epoch run
     assert summary["epochs_run"] == cfg.train.epochs
-    # an unchanged rerun resumes after the last checkpoint: it trains no epoch again
+    # an unchanged rerun of the finished run trains no epoch again and returns its summary
     again = run_training(cfg)
     assert storage.read_json(f"{classifier}/history.json") == history
+    assert again == storage.read_json(f"{classifier}/summary.json")  # returned as stored: Ray Train not started again
+    assert again["train_seconds"] == summary["train_seconds"]
     assert again["test"]["mAP"] == pytest.approx(summary["test"]["mAP"], abs=1e-9)
 
     # learns: test mAUC above what a model that learned nothing reaches with p < 5 % on this split's classes (the

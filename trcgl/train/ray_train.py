@@ -385,8 +385,28 @@ def claim_output(
     return records.claim(storage, run_dir(cfg.train.run, STAGE), record, option, force)
 
 
+def finished_summary(cfg: Config, storage: Storage) -> dict | None:
+    """The summary of a run that finished with this config (every epoch trained, the test split scored), else None.
+
+    A rerun of such a run returns it without starting Ray Train: resuming would train no epoch and score the same
+    checkpoint again. The summary is written last (after the test evaluation), so its presence means the run ended.
+    """
+    classifier = run_dir(cfg.train.run, STAGE)
+    summary_rel = posixpath.join(classifier, "summary.json")
+    if not storage.exists(summary_rel) or not storage.exists(f"{classifier}/history.json"):
+        return None
+    history = storage.read_json(f"{classifier}/history.json")
+    if len(history) < cfg.train.epochs:
+        return None
+    log.info("%s: already trained for %d epochs with this config: skipping", storage.uri(classifier), len(history))
+    return storage.read_json(summary_rel)
+
+
 def run_training(cfg: Config, callbacks: list | None = None, force: bool = False, upstream: dict | None = None) -> dict:
     """Trains (or resumes) ``train.run`` on Ray Train, then evaluates the best checkpoint on the test split.
+
+    A run that already finished with the same config (and no ``callbacks`` to report to) is returned as it is
+    (:func:`finished_summary`).
 
     Args:
         cfg: the run's config.
@@ -404,7 +424,11 @@ def run_training(cfg: Config, callbacks: list | None = None, force: bool = False
     storage.check_writable()
     dataset = resolve_dataset_name(cfg, storage)
     cfg.train.dataset = dataset
-    claim_output(cfg, storage, dataset, force, upstream=upstream)
+    claimed = claim_output(cfg, storage, dataset, force, upstream=upstream)
+    if claimed == "same" and not callbacks:
+        finished = finished_summary(cfg, storage)
+        if finished is not None:
+            return finished
     info = load_dataset_info(storage, dataset)
     storage.write_text(f"{run_dir(cfg.train.run)}/config.yaml", dump_yaml(cfg))
     train_ds, n_train, mix = train_dataset(cfg, storage, info)

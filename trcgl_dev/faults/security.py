@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,6 +288,7 @@ def security(
     job_overrides: Sequence[str] = (),
     entrypoint: Sequence[str] | None = None,
     timeout_s: float = 900,
+    head_env: Mapping[str, str] | None = None,
 ) -> SecurityResult:
     """Token refusal, then a real job run with a fake AWS secret in the nodes' environment, then a scan of everything
     the run left for that secret.
@@ -306,12 +307,14 @@ def security(
         job_overrides: more ``--set`` overrides for the default prepare job (e.g. a smaller ``synth.rows``).
         entrypoint: the job to run instead of the tiny prepare job (writing to ``bucket`` on ``endpoint_url``).
         timeout_s: how long the job may take.
+        head_env: more environment for the head and so for the job's driver and workers (e.g. tests/test_offline.py's
+            network blocker).
     """
     started = time.monotonic()
     workdir = Path(workdir)
     secret = secret or f"trcgl-fake-secret-{pysecrets.token_hex(16)}"
     evidence = workdir / "evidence"
-    with token_head(workdir, {"AWS_SECRET_ACCESS_KEY": secret}, keep_temp_dir=True) as head:
+    with token_head(workdir, {**(head_env or {}), "AWS_SECRET_ACCESS_KEY": secret}, keep_temp_dir=True) as head:
         try:
             refusal = token_auth_refusal(head)
             entry = entrypoint or prepare_entrypoint(f"s3://{bucket}/trcgl", endpoint_url, job_overrides)

@@ -377,3 +377,13 @@ def test_plain_levels_take_attention_off_the_highest_resolutions(plain: int, att
     assert [hasattr(b, "attentions") for b in unet.up_blocks] == attending[::-1]
     out = unet(torch.zeros(1, 1, 16, 16), torch.tensor([3]), encoder_hidden_states=torch.zeros(1, 4, 8)).sample
     assert out.shape == (1, 1, 16, 16)
+
+
+def test_a_tables_views_are_words_of_the_vocabulary():
+    # a table without view columns has projection UNK; CheXpert-like views map to whatever the user names them
+    padchest = set(prompt_vocabulary(["edema"], []))
+    vocab = set(prompt_vocabulary(["edema"], [], ["UNK", "Frontal_AP"]))
+    assert vocab - padchest == {"unk", "frontal"}  # "ap" is already PadChest's
+    tokenizer = build_tokenizer(sorted(vocab), 64)
+    for view in ("UNK", "Frontal_AP"):
+        assert tokenizer.unk_token_id not in tokenizer(build_prompt(["edema"], [], view))["input_ids"], view

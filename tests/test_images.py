@@ -73,3 +73,46 @@ def test_resize_is_antialiased_and_keeps_aspect():
 def test_prepared_encoding_round_trip():
     x = np.random.default_rng(0).random((40, 40)).astype(np.float32)
     assert np.abs(decode_prepared(encode_prepared(x)) - x).max() < 1e-4
+
+
+def _gray8() -> np.ndarray:
+    return np.linspace(0, 255, 40 * 30).reshape(40, 30).round().astype(np.uint8)  # (40, 30), every level 0-255
+
+
+def test_8bit_png_and_jpeg_only_when_accepted():
+    png8, jpeg = _save(Image.fromarray(_gray8(), "L"), "PNG"), _save(Image.fromarray(_gray8(), "L"), "JPEG")
+    with pytest.raises(ImageDecodeError) as err:
+        decode_xray(png8)
+    assert err.value.reason == "not_16bit_gray" and "data.accept_8bit" in str(err.value)  # says how to read it
+    image, bits = decode_xray(png8, 12, accept_8bit=True)  # a table's BitsStored does not apply to 8-bit files
+    assert bits == 8 and image.dtype == np.float32
+    assert np.array_equal(image, _gray8().astype(np.float32) / 255.0)  # lossless: exactly the levels over 255
+    from_jpeg, bits = decode_xray(jpeg, accept_8bit=True)
+    assert bits == 8 and np.abs(from_jpeg - image).max() < 0.05  # lossy, but the same picture
+    # a 16-bit PNG decodes as before with the option on
+    ref, b = decode_xray(encode_png16(ramp(12)), 12)
+    same, b2 = decode_xray(encode_png16(ramp(12)), 12, accept_8bit=True)
+    assert b == b2 == 12 and np.array_equal(ref, same)
+
+
+def test_8bit_gray_in_colour_channels_is_read_and_colour_is_rejected():
+    gray = _gray8()
+    reference, _ = decode_xray(_save(Image.fromarray(gray, "L"), "PNG"), accept_8bit=True)
+    for mode, channels in (("RGB", 3), ("RGBA", 4), ("LA", 2)):
+        stacked = np.stack([gray] * channels, axis=-1)
+        if channels in (2, 4):
+            stacked[..., -1] = 7  # alpha is not part of the image
+        decoded, _ = decode_xray(_save(Image.fromarray(stacked, mode), "PNG"), accept_8bit=True)
+        assert np.array_equal(decoded, reference), mode
+    colour = np.stack([gray, gray, gray], axis=-1)
+    colour[5, 5, 1] ^= 1  # one channel of one pixel differs
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
+    bad = [
+        (_save(Image.fromarray(colour, "RGB"), "PNG"), "not_gray"),
+        (_save(Image.fromarray(noise, "L"), "JPEG")[:-300], "unreadable"),  # cut inside the scan data
+        (_save(Image.fromarray(gray, "L"), "GIF"), "not_png"),
+    ]
+    for data, reason in bad:
+        with pytest.raises(ImageDecodeError) as err:
+            decode_xray(data, accept_8bit=True)
+        assert err.value.reason == reason

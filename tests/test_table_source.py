@@ -1,22 +1,24 @@
 """data.source=table: a ChestX-ray14-shaped and a CheXpert-shaped table, both written here over PadChest-Synth
-images, prepared on a real local Ray (labels under each uncertain policy, patient splits, bad rows by reason), one
-tiny training run and a predict run over a table; one table read from the loopback S3 server; config errors."""
+images saved as their releases save them (8-bit PNG, 8-bit JPEG; data.accept_8bit), prepared on a real local Ray
+(labels under each uncertain policy, patient splits, bad rows and images by reason), one tiny training run and a
+predict run over a table; one table read from the loopback S3 server; config errors."""
 
 from __future__ import annotations
 
 import csv
-import shutil
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from trcgl.config import ConfigError, StorageConfig, load_config
 from trcgl.data import labelsets
 from trcgl.data import table as table_source
 from trcgl.data.dataset import load_dataset_info, read_dataset
-from trcgl.data.images import encode_png16
+from trcgl.data.images import decode_xray, encode_png16
 from trcgl.data.padchest import FRONTAL, clean_metadata, read_metadata
 from trcgl.data.prepare import dataset_name, plan_prepare
 from trcgl.data.ray_prepare import run_prepare
@@ -41,16 +43,16 @@ NIH_BAD_ROWS = {
     "duplicate_image_id": 1,
     "ragged_row": 1,
 }
-NIH_BAD_IMAGES = {"absent.png": "missing_file", "broken.png": "not_png"}
+NIH_BAD_IMAGES = {"absent.png": "missing_file", "broken.png": "not_png", "colour.png": "not_gray"}
 CHEX_BAD_ROWS = {"labels_unparseable": 2, "missing_patient": 1, "projection_not_kept": 1, "labels_missing": 1}
 # the CheXpert rows with -1 and blank values, and the findings each has under uncertain=zeros / ones (blank: zeros)
 CHEX_UNCERTAIN = {
-    f"{CHEX_ROOT}/patient90001/study1/view1_frontal.png": (
+    f"{CHEX_ROOT}/patient90001/study1/view1_frontal.jpg": (
         {"Cardiomegaly": "-1.0", "Pleural Effusion": "", "Nodule": "1.0", "No Finding": "", "Atelectasis": "0.0"},
         {"nodule"},
         {"cardiomegaly", "nodule"},
     ),
-    f"{CHEX_ROOT}/patient90002/study1/view1_frontal.png": (
+    f"{CHEX_ROOT}/patient90002/study1/view1_frontal.jpg": (
         {"Cardiomegaly": "", "Pleural Effusion": "-1", "Nodule": "0", "No Finding": "0.0", "Atelectasis": ""},
         set(),
         {"pleural effusion"},
@@ -68,14 +70,23 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]], ragged: lis
             writer.writerow(ragged)
 
 
+def eight_bit(png16: Path, fmt: str) -> bytes:
+    """A 16-bit PadChest-Synth PNG as its 8-bit grayscale twin in ``fmt`` (PNG or JPEG), as ChestX-ray14 and CheXpert
+    release theirs."""
+    image, _ = decode_xray(png16.read_bytes())
+    buf = io.BytesIO()
+    Image.fromarray(np.round(image * 255.0).astype(np.uint8), "L").save(buf, format=fmt)
+    return buf.getvalue()
+
+
 def _nih(folder: Path, frontal: pd.DataFrame, files: dict[str, Path]) -> dict:
-    """ChestX-ray14's Data_Entry layout: flat images, findings joined by "|", "No Finding" for none."""
+    """ChestX-ray14's Data_Entry layout: flat 8-bit PNGs, findings joined by "|", "No Finding" for none."""
     images = folder / "images"
     images.mkdir(parents=True)
     rows, findings = [], {}
     for r in frontal.itertuples():
         name = r.image_id
-        shutil.copy(files[name], images / name)
+        (images / name).write_bytes(eight_bit(files[name], "PNG"))
         tokens = ["No Finding"] if set(r.raw_labels) == {"normal"} else [x.title() for x in r.raw_labels]
         view = "AP" if r.projection.startswith("AP") else "PA"
         locs = "|".join(r.localizations)
@@ -83,13 +94,15 @@ def _nih(folder: Path, frontal: pd.DataFrame, files: dict[str, Path]) -> dict:
         findings[name] = {t.lower() for t in tokens} - {"no finding"}
     src = files[frontal["image_id"].iat[0]]
     for name in ("messy.png", "nofinding.png", "lost1.png", "lost2.png", "lost3.png", "lost4.png"):
-        shutil.copy(src, images / name)
+        (images / name).write_bytes(eight_bit(src, "PNG"))
     (images / "broken.png").write_bytes(b"GIF89a not an X-ray")
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(images / "colour.png")  # a photo, not gray saved as RGB
     rows += [
         ["messy.png", " cardiomegaly |EFFUSION||", "0", "h1", "PA", " Loc Left | loc basal "],
         ["nofinding.png", "No Finding", "1", "h2", "AP", ""],
         ["absent.png", "Nodule", "0", "h3", "PA", ""],  # no file
         ["broken.png", "Nodule", "0", "h4", "PA", ""],
+        ["colour.png", "Nodule", "0", "h4", "PA", ""],
         ["", "Nodule", "0", "h5", "PA", ""],  # missing_path
         ["lost1.png", "Nodule", "0", "", "PA", ""],  # missing_patient
         ["lost2.png", "", "0", "h6", "PA", ""],  # labels_missing
@@ -98,13 +111,15 @@ def _nih(folder: Path, frontal: pd.DataFrame, files: dict[str, Path]) -> dict:
         [frontal["image_id"].iat[1], "Nodule", "1", "h9", "PA", ""],  # duplicate_image_id
     ]
     findings.update({"messy.png": {"cardiomegaly", "effusion"}, "nofinding.png": set(), "broken.png": {"nodule"}})
+    findings["colour.png"] = {"nodule"}
     findings["absent.png"] = {"nodule"}
     _write_csv(folder / "Data_Entry.csv", NIH_COLUMNS, rows, ragged=["ragged.png", "Nodule", "0", "h10", "PA", "", "x"])
     return {"csv": folder / "Data_Entry.csv", "images": images, "findings": findings}
 
 
 def _chexpert(folder: Path, frontal: pd.DataFrame, lateral: pd.DataFrame, files: dict[str, Path]) -> dict:
-    """CheXpert's train.csv layout: one column per finding (1.0 / 0.0 / -1.0 / blank), the patient in the path."""
+    """CheXpert's train.csv layout: one column per finding (1.0 / 0.0 / -1.0 / blank), the patient in the path,
+    8-bit JPEGs."""
     patients = {p: 10001 + i for i, p in enumerate(sorted(set(frontal["patient_id"]) | set(lateral["patient_id"])))}
     rows, findings, studies = [], {}, {}
     rng = np.random.default_rng(0)
@@ -113,14 +128,14 @@ def _chexpert(folder: Path, frontal: pd.DataFrame, lateral: pd.DataFrame, files:
         if path is None:  # a patient's images are studies 1, 2, ...
             studies[r.patient_id] = studies.get(r.patient_id, 0) + 1
             n = studies[r.patient_id]
-            path = f"{CHEX_ROOT}/patient{patients[r.patient_id]:05d}/study{n}/view1_{view.lower()}.png"
+            path = f"{CHEX_ROOT}/patient{patients[r.patient_id]:05d}/study{n}/view1_{view.lower()}.jpg"
         if values is None:
             raw = set(r.raw_labels) | ({"no finding"} if set(r.raw_labels) == {"normal"} else set())
             values = {c: "1.0" if c.lower() in raw else ("0.0" if rng.random() < 0.5 else "") for c in CHEX_FINDINGS}
         target = folder / path
         if r is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(files[r.image_id], target)
+            target.write_bytes(eight_bit(files[r.image_id], "JPEG"))
         sex, age = ("Female", "63") if len(rows) % 2 else ("Male", "48")
         rows.append([path, sex, age, view, ap_pa, *(values.get(c, "") for c in CHEX_FINDINGS)])
         return path
@@ -132,11 +147,11 @@ def _chexpert(folder: Path, frontal: pd.DataFrame, lateral: pd.DataFrame, files:
     for path, (values, _, _) in CHEX_UNCERTAIN.items():
         add(first, "Frontal", "PA", values, path)
     add(next(lateral.itertuples()), "Lateral", "")  # projection_not_kept
-    add(first, "Frontal", "PA", {"Cardiomegaly": "2.0"}, f"{CHEX_ROOT}/patient90003/study1/view1_frontal.png")
-    add(first, "Frontal", "PA", {"Cardiomegaly": "maybe"}, f"{CHEX_ROOT}/patient90004/study1/view1_frontal.png")
-    add(first, "Frontal", "PA", {}, f"{CHEX_ROOT}/patient90005/study1/view1_frontal.png")  # every label blank
-    add(first, "Frontal", "PA", {"Nodule": "1.0"}, f"{CHEX_ROOT}/anonymous/study1/view1_frontal.png")  # no patient
-    missing = add(None, "Frontal", "AP", {"Nodule": "1.0"}, f"{CHEX_ROOT}/patient90006/study1/view1_frontal.png")
+    add(first, "Frontal", "PA", {"Cardiomegaly": "2.0"}, f"{CHEX_ROOT}/patient90003/study1/view1_frontal.jpg")
+    add(first, "Frontal", "PA", {"Cardiomegaly": "maybe"}, f"{CHEX_ROOT}/patient90004/study1/view1_frontal.jpg")
+    add(first, "Frontal", "PA", {}, f"{CHEX_ROOT}/patient90005/study1/view1_frontal.jpg")  # every label blank
+    add(first, "Frontal", "PA", {"Nodule": "1.0"}, f"{CHEX_ROOT}/anonymous/study1/view1_frontal.jpg")  # no patient
+    missing = add(None, "Frontal", "AP", {"Nodule": "1.0"}, f"{CHEX_ROOT}/patient90006/study1/view1_frontal.jpg")
     findings[missing] = {"nodule"}
     _write_csv(folder / CHEX_ROOT / "train.csv", CHEX_COLUMNS, rows)
     return {"csv": folder / CHEX_ROOT / "train.csv", "root": folder, "findings": findings, "missing": missing}
@@ -199,6 +214,7 @@ def nih_overrides(root: Path, table: str, images: str, *extra: str) -> list[str]
         "data.table.labels_column=Finding Labels",
         "data.table.none_labels=[No Finding]",
         "data.table.localization_column=Localizations",
+        "data.accept_8bit=true",
         *extra,
     ]
 
@@ -216,6 +232,7 @@ def chexpert_overrides(root: Path, table: str, images: str, *extra: str) -> list
         "data.table.view_columns=[Frontal/Lateral, AP/PA]",
         "data.table.view_values={Frontal AP: AP, Frontal PA: PA, Lateral: L}",
         "data.table.label_columns=auto",
+        "data.accept_8bit=true",
         *extra,
     ]
 
@@ -242,6 +259,7 @@ def test_chestxray14_table_prepares_with_data_derived_classes(nih_prepared, tabl
     report, storage, nih = nih_prepared["report"], nih_prepared["storage"], tables["nih"]
     assert report["dataset"].startswith("table-top-2-32px-")
     assert report["dropped_metadata_by_reason"] == NIH_BAD_ROWS
+    assert report["table_label_columns"] == ["Finding Labels"]
     assert {r["image_id"]: r["reason"] for r in report["rejected_image_list"]} == NIH_BAD_IMAGES
     rows = read_dataset(storage, report["dataset"]).to_pylist()
     written = {r["image_id"] for r in rows}
@@ -284,7 +302,7 @@ def test_train_and_predict_on_the_chestxray14_table(nih_prepared, tables):
     listed = set(nih["findings"]) | {"lost2.png", "lost3.png"}
     assert report["images_listed"] == len(listed) and report["source_kind"] == "table"
     assert report["ignored_by_reason"] == {k: 1 for k in NIH_BAD_ROWS if not k.startswith("labels_")}
-    assert report["bad_by_reason"] == {"missing_file": 1, "not_png": 1}
+    assert report["bad_by_reason"] == {"missing_file": 1, "not_png": 1, "not_gray": 1}
     table = pd.read_parquet(out)
     assert set(table["image_id"]) == listed - set(NIH_BAD_IMAGES)
     assert set(table["uri"]) == {str(nih["images"] / i) for i in table["image_id"]}
@@ -294,6 +312,43 @@ def test_train_and_predict_on_the_chestxray14_table(nih_prepared, tables):
     assert mapping.table == cfg.data.table
     again = list_source(f"table:{nih['csv']}", storage, "unused", mapping)
     assert set(again.items["image_id"]) == listed
+
+
+def test_diffusion_trains_and_generates_on_the_chestxray14_table(nih_prepared, tables):
+    """The synthesis stage on a table dataset: prompts from the table's own finding names, its views and its
+    localization column, every word known to the model's tokenizer."""
+    import pyarrow.parquet as pq
+
+    from trcgl.diffusion.model import TextToXray
+    from trcgl.diffusion.prompts import build_prompt
+    from trcgl.diffusion.ray_diffusion import run_train_diffusion
+    from trcgl.diffusion.ray_generate import run_generate
+    from trcgl.storage import run_dir
+
+    storage, nih = nih_prepared["storage"], tables["nih"]
+    # top-2 on ~23 train rows leaves no tail class (< 1 %): the medium classes are the ones augmented here
+    extra = ["train.run=nih-gen", "diffusion.epochs=1", "generate.aug_ratio_medium=1.0", "generate.per_class_max=2"]
+    cfg = load_config("tiny", nih_overrides(Path(storage.root), str(nih["csv"]), str(nih["images"]), *extra))
+    trained = run_train_diffusion(cfg)
+    assert np.isfinite(trained["last_loss"])
+    report = run_generate(cfg)
+    info = load_dataset_info(storage, nih_prepared["report"]["dataset"])
+    medium = {c for c, g in zip(info.classes, info.groups, strict=True) if g == "medium"}
+    assert report["images"] > 0 and set(report["per_class"]) <= medium
+    parts = [f for f in storage.list_files(run_dir("nih-gen", "synthetic")) if "/part-" in f]
+    rows = [r for f in parts for r in pq.read_table(storage.path(f)).to_pylist()]
+    assert len(rows) == report["images"]
+    donors = {r["image_id"]: r for r in read_dataset(storage, info.name).to_pylist()}
+    tokenizer = TextToXray.from_pretrained(trained["model"]).tokenizer  # the trained model's own
+    for r in rows:
+        donor = donors[r["donor_id"]]
+        assert r["labels"][info.classes.index(r["target_class"])] == 1 and donor["split"] == "train"
+        classes = [c for c, v in zip(info.classes, r["labels"], strict=True) if v]
+        # the template over the table's names: "chest x-ray, {view} view: {class}; ...[; {localizations}]"
+        head = build_prompt(classes, [], donor["projection"])
+        rest = r["prompt"][len(head) :]  # the localizations, when the donor has any
+        assert r["prompt"].startswith(head) and (rest == "" or rest.startswith("; ")), r["prompt"]
+        assert tokenizer.unk_token_id not in tokenizer(r["prompt"])["input_ids"], r["prompt"]
 
 
 def test_a_table_on_s3_is_read_and_listed(tables, s3_endpoint, s3_bucket, tmp_path):
@@ -324,6 +379,7 @@ def test_chexpert_table_prepares_uncertain_and_blank_values_by_policy(ray_local,
     assert table_source.check_columns(df, cfg.data.table, str(chex["csv"])) == CHEX_FINDINGS  # not Sex, not Age
     report = run_prepare(cfg)
     assert report["dropped_metadata_by_reason"] == CHEX_BAD_ROWS
+    assert report["table_label_columns"] == CHEX_FINDINGS  # what auto picked, on record
     assert {r["image_id"]: r["reason"] for r in report["rejected_image_list"]} == {chex["missing"]: "missing_file"}
     storage = Storage(str(root))
     rows = read_dataset(storage, report["dataset"]).to_pylist()

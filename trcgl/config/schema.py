@@ -100,6 +100,9 @@ class DataConfig:
     # DICOM inputs only: map values through the file's VOI LUT or first WindowCenter/WindowWidth (as a viewer shows
     # them) before scaling to [0, 1]; off: the full stored range, as PNGs (trcgl/data/dicom.py)
     dicom_window: bool = False
+    # also read 8-bit grayscale PNG and JPEG files, scaled by 255 (ChestX-ray14, CheXpert, MIMIC-CXR-JPG); off: an
+    # 8-bit file is a rejected image (not_16bit_gray / not_png), as it is for PadChest's 16-bit release
+    accept_8bit: bool = False
     name: str | None = None  # dataset name; None: derived from this section's hash
     split: SplitConfig = field(default_factory=SplitConfig)
     groups: GroupConfig = field(default_factory=GroupConfig)

@@ -1,11 +1,16 @@
-"""X-ray decoding (16-bit PNG or DICOM), normalisation by stored bit depth, antialiased resizing and prepared-image
-encoding.
+"""X-ray decoding (16-bit PNG or DICOM; 8-bit PNG and JPEG when asked), normalisation by stored bit depth,
+antialiased resizing and prepared-image encoding.
 
 PadChest PNGs are 16-bit grayscale whose values fill only the detector's stored range (12 bits for 144k images, 10 bits
 for 17k). Dividing by 65535 would make 10-bit images 4x darker than 12-bit ones, and Pillow's ``convert("L")`` clips
 instead of scaling, so we normalise by ``2**BitsStored - 1``. A truncated PNG must fail, not be zero-filled: we refuse
 to decode while Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is on. DICOM files (recognised by their ``DICM``
 prefix, whatever their name) go through :mod:`trcgl.data.dicom` to the same [0, 1] image.
+
+8-bit files (NIH ChestX-ray14's PNGs, the JPEGs of CheXpert and MIMIC-CXR-JPG) are refused unless the caller accepts
+them (``data.accept_8bit``): for PadChest an 8-bit file is a broken export, for those datasets it is the release.
+They are scaled by 255 (bits 8); a colour file is accepted only when its channels are equal (gray saved as RGB or
+RGBA, as a few ChestX-ray14 files are), else it is ``not_gray``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+EIGHT_BIT_FORMATS = ("PNG", "JPEG")  # with accept_8bit
+EIGHT_BIT_MODES = ("L", "LA", "RGB", "RGBA", "P")  # LA/RGB/RGBA/P: only when every colour channel is equal
 DICOM_MAGIC, DICOM_MAGIC_OFFSET = b"DICM", 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
 
 
@@ -41,21 +48,25 @@ def infer_bits(max_value: int) -> int:
     return 16
 
 
-def decode_xray(data: bytes, bits_stored: int = 0, *, dicom_window: bool = False) -> tuple[np.ndarray, int]:
+def decode_xray(
+    data: bytes, bits_stored: int = 0, *, dicom_window: bool = False, accept_8bit: bool = False
+) -> tuple[np.ndarray, int]:
     """Decodes a 16-bit grayscale PNG or a DICOM file and scales it to [0, 1] by its stored bit depth.
 
     Args:
-        data: PNG or DICOM file bytes.
+        data: PNG, DICOM (or, with ``accept_8bit``, JPEG) file bytes.
         bits_stored: BitsStored from the metadata; 0 when unknown (then inferred from the maximum pixel value). A
-            DICOM file's own BitsStored is used instead.
+            DICOM file's own BitsStored is used instead; an 8-bit file's is 8.
         dicom_window: DICOM only: apply the file's VOI LUT or window (``data.dicom_window``).
+        accept_8bit: also decode 8-bit grayscale PNG and JPEG files, scaled by 255 (``data.accept_8bit``).
 
     Returns:
         ((H, W) float32 image in [0, 1], higher = brighter, bits used).
 
     Raises:
-        ImageDecodeError: reason ``empty_file``, ``not_png``, ``unreadable`` (truncated or corrupt), ``not_16bit_gray``
-            or ``exceeds_bits_stored``; for DICOM a ``dicom_*`` reason (:func:`trcgl.data.dicom.decode_dicom`).
+        ImageDecodeError: reason ``empty_file``, ``not_png`` (with ``accept_8bit``: neither PNG nor JPEG),
+            ``unreadable`` (truncated or corrupt), ``not_16bit_gray``, ``not_gray`` (an 8-bit colour image) or
+            ``exceeds_bits_stored``; for DICOM a ``dicom_*`` reason (:func:`trcgl.data.dicom.decode_dicom`).
     """
     if not data:
         raise ImageDecodeError("empty_file", "file is empty (0 bytes)")
@@ -69,10 +80,14 @@ def decode_xray(data: bytes, bits_stored: int = 0, *, dicom_window: bool = False
         img = Image.open(io.BytesIO(data))
     except Exception as exc:  # PIL raises several types for garbage input
         raise ImageDecodeError("not_png", f"neither a DICOM file nor an image PIL can open: {exc}") from exc
+    if accept_8bit and img.format in EIGHT_BIT_FORMATS and img.mode in EIGHT_BIT_MODES:
+        return _decode_8bit(img), 8
     if img.format != "PNG":
-        raise ImageDecodeError("not_png", f"not a PNG (format {img.format})")
+        expected = "a PNG or JPEG" if accept_8bit else "a PNG"
+        raise ImageDecodeError("not_png", f"not {expected} (format {img.format})")
     if img.mode not in SIXTEEN_BIT_MODES:
-        raise ImageDecodeError("not_16bit_gray", f"not a 16-bit grayscale PNG (mode {img.mode})")
+        hint = "" if accept_8bit else " (8-bit files are read with data.accept_8bit=true)"
+        raise ImageDecodeError("not_16bit_gray", f"not a 16-bit grayscale PNG (mode {img.mode}){hint}")
     try:
         img.load()
         arr = np.asarray(img)
@@ -88,6 +103,29 @@ def decode_xray(data: bytes, bits_stored: int = 0, *, dicom_window: bool = False
             f"pixel values up to {max_value} do not fit BitsStored={bits} (max {2**bits - 1})",
         )
     return (arr.astype(np.float32) / float(2**bits - 1)), bits
+
+
+def _decode_8bit(img: Image.Image) -> np.ndarray:
+    """An 8-bit PNG or JPEG as (H, W) float32 in [0, 1]; gray stored in colour channels is accepted when they agree.
+
+    Raises:
+        ImageDecodeError: ``unreadable`` (truncated or corrupt), ``not_gray`` (channels differ).
+    """
+    try:
+        img.load()
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        arr = np.asarray(img)  # (H, W) for L; (H, W, C) for LA, RGB, RGBA
+    except Exception as exc:
+        raise ImageDecodeError("unreadable", f"truncated or corrupt {img.format}: {exc}") from exc
+    if arr.ndim == 3:
+        colour = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]  # alpha is not part of the image
+        if (colour != colour[..., :1]).any():
+            raise ImageDecodeError("not_gray", f"an 8-bit {img.format} in colour (mode {img.mode}), not an X-ray")
+        arr = colour[..., 0]
+    if arr.ndim != 2 or arr.size == 0:
+        raise ImageDecodeError("not_gray", f"unexpected pixel array shape {arr.shape}")
+    return arr.astype(np.float32) / 255.0
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -151,7 +189,7 @@ def read_image_file(fs: pafs.FileSystem, path: str) -> bytes:
         raise
 
 
-def prepared_pixels(data: bytes, size: int, *, dicom_window: bool = False) -> np.ndarray:
+def prepared_pixels(data: bytes, size: int, *, dicom_window: bool = False, accept_8bit: bool = False) -> np.ndarray:
     """The image a classifier sees for a PNG or DICOM file: what prepare stores for it, read back.
 
     :func:`decode_xray` (bit depth inferred), :func:`resize_square` to ``size``, then the 16-bit round trip of
@@ -161,6 +199,7 @@ def prepared_pixels(data: bytes, size: int, *, dicom_window: bool = False) -> np
         data: PNG or DICOM file bytes.
         size: the side the classifier was trained at (``data.image_size``).
         dicom_window: apply a DICOM file's VOI LUT or window (``data.dicom_window``).
+        accept_8bit: also decode 8-bit PNG and JPEG files (``data.accept_8bit``).
 
     Returns:
         (size, size) float32 in [0, 1].
@@ -168,7 +207,7 @@ def prepared_pixels(data: bytes, size: int, *, dicom_window: bool = False) -> np
     Raises:
         ImageDecodeError: as :func:`decode_xray`.
     """
-    image, _ = decode_xray(data, dicom_window=dicom_window)
+    image, _ = decode_xray(data, dicom_window=dicom_window, accept_8bit=accept_8bit)
     return decode_prepared(encode_prepared(resize_square(image, size)))
 
 

@@ -61,7 +61,7 @@ class PreparePlan:
     rows: pd.DataFrame  # kept rows + split, labels (list of K ints), shard
     meta_rejects: pd.DataFrame
     metadata_rows: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # added to the report (a table's label columns)
 
     @property
     def num_shards(self) -> int:
@@ -106,10 +106,14 @@ def resolve_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
 # data keys added after datasets were first named, each with the value that prepares exactly what was prepared
 # before the key existed: at that value the key is left out of the name's hash, so a dataset (and every stage record
 # naming it) prepared before the key existed keeps its name and is not prepared again
-NAME_NEUTRAL_VALUES: dict[str, Any] = {"dicom_window": False, "table": to_dict(TableConfig())}
+NAME_NEUTRAL_VALUES: dict[str, Any] = {
+    "dicom_window": False,
+    "table": to_dict(TableConfig()),
+    "accept_8bit": False,
+}
 # of those, the keys also left out of the config hash a dataset's manifest records (dicom_window has been recorded
 # since it was added), so a dataset prepared before the key existed is found finished, not "another config"
-HASH_NEUTRAL_KEYS = ("table",)
+HASH_NEUTRAL_KEYS = ("table", "accept_8bit")
 
 
 def data_section(cfg: Config, neutral: tuple[str, ...]) -> dict[str, Any]:
@@ -172,9 +176,11 @@ def detect_layout(cfg: Config, images_uri: str, rows: pd.DataFrame) -> str:
 
 def plan_prepare(cfg: Config, metadata_uri: str, images_uri: str) -> PreparePlan:
     """Reads and cleans metadata, labels rows, splits by patient and cuts shards."""
+    extra: dict[str, Any] = {}  # report fields of this source
     if cfg.data.source == "table":
         raw = table_source.read_table(metadata_uri, cfg.storage)
         kept, rejected = table_source.clean_table(raw, cfg.data, metadata_uri)
+        extra["table_label_columns"] = kept.attrs["label_columns"]
     else:
         raw = read_metadata(metadata_uri, cfg.storage)
         kept, rejected = clean_metadata(raw, cfg.data.projections)
@@ -205,6 +211,7 @@ def plan_prepare(cfg: Config, metadata_uri: str, images_uri: str) -> PreparePlan
         rows=kept,
         meta_rejects=rejected,
         metadata_rows=len(raw),
+        extra=extra,
     )
 
 
@@ -263,7 +270,9 @@ def process_shard(payload: str, *, cfg: Config, dataset: str, images_uri: str, l
             row_fs, path = table_source.locate(uri, cfg.storage, filesystems)
         try:
             data = read_image_file(row_fs, path)
-            image, bits = decode_xray(data, int(row["bits_stored"]), dicom_window=cfg.data.dicom_window)
+            image, bits = decode_xray(
+                data, int(row["bits_stored"]), dicom_window=cfg.data.dicom_window, accept_8bit=cfg.data.accept_8bit
+            )
             encoded = encode_prepared(resize_square(image, size))
         except ImageDecodeError as exc:
             rejects.append({"image_id": row["image_id"], "reason": exc.reason, "detail": str(exc)[:200]})
@@ -336,6 +345,7 @@ def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: li
         "splits": summary["images"],
         "shards": plan.num_shards,
         "seconds": round(seconds, 2),
+        **plan.extra,
     }
     storage.write_json(posixpath.join(out_dir, PREPARE_REPORT), report)
     storage.write_text(posixpath.join(out_dir, DATASET_CONFIG), dump_yaml(cfg))

@@ -26,7 +26,7 @@ CheXpert, not its Age or Sex.
 through ``view_values`` (else kept as they are) give the projection, which must be one of ``data.projections``.
 Without view columns no row is dropped for its view and the projection is ``UNK``.
 
-**What we drop, and why** (each dropped row is counted by reason in ``prepare_report.json``, as PadChest's are):
+**What we drop, and why** (each dropped row is counted by reason in ``_prepare_report.json``, as PadChest's are):
 
 =========================  ============================================================================
 reason                     rule
@@ -222,7 +222,8 @@ def clean_table(
     Returns:
         ``(kept, rejected)``. ``kept`` has columns image_id, image_dir, patient_id, projection, raw_labels (tuple),
         localizations (tuple), sex, birth_year, study_date, bits_stored, csv_row, and split when the table gives it,
-        sorted by image_id. ``rejected`` has image_id, csv_row, reason, detail: one row per dropped table row.
+        sorted by image_id; with ``labels``, ``kept.attrs["label_columns"]`` names the columns the labels came from
+        (``auto`` resolved). ``rejected`` has image_id, csv_row, reason, detail: one row per dropped table row.
 
     Raises:
         ConfigError: a column the config names is not in the table.
@@ -288,7 +289,8 @@ def clean_table(
     out = pd.DataFrame(kept, columns=cols).sort_values("image_id", kind="stable").reset_index(drop=True)
     rejected = pd.DataFrame(rejects, columns=["image_id", "csv_row", "reason", "detail"])
     if labels:
-        log.info("table label columns: %s", [t.labels_column] if t.labels_column else columns)
+        out.attrs["label_columns"] = [t.labels_column] if t.labels_column else columns  # auto resolved, for the report
+        log.info("table label columns: %s", out.attrs["label_columns"])
     log.info("table %s: kept %d rows, dropped %d", uri, len(out), len(rejected))
     return out, rejected
 

@@ -81,15 +81,20 @@ def split_words(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
 
 
-def prompt_vocabulary(class_names: Sequence[str], localizations: Sequence[str]) -> list[str]:
+def prompt_vocabulary(
+    class_names: Sequence[str], localizations: Sequence[str], projections: Sequence[str] = ()
+) -> list[str]:
     """Every word a prompt over these classes and localizations can contain, sorted.
 
     Args:
         class_names: the label set's classes.
         localizations: the localizations seen in the data.
+        projections: projections seen in the data beyond PadChest's (a table's views, ``UNK`` where it has none).
 
     Returns:
-        Sorted unique lower-case words: the template's, the PadChest projections', the classes' and localizations'.
+        Sorted unique lower-case words: the template's, the PadChest and given projections', the classes' and
+        localizations'.
     """
-    texts = [build_prompt([], [], p) for p in PROJECTIONS] + [SEPARATORS, *class_names, *localizations]
+    views = _unique([*PROJECTIONS, *projections])
+    texts = [build_prompt([], [], p) for p in views] + [SEPARATORS, *class_names, *localizations]
     return sorted({w for text in texts for w in split_words(text)})

@@ -242,7 +242,8 @@ def run_train_diffusion(cfg: Config, force: bool = False) -> dict:
     claim_output(cfg, storage, dataset, force)
     info = load_dataset_info(storage, dataset)
     rows = read_train_rows(storage, info)
-    vocabulary = prompt_vocabulary(info.classes, sorted({loc for locs in rows["localizations"] for loc in locs}))
+    locs = sorted({loc for locs in rows["localizations"] for loc in locs})
+    vocabulary = prompt_vocabulary(info.classes, locs, sorted(set(rows["projection"])))  # a table's views too
     storage.write_text(f"{run_dir(cfg.train.run)}/config.yaml", dump_yaml(cfg))
     ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
     ds = (

@@ -257,6 +257,7 @@ def _report(
         "output": out_uri,
         "image_size": int(meta["dataset"]["image_size"]),
         "dicom_window": bool(meta["config"].get("data", {}).get("dicom_window", False)),
+        "accept_8bit": bool(meta["config"].get("data", {}).get("accept_8bit", False)),
         "classes": classes,
         "columns": {c: {"probability": p, "decision": d} for c, p, d in zip(classes, probs, preds, strict=True)},
         "thresholds": thresholds,

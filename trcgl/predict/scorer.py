@@ -109,9 +109,9 @@ class PartScorer:
     """Scores parts of a predict plan with a classifier checkpoint and writes each as one Parquet file.
 
     Images are read (local or S3) and preprocessed as prepare does, at the checkpoint's image size
-    (:func:`trcgl.data.images.prepared_pixels`, with the checkpoint's ``data.dicom_window``); dataset rows are read
-    from their prepared part. An image that cannot be read or decoded is left out of the part and listed in its
-    sidecar with its reason; the part goes on.
+    (:func:`trcgl.data.images.prepared_pixels`, with the checkpoint's ``data.dicom_window`` and
+    ``data.accept_8bit``); dataset rows are read from their prepared part. An image that cannot be read or decoded is
+    left out of the part and listed in its sidecar with its reason; the part goes on.
 
     Args:
         checkpoint: checkpoint folder (local or s3://).
@@ -145,6 +145,7 @@ class PartScorer:
         self.classes: list[str] = list(meta["dataset"]["classes"])
         self.size = int(meta["dataset"]["image_size"])
         self.dicom_window = bool(meta["config"].get("data", {}).get("dicom_window", False))
+        self.accept_8bit = bool(meta["config"].get("data", {}).get("accept_8bit", False))
         self.thresholds = np.asarray(thresholds, dtype=np.float64)  # (K,)
         if self.thresholds.shape != (len(self.classes),):
             raise ValueError(f"{self.thresholds.shape[0]} thresholds for {len(self.classes)} classes")
@@ -198,7 +199,9 @@ class PartScorer:
                         )
                 else:
                     data = read_image_file(*self._filesystem(item["uri"]))
-                    image = prepared_pixels(data, self.size, dicom_window=self.dicom_window)
+                    image = prepared_pixels(
+                        data, self.size, dicom_window=self.dicom_window, accept_8bit=self.accept_8bit
+                    )
             except ImageDecodeError as exc:
                 bad.append({**_where(item), "reason": exc.reason, "detail": str(exc)[:200]})
                 continue

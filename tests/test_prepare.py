@@ -119,8 +119,8 @@ def test_prepare_on_s3(ray_local, tmp_path, s3_endpoint, s3_bucket):
 
 
 def test_a_key_added_at_its_neutral_value_keeps_the_dataset_name():
-    """Datasets prepared before data.dicom_window existed keep their names (and their stages' records stay valid)
-    while it is off; turning it on prepares another dataset."""
+    """Datasets prepared before data.dicom_window (or data.accept_8bit) existed keep their names (and their stages'
+    records stay valid) while it is off; turning it on prepares another dataset."""
     from trcgl.config import config_hash, to_dict
     from trcgl.data.prepare import dataset_name
 
@@ -129,8 +129,11 @@ def test_a_key_added_at_its_neutral_value_keeps_the_dataset_name():
     before_the_key.pop("name")
     before_the_key.pop("dicom_window")
     before_the_key.pop("table")  # data.table (data.source=table only) at its default is neutral too
+    before_the_key.pop("accept_8bit")  # and data.accept_8bit off
     before_the_key["metadata"], before_the_key["images"] = "m.csv", "imgs"
     prefix = f"{cfg.data.source}-{cfg.data.label_set}-{cfg.data.image_size}px-"
     assert dataset_name(cfg, "m.csv", "imgs") == prefix + config_hash(before_the_key)
     windowed = load_config("tiny", ["data.dicom_window=true"])
     assert dataset_name(windowed, "m.csv", "imgs") != dataset_name(cfg, "m.csv", "imgs")
+    eight_bit = load_config("tiny", ["data.accept_8bit=true"])
+    assert dataset_name(eight_bit, "m.csv", "imgs") != dataset_name(cfg, "m.csv", "imgs")

@@ -327,7 +327,8 @@ def test_diffusion_trains_and_generates_on_the_chestxray14_table(nih_prepared, t
 
     storage, nih = nih_prepared["storage"], tables["nih"]
     # top-2 on ~23 train rows leaves no tail class (< 1 %): the medium classes are the ones augmented here
-    extra = ["train.run=nih-gen", "diffusion.epochs=1", "generate.aug_ratio_medium=1.0", "generate.per_class_max=2"]
+    extra = ["train.run=nih-gen", "diffusion.epochs=1", f"diffusion.image_size={SIZE}", "generate.aug_ratio_medium=1.0",
+             "generate.per_class_max=2"]  # fmt: skip
     cfg = load_config("tiny", nih_overrides(Path(storage.root), str(nih["csv"]), str(nih["images"]), *extra))
     trained = run_train_diffusion(cfg)
     assert np.isfinite(trained["last_loss"])

@@ -31,7 +31,7 @@ import ray
 from trcgl import records
 from trcgl.config import Config, DataConfig, config_hash, from_dict, to_dict
 from trcgl.data.dataset import load_dataset_info
-from trcgl.predict.scorer import PartScorer, class_columns
+from trcgl.predict.scorer import PartScorer, class_columns, decode_settings
 from trcgl.predict.sources import Listing, list_source, part_payloads
 from trcgl.ray_runtime import check_gpus, map_parts
 from trcgl.storage import Storage, parse_uri, run_dir, slugify
@@ -256,8 +256,7 @@ def _report(
         "source_kind": listing.kind,
         "output": out_uri,
         "image_size": int(meta["dataset"]["image_size"]),
-        "dicom_window": bool(meta["config"].get("data", {}).get("dicom_window", False)),
-        "accept_8bit": bool(meta["config"].get("data", {}).get("accept_8bit", False)),
+        **decode_settings(meta),  # dicom_window, accept_8bit
         "classes": classes,
         "columns": {c: {"probability": p, "decision": d} for c, p, d in zip(classes, probs, preds, strict=True)},
         "thresholds": thresholds,

@@ -80,6 +80,14 @@ def sidecar_file(part: int) -> str:
     return posixpath.join(PARTS_DIR, f"part-{part:05d}.json")
 
 
+def decode_settings(meta: dict) -> dict[str, bool]:
+    """How a checkpoint's training data decoded its files (``data.dicom_window``, ``data.accept_8bit``; off for a
+    checkpoint written before the key existed), as keyword arguments of
+    :func:`trcgl.data.images.prepared_pixels`."""
+    data = meta["config"].get("data", {})
+    return {key: bool(data.get(key, False)) for key in ("dicom_window", "accept_8bit")}
+
+
 def overlay_png(image: np.ndarray, attention: np.ndarray) -> bytes:
     """One class's attention map blended over an image, as an RGB PNG at the image's size.
 
@@ -144,8 +152,7 @@ class PartScorer:
         meta = self.predictor.meta
         self.classes: list[str] = list(meta["dataset"]["classes"])
         self.size = int(meta["dataset"]["image_size"])
-        self.dicom_window = bool(meta["config"].get("data", {}).get("dicom_window", False))
-        self.accept_8bit = bool(meta["config"].get("data", {}).get("accept_8bit", False))
+        self.decode = decode_settings(meta)
         self.thresholds = np.asarray(thresholds, dtype=np.float64)  # (K,)
         if self.thresholds.shape != (len(self.classes),):
             raise ValueError(f"{self.thresholds.shape[0]} thresholds for {len(self.classes)} classes")
@@ -199,9 +206,7 @@ class PartScorer:
                         )
                 else:
                     data = read_image_file(*self._filesystem(item["uri"]))
-                    image = prepared_pixels(
-                        data, self.size, dicom_window=self.dicom_window, accept_8bit=self.accept_8bit
-                    )
+                    image = prepared_pixels(data, self.size, **self.decode)
             except ImageDecodeError as exc:
                 bad.append({**_where(item), "reason": exc.reason, "detail": str(exc)[:200]})
                 continue

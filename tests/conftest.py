@@ -193,6 +193,52 @@ def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFa
     return {"root": root, "endpoint": s3_endpoint, "security": result, "tmp": tmp, "offline_log": offline_log}
 
 
+# Session fixtures that cost minutes to build. Under pytest-xdist (``-n 2 --dist loadgroup``, the README's test
+# command) every worker builds the session fixtures its tests use, so the tests sharing one of these must all run on
+# one worker; see pytest_collection_modifyitems.
+SHARED_FIXTURES = ("pipeline_on_token_head", "tiny_diffusion", "classifier_reference")
+
+
+def xdist_groups(items: list[tuple[str, list[str]]]) -> dict[str, str]:
+    """The xdist group of each test: its file (module fixtures are built once per worker that runs the file), merged
+    with every other file that shares one of :data:`SHARED_FIXTURES` with it, transitively.
+
+    Args:
+        items: (node id, fixture names) of each collected test.
+
+    Returns:
+        node id -> group name (the group's first file in sorted order, so the names do not depend on collection order).
+    """
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for nodeid, fixtures in items:
+        file = nodeid.split("::")[0]
+        for name in SHARED_FIXTURES:
+            if name in fixtures:
+                a, b = find(file), find(f"fixture:{name}")
+                parent[max(a, b)] = min(a, b)  # "fixture:..." sorts after "tests/...": a file names the group
+    names: dict[str, str] = {}
+    for key in sorted(parent):
+        if not key.startswith("fixture:"):
+            names.setdefault(find(key), key)
+    return {nodeid: names.get(find(nodeid.split("::")[0]), nodeid.split("::")[0]) for nodeid, _ in items}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks each test with its :func:`xdist_groups` group (``--dist loadgroup`` keeps a group on one worker)."""
+    groups = xdist_groups([(item.nodeid, list(getattr(item, "fixturenames", []))) for item in items])
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+
+
 @pytest.fixture()
 def record(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
     """``record(result)``: the fault suite keeps a scenario's result under the test's id (in the file named by

@@ -1,0 +1,51 @@
+"""The suite's pytest-xdist groups (tests/conftest.py): a shared session fixture is built on one worker only."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SHARED_FIXTURES, xdist_groups
+
+
+def test_groups_merge_files_that_share_a_fixture_transitively() -> None:
+    items = [
+        ("tests/b.py::t1", ["tiny_diffusion"]),
+        ("tests/c.py::t2", ["tiny_diffusion", "classifier_reference"]),
+        ("tests/d.py::t3", ["classifier_reference"]),  # shares nothing with b.py directly
+        ("tests/b.py::t4", []),  # a test of a merged file that uses no shared fixture
+        ("tests/a.py::t5", ["tmp_path"]),  # not a shared fixture: its own file's group
+        ("tests/f.py::t6", ["pipeline_on_token_head"]),
+        ("tests/e.py::t7", ["pipeline_on_token_head", "tmp_path"]),
+    ]
+    groups = xdist_groups(items)
+    assert groups == {
+        "tests/b.py::t1": "tests/b.py",
+        "tests/c.py::t2": "tests/b.py",
+        "tests/d.py::t3": "tests/b.py",
+        "tests/b.py::t4": "tests/b.py",
+        "tests/a.py::t5": "tests/a.py",
+        "tests/f.py::t6": "tests/e.py",  # the group is named by its first file, whatever the order
+        "tests/e.py::t7": "tests/e.py",
+    }
+    assert xdist_groups(items[::-1]) == groups
+
+
+def test_every_collected_test_carries_its_group(request: pytest.FixtureRequest) -> None:
+    """On this session's own collection: each shared fixture's users and each file's tests are in one group, and
+    every test is marked with it (what ``--dist loadgroup`` schedules by)."""
+    items = request.session.items
+    if len({i.nodeid.split("::")[0] for i in items}) < 10:
+        pytest.skip("the groups are checked on the whole suite's collection; this run collected only a few files")
+    marked = {item.nodeid.split("@")[0]: item.get_closest_marker("xdist_group").args[0] for item in items}
+    by_fixture: dict[str, set[str]] = {name: set() for name in SHARED_FIXTURES}
+    by_file: dict[str, set[str]] = {}
+    for item in items:
+        nodeid = item.nodeid.split("@")[0]
+        by_file.setdefault(nodeid.split("::")[0], set()).add(marked[nodeid])
+        for name in SHARED_FIXTURES:
+            if name in item.fixturenames:
+                by_fixture[name].add(marked[nodeid])
+    assert all(len(g) == 1 for g in by_fixture.values()), by_fixture
+    assert {f: g for f, g in by_file.items() if len(g) != 1} == {}
+    # the pipeline job's users span several files (else there is nothing to keep together)
+    users = {i.nodeid.split("::")[0] for i in items if "pipeline_on_token_head" in i.fixturenames}
+    assert len(users) >= 3, users

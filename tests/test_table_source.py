@@ -22,6 +22,7 @@ from trcgl.data.images import decode_xray, encode_png16
 from trcgl.data.padchest import FRONTAL, clean_metadata, read_metadata
 from trcgl.data.prepare import dataset_name, plan_prepare
 from trcgl.data.ray_prepare import run_prepare
+from trcgl.label_values import UNKNOWN
 from trcgl.predict.sources import list_source
 from trcgl.storage import Storage
 
@@ -56,6 +57,16 @@ CHEX_UNCERTAIN = {
         {"Cardiomegaly": "", "Pleural Effusion": "-1", "Nodule": "0", "No Finding": "0.0", "Atelectasis": ""},
         set(),
         {"pleural effusion"},
+    ),
+}
+
+# the same rows' findings left unknown (UNKNOWN) under uncertain=ignore, then with blank=ignore as well (the classes
+# cxr-lt-30 maps: "No Finding" is not one)
+CHEX_UNKNOWN = {
+    f"{CHEX_ROOT}/patient90001/study1/view1_frontal.jpg": ({"cardiomegaly"}, {"cardiomegaly", "pleural effusion"}),
+    f"{CHEX_ROOT}/patient90002/study1/view1_frontal.jpg": (
+        {"pleural effusion"},
+        {"pleural effusion", "cardiomegaly", "atelectasis"},
     ),
 }
 
@@ -403,6 +414,55 @@ def test_chexpert_table_prepares_uncertain_and_blank_values_by_policy(ray_local,
     got = dict(zip(plan.rows["image_id"], plan.rows["labels"], strict=True))
     for image_id, (_, _, positives) in CHEX_UNCERTAIN.items():
         assert {c for c, v in zip(plan.label_set.classes, got[image_id], strict=True) if v} == positives
+    # uncertain=ignore (U-Ignore): the -1 values become UNKNOWN, the positives stay; blank=ignore adds the blank ones
+    policies = (["data.table.uncertain=ignore"], ["data.table.uncertain=ignore", "data.table.blank=ignore"])
+    for which, extra in enumerate(policies):
+        ignore = load_config("tiny", chexpert_overrides(root, str(chex["csv"]), str(chex["root"]), *extra))
+        plan = plan_prepare(ignore, str(chex["csv"]), str(chex["root"]))
+        got = dict(zip(plan.rows["image_id"], plan.rows["labels"], strict=True))
+        classes = plan.label_set.classes
+        for image_id, (_, positives, _) in CHEX_UNCERTAIN.items():
+            unknown_classes = {c for c, v in zip(classes, got[image_id], strict=True) if v == UNKNOWN}
+            assert unknown_classes == CHEX_UNKNOWN[image_id][which], image_id
+            assert {c for c, v in zip(classes, got[image_id], strict=True) if v == 1} == positives
+        unknown = sum(v == UNKNOWN for labels in got.values() for v in labels)
+        if which == 0:  # only those two rows hold a -1
+            assert unknown == sum(len(u[0]) for u in CHEX_UNKNOWN.values())
+        else:  # the other rows' blank cells too
+            assert unknown > 2 * sum(len(u[1]) for u in CHEX_UNKNOWN.values())
+
+
+def test_training_on_the_chexpert_table_with_uncertain_and_blank_ignored(ray_local, tables):
+    """U-Ignore end to end: the stored labels hold UNKNOWN where the table left a finding uncertain or blank, one
+    training epoch and its evaluations finish, and the test evaluation counts each class's positives and negatives
+    over the images whose label for it is known."""
+    from trcgl.storage import run_dir
+    from trcgl.train.ray_train import run_training
+
+    chex = tables["chexpert"]
+    root = tables["base"] / "root-chex-ignore"
+    extra = ["data.table.uncertain=ignore", "data.table.blank=ignore", "model.backbone=test_resnet",
+             "model.output_stride=16", "train.epochs=1", "train.bootstrap=10", "train.run=chex-ignore"]  # fmt: skip
+    cfg = load_config("tiny", chexpert_overrides(root, str(chex["csv"]), str(chex["root"]), *extra))
+    report = run_prepare(cfg)
+    storage = Storage(str(root))
+    rows = read_dataset(storage, report["dataset"]).to_pylist()
+    labels = np.asarray([r["labels"] for r in rows])  # (N, K)
+    split = np.asarray([r["split"] for r in rows])
+    assert report["unknown_labels"] == (labels == UNKNOWN).sum() > 10
+    for image_id, (_, unknown) in CHEX_UNKNOWN.items():
+        got = next(r["labels"] for r in rows if r["image_id"] == image_id)
+        classes = load_dataset_info(storage, report["dataset"]).classes
+        assert {c for c, v in zip(classes, got, strict=True) if v == UNKNOWN} == unknown
+    summary = run_training(cfg)
+    assert summary["epochs_run"] == 1
+    history = storage.read_json(f"{run_dir('chex-ignore', 'classifier')}/history.json")
+    assert history[0]["val_mAUC"] is not None and np.isfinite(history[0]["train_loss"])
+    per_class = pd.read_parquet(Path(root) / run_dir("chex-ignore", "classifier") / "per_class.parquet")
+    test = labels[split == "test"]
+    assert per_class["positives"].tolist() == (test == 1).sum(axis=0).tolist()
+    assert per_class["negatives"].tolist() == (test == 0).sum(axis=0).tolist()
+    assert ((test == UNKNOWN).sum(axis=0) > 0).any()  # some class lost images to U-Ignore on test
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -424,8 +484,10 @@ def test_table_config_errors_name_the_key_and_value(tmp_path):
     path = tmp_path / "t.csv"
     _write_csv(path, ["Path", "Patient", "Edema"], [["a.png", "p1", "1"]])
     base = ["data.source=table", f"data.metadata={path}", "data.table.patient_column=Patient"]
-    with pytest.raises(ConfigError, match="'data.table.uncertain' 'ignore' is not supported yet"):
-        load_config("tiny", [*base, "data.table.label_columns=[Edema]", "data.table.uncertain=ignore"])
+    with pytest.raises(ConfigError, match="'data.table.uncertain' 'ignore' applies to label columns .*'Labels'"):
+        load_config("tiny", [*base, "data.table.labels_column=Labels", "data.table.uncertain=ignore"])
+    with pytest.raises(ConfigError, match="'data.table.blank' must be one of \\['zeros', 'ignore'\\], got 'ones'"):
+        load_config("tiny", [*base, "data.table.label_columns=[Edema]", "data.table.blank=ones"])
     with pytest.raises(ConfigError, match="exactly one of config keys 'data.table.labels_column'"):
         load_config("tiny", base)
     with pytest.raises(ConfigError, match="needs a group"):

@@ -1,7 +1,9 @@
 """Multi-label training losses: BCE, ASL and LDAM-DRW, chosen by ``loss.name``.
 
 Every loss is a module called as ``loss(logits (B, K), targets (B, K) float in {0, 1}, epoch) -> scalar`` and
-reduces by the mean over all B*K terms, so learning rates transfer between losses. ``epoch`` is 0-based; only
+reduces by the mean over all B*K terms, so learning rates transfer between losses. A target equal to
+:data:`~trcgl.label_values.UNKNOWN` (U-Ignore) is a term left out: the mean is then over the known terms, and an
+unknown target never counts as a positive (LDAM's margin) or a negative. ``epoch`` is 0-based; only
 LDAM-DRW looks at it. Losses compute in float32 whatever the logits' dtype (bf16 under autocast).
 """
 
@@ -15,6 +17,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trcgl.config import LossConfig
+from trcgl.label_values import UNKNOWN
+
+
+def split_targets(targets: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Targets as float 0/1 and the mask of known terms.
+
+    Args:
+        targets: (B, K) 0, 1 or :data:`~trcgl.label_values.UNKNOWN`.
+
+    Returns:
+        (y (B, K) float32 with unknown terms 0, mask (B, K) float32 1 where known; None when every term is known).
+    """
+    y = targets.float()
+    unknown = y == UNKNOWN  # (B, K)
+    if not bool(unknown.any()):
+        return y, None
+    return y.masked_fill(unknown, 0.0), (~unknown).float()
+
+
+def reduce_terms(terms: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean of (B, K) loss terms, over the known ones when a mask is given (0 when none is known)."""
+    if mask is None:
+        return terms.mean()
+    return (terms * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 class MultiLabelLoss(nn.Module):
@@ -25,10 +51,13 @@ class MultiLabelLoss(nn.Module):
 
 
 class BCELoss(MultiLabelLoss):
-    """Binary cross-entropy on logits, mean over B*K."""
+    """Binary cross-entropy on logits, mean over the B*K (known) terms."""
 
     def forward(self, logits: Tensor, targets: Tensor, epoch: int = 0) -> Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+        y, mask = split_targets(targets)
+        if mask is None:
+            return F.binary_cross_entropy_with_logits(logits.float(), y)
+        return reduce_terms(F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none"), mask)
 
 
 class AsymmetricLoss(MultiLabelLoss):
@@ -61,7 +90,8 @@ class AsymmetricLoss(MultiLabelLoss):
         self.detach_focal = detach_focal
 
     def forward(self, logits: Tensor, targets: Tensor, epoch: int = 0) -> Tensor:
-        logits, y = logits.float(), targets.float()
+        y, mask = split_targets(targets)
+        logits = logits.float()
         p = torch.sigmoid(logits)  # (B, K)
         log_p = F.logsigmoid(logits)  # (B, K)
         if self.clip > 0:
@@ -75,7 +105,7 @@ class AsymmetricLoss(MultiLabelLoss):
             weight_pos, weight_neg = weight_pos.detach(), weight_neg.detach()
         loss_pos = weight_pos * log_p  # (B, K)
         loss_neg = weight_neg * log_1m_p_neg  # (B, K)
-        return -(y * loss_pos + (1 - y) * loss_neg).mean()
+        return -reduce_terms(y * loss_pos + (1 - y) * loss_neg, mask)
 
 
 class LDAMDRWLoss(MultiLabelLoss):
@@ -135,14 +165,18 @@ class LDAMDRWLoss(MultiLabelLoss):
         return self.drw_weights if epoch >= self.drw_start_epoch else torch.ones_like(self.drw_weights)
 
     def forward(self, logits: Tensor, targets: Tensor, epoch: int = 0) -> Tensor:
-        logits, y = logits.float(), targets.float()
+        y, mask = split_targets(targets)
+        logits = logits.float()
         margins = self.margins.to(logits)  # (K,)
         if self.cosine:
             shifted = logits - self.scale * margins * y  # (B, K) the scale is already in the logits
         else:
             shifted = self.scale * (logits - margins * y)  # (B, K)
         pos_weight = self.class_weights(epoch).to(logits)  # (K,)
-        return F.binary_cross_entropy_with_logits(shifted, y, pos_weight=pos_weight)
+        if mask is None:
+            return F.binary_cross_entropy_with_logits(shifted, y, pos_weight=pos_weight)
+        terms = F.binary_cross_entropy_with_logits(shifted, y, pos_weight=pos_weight, reduction="none")  # (B, K)
+        return reduce_terms(terms, mask)
 
 
 LOSSES = ("bce", "asl", "ldam_drw")

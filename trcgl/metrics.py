@@ -7,6 +7,9 @@ cost well under a second) and equal scikit-learn's ``average_precision_score`` a
   end of its tie group, divided by the number of positives;
 - AUC = P(score of a positive > score of a negative) + 0.5 P(tie) (the trapezoidal ROC area).
 
+An image whose label for a class is :data:`~trcgl.label_values.UNKNOWN` (U-Ignore) is left out of that class's
+ranking: it is neither a positive nor a negative, and precision counts the positives and negatives above a threshold.
+
 A class without positives has no AP or AUC (status ``no_positives``, values None); a class without negatives has an
 AP but no AUC (``no_negatives``). Macro means skip classes without a value; a group without any evaluable class
 reports None. Nothing is silently 0 or NaN.
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from trcgl.label_values import UNKNOWN, positive
 
 GROUPS = ("head", "medium", "tail")
 # the five a summary table shows (overall, and mAP per group), then the group mAUCs: every metric a result carries
@@ -31,7 +36,7 @@ def per_class_ap_auc(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarra
 
     Args:
         scores: (N, K) scores (probabilities or logits: only their order matters).
-        targets: (N, K) binary targets.
+        targets: (N, K) targets: 1, 0 or :data:`~trcgl.label_values.UNKNOWN` (left out of the class).
 
     Returns:
         (ap (K,), auc (K,)) float64; NaN where undefined (AP: no positives; AUC: no positives or no negatives).
@@ -39,9 +44,10 @@ def per_class_ap_auc(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarra
     n = scores.shape[0]
     order = np.argsort(-scores, axis=0, kind="stable")  # (N, K) descending scores
     s = np.take_along_axis(scores, order, axis=0)  # (N, K)
-    y = np.take_along_axis(targets, order, axis=0).astype(np.float64)  # (N, K)
+    t = np.take_along_axis(targets, order, axis=0)  # (N, K)
+    y = positive(t).astype(np.float64)  # (N, K)
     tp = np.cumsum(y, axis=0)  # (N, K) positives at or above each rank
-    fp = np.cumsum(1.0 - y, axis=0)  # (N, K) negatives at or above each rank
+    fp = np.cumsum((t == 0).astype(np.float64), axis=0)  # (N, K) negatives at or above each rank
     rows = np.arange(n)[:, None]  # (N, 1)
     is_end = np.ones_like(s, dtype=bool)  # (N, K) last row of a tie group
     is_end[:-1] = s[:-1] != s[1:]
@@ -51,8 +57,10 @@ def per_class_ap_auc(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarra
     start = np.maximum.accumulate(np.where(is_start, rows, 0), axis=0)  # (N, K) row of the group's start
 
     n_pos, n_neg = tp[-1], fp[-1]  # (K,), (K,)
-    precision_at_end = np.take_along_axis(tp, end, axis=0) / (end + 1)  # (N, K)
     fp_end = np.take_along_axis(fp, end, axis=0)  # (N, K) negatives scored >= this group
+    tp_end = np.take_along_axis(tp, end, axis=0)  # (N, K) positives scored >= this group
+    # tp_end + fp_end is end + 1 when every label is known; unknown images are not counted
+    precision_at_end = tp_end / np.maximum(tp_end + fp_end, 1.0)  # (N, K)
     fp_before = np.where(start > 0, np.take_along_axis(fp, np.maximum(start - 1, 0), axis=0), 0.0)  # (N, K)
     wins = (n_neg - fp_end) + 0.5 * (fp_end - fp_before)  # (N, K) negatives below + half the tied ones
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -100,7 +108,7 @@ def resampled_metrics(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray
 
     Args:
         scores: (N, K) float64 scores.
-        labels: (N, K) float64 multi-hot targets.
+        labels: (N, K) float64 targets (1, 0 or :data:`~trcgl.label_values.UNKNOWN`).
         groups: (K,) group name per class.
         draws: (R, N) image indices of each resample.
 
@@ -127,7 +135,7 @@ def evaluate_scores(
 
     Args:
         scores: (N, K) probabilities or logits.
-        targets: (N, K) in {0, 1}.
+        targets: (N, K) in {0, 1, :data:`~trcgl.label_values.UNKNOWN`} (unknown: left out of the class).
         classes: K class names.
         groups: K group names, each "head", "medium" or "tail".
         bootstrap: resamples of the images (with replacement) for the percentile intervals; 0 for none.
@@ -148,8 +156,8 @@ def evaluate_scores(
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise ValueError(f"unknown groups {unknown}; known: {list(GROUPS)}")
-    if not np.isin(targets, (0, 1)).all():
-        raise ValueError("targets must be 0 or 1")
+    if not np.isin(targets, (0, 1, UNKNOWN)).all():
+        raise ValueError(f"targets must be 0, 1 or {UNKNOWN} (unknown)")
     if not np.isfinite(scores).all():
         raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} non-finite values")
     targets = targets.astype(np.float64)
@@ -169,8 +177,8 @@ def evaluate_scores(
     else:
         ci = {name: None for name in METRICS}
 
-    positives = targets.sum(axis=0).astype(int)  # (K,)
-    negatives = scores.shape[0] - positives  # (K,)
+    positives = positive(targets).sum(axis=0).astype(int)  # (K,)
+    negatives = (targets == 0).sum(axis=0).astype(int)  # (K,) known negatives
     per_class = []
     for k, name in enumerate(classes):
         status = "no_positives" if positives[k] == 0 else "no_negatives" if negatives[k] == 0 else "ok"

@@ -25,9 +25,9 @@ GENERATE_MODES = ("sample", "edit")
 MODE_EXTRAS = {f"synthetic_{mode}": mode for mode in GENERATE_MODES}
 ABLATION_EXTRAS = ("none", "synthetic", "synthetic_filtered", *MODE_EXTRAS, "real", "oracle")
 DATA_SOURCES = ("padchest-synth", "padchest", "table")
-# data.table.uncertain / blank: what a -1 / blank value becomes ("ignore", a per-class mask, is not supported yet)
-UNCERTAIN_POLICIES = ("zeros", "ones")
-BLANK_POLICIES = ("zeros",)
+# data.table.uncertain / blank: what a -1 / blank value becomes ("ignore": not known, trcgl.label_values)
+UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
+BLANK_POLICIES = ("zeros", "ignore")
 
 
 def field_type(dotted: str) -> Any:
@@ -179,10 +179,10 @@ def check_table(cfg: Config) -> None:
             )
     for key, allowed in (("uncertain", UNCERTAIN_POLICIES), ("blank", BLANK_POLICIES)):
         value = getattr(t, key)
-        if value == "ignore":
+        if value == "ignore" and t.labels_column:
             raise ConfigError(
-                f"config key 'data.table.{key}' 'ignore' is not supported yet: prepared labels are 0/1 with no "
-                f"per-class mask for the losses and metrics to honour; use one of {list(allowed)}"
+                f"config key 'data.table.{key}' 'ignore' applies to label columns (data.table.label_columns), not to "
+                f"the delimited column data.table.labels_column={t.labels_column!r}, which has no {key} values"
             )
         if value not in allowed:
             raise ConfigError(f"config key 'data.table.{key}' must be one of {list(allowed)}, got {value!r}")

@@ -72,8 +72,8 @@ class TableConfig:
     none_labels: list[str] = field(default_factory=list)  # findings that mean none (e.g. "No Finding"): dropped
     # ... or one column per finding (1 positive, 0 negative, -1 uncertain, blank unmentioned): names, or "auto"
     label_columns: list[str] | str = field(default_factory=list)
-    uncertain: str = "zeros"  # -1 values: "zeros" (negative) or "ones" (positive); "ignore" is refused (no mask yet)
-    blank: str = "zeros"  # blank values: "zeros"; "ignore" is refused as above
+    uncertain: str = "zeros"  # -1 values: "zeros" (negative), "ones" (positive) or "ignore" (not known)
+    blank: str = "zeros"  # blank values: "zeros" or "ignore" (not known)
     localization_column: str | None = None  # optional delimited localizations (diffusion prompts, regions)
     localization_separator: str = "|"
 

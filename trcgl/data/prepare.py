@@ -29,6 +29,7 @@ from trcgl.data.images import decode_xray, encode_prepared, read_image_file, res
 from trcgl.data.padchest import clean_metadata, count_reasons, default_metadata_path, read_metadata
 from trcgl.data.synth.source import synth_inputs
 from trcgl.errors import ImageDecodeError
+from trcgl.label_values import UNKNOWN
 from trcgl.storage import (
     COOCCURRENCE,
     DATASET_CONFIG,
@@ -190,7 +191,11 @@ def plan_prepare(cfg: Config, metadata_uri: str, images_uri: str) -> PreparePlan
         kept["split"] = splits.assign_splits(kept["patient_id"].tolist(), cfg.data.split)
     train_raw = kept.loc[kept["split"] == "train", "raw_labels"].tolist()
     label_set = labelsets.resolve(cfg.data.label_set, train_raw)
-    kept["labels"] = list(label_set.encode(kept["raw_labels"].tolist()).tolist())
+    y = label_set.encode(kept["raw_labels"].tolist())  # (N, K)
+    if "raw_unknown" in kept:  # a table's U-Ignore: unknown unless positive through another column of the class
+        unknown = label_set.encode(kept["raw_unknown"].tolist()).astype(bool) & (y == 0)  # (N, K)
+        y[unknown] = UNKNOWN
+    kept["labels"] = list(y.tolist())
     kept["shard"] = np.arange(len(kept)) // cfg.data.shard_rows
     if kept.empty:
         raise ValueError(
@@ -341,7 +346,8 @@ def finalize(cfg: Config, plan: PreparePlan, storage: Storage, shard_results: li
         "rejected_images_by_reason": image_reasons,
         "rejected_image_list": image_rejects,
         "rejected_metadata_examples": plan.meta_rejects.groupby("reason").head(5).to_dict(orient="records"),
-        "rows_without_any_class": int((y.sum(axis=1) == 0).sum()),
+        "rows_without_any_class": int(((y == 1).sum(axis=1) == 0).sum()),
+        **({"unknown_labels": int((y == UNKNOWN).sum())} if cfg.data.source == "table" else {}),  # U-Ignore
         "splits": summary["images"],
         "shards": plan.num_shards,
         "seconds": round(seconds, 2),

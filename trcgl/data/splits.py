@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from trcgl.config import GroupConfig, SplitConfig
+from trcgl.label_values import has_unknown, known, positive
 
 SPLITS = ("train", "val", "test")
 GROUPS = ("head", "medium", "tail")
@@ -51,12 +52,12 @@ def cooccurrence(y: np.ndarray) -> np.ndarray:
     """Label co-occurrence counts.
 
     Args:
-        y: (N, K) multi-hot train targets.
+        y: (N, K) train targets: 1 positive, 0 negative, :data:`~trcgl.label_values.UNKNOWN` not known.
 
     Returns:
-        (K, K) int64 matrix, C[i, j] = #images with both i and j; the diagonal holds per-class counts.
+        (K, K) int64 matrix, C[i, j] = #images positive for both i and j; the diagonal holds per-class counts.
     """
-    y64 = y.astype(np.int64)
+    y64 = positive(y).astype(np.int64)
     return y64.T @ y64  # (K, K)
 
 
@@ -79,11 +80,14 @@ def label_summary(classes: Sequence[str], y: np.ndarray, splits: np.ndarray, cfg
 
     Args:
         classes: K class names.
-        y: (N, K) multi-hot targets of every kept row.
+        y: (N, K) targets of every kept row (1, 0 or :data:`~trcgl.label_values.UNKNOWN`).
         splits: (N,) split per row.
         cfg: group thresholds.
+
+    Returns:
+        The summary; with unknown values, also ``unknown``: {split: {class: rows where it is not known}}.
     """
-    counts = {s: y[splits == s].sum(axis=0).astype(int).tolist() for s in SPLITS}
+    counts = {s: positive(y[splits == s]).sum(axis=0).astype(int).tolist() for s in SPLITS}
     n = {s: int((splits == s).sum()) for s in SPLITS}
     prevalence = np.asarray(counts["train"], dtype=float) / max(n["train"], 1)
     groups = group_of(prevalence, cfg)
@@ -95,4 +99,12 @@ def label_summary(classes: Sequence[str], y: np.ndarray, splits: np.ndarray, cfg
         "images": n,
         "counts": {s: dict(zip(classes, counts[s], strict=True)) for s in SPLITS},
         "train_prevalence": dict(zip(classes, [round(float(p), 6) for p in prevalence], strict=True)),
+        **({"unknown": unknown_counts(classes, y, splits)} if has_unknown(y) else {}),
+    }
+
+
+def unknown_counts(classes: Sequence[str], y: np.ndarray, splits: np.ndarray) -> dict[str, dict[str, int]]:
+    """{split: {class: rows whose label for it is UNKNOWN}} of (N, K) targets ``y``."""
+    return {
+        s: dict(zip(classes, (~known(y[splits == s])).sum(axis=0).astype(int).tolist(), strict=True)) for s in SPLITS
     }

@@ -17,8 +17,11 @@ normalised (lower case, single spaces) so that the label set (``data.label_set``
 computed from the train split) matches them exactly. A per-finding value is ``1`` (positive), ``0`` (negative),
 ``-1`` (uncertain: ``data.table.uncertain`` ``zeros`` makes it negative, ``ones`` positive: U-Zeros and U-Ones of
 Irvin et al. 2019, https://arxiv.org/abs/1901.07031) or blank (unmentioned: ``data.table.blank`` ``zeros``, negative).
-Written as any float (``1.0``, ``-1.0``). U-Ignore (a per-class mask the losses and metrics honour) is not supported
-yet: prepared labels are 0/1, and the config refuses ``ignore``. ``label_columns: auto`` takes every column that no
+Written as any float (``1.0``, ``-1.0``). ``ignore`` (for ``uncertain``, ``blank`` or both) is U-Ignore: the class is
+not known for the row (:data:`trcgl.label_values.UNKNOWN` in the prepared labels) unless the row is positive for it
+through another column mapped to the same class; the losses, metrics, thresholds, counts, label graph and generation
+plan then leave it out (:mod:`trcgl.label_values`). ``ignore`` applies to label columns only: a delimited labels
+column has no uncertain or blank value per finding. ``label_columns: auto`` takes every column that no
 other key maps and whose non-blank values are mostly (at least half) ``1``, ``0`` or ``-1``: the finding columns of
 CheXpert, not its Age or Sex.
 
@@ -175,36 +178,44 @@ def _split_cell(cell: str, separator: str) -> list[str]:
     return out
 
 
-def parse_labels(row: dict[str, str], t: TableConfig, columns: list[str]) -> tuple[tuple[str, ...], str | None, str]:
+def parse_labels(
+    row: dict[str, str], t: TableConfig, columns: list[str]
+) -> tuple[tuple[str, ...], str | None, str, tuple[str, ...]]:
     """A row's raw findings (normalised), or the reason it has none usable.
 
     Returns:
-        (findings, drop reason or None, detail of the reason).
+        (findings, drop reason or None, detail of the reason, unknown findings: the columns whose value the
+        ``ignore`` policies leave unknown, normalised).
     """
     if t.labels_column:
         cell = row[t.labels_column]
         if cell == "":
-            return (), "labels_missing", ""
+            return (), "labels_missing", "", ()
         tokens = _split_cell(cell, t.labels_separator)
         if not tokens:
-            return (), "labels_empty", cell[:80]
+            return (), "labels_empty", cell[:80], ()
         none = {normalise_label(v) for v in t.none_labels}
-        return tuple(x for x in tokens if x not in none), None, ""
+        return tuple(x for x in tokens if x not in none), None, "", ()
     found: list[str] = []
+    unknown: list[str] = []
     blank = 0
     for col in columns:
         cell = row[col]
         if cell == "":
             blank += 1
-            continue  # blank: zeros (the only blank policy; trcgl.config.checks refuses ignore)
+            if t.blank == "ignore":
+                unknown.append(normalise_label(col))
+            continue  # else blank: zeros
         value = _label_value(cell)
         if value is None:
-            return (), "labels_unparseable", f"{col}={cell[:40]!r}"
+            return (), "labels_unparseable", f"{col}={cell[:40]!r}", ()
         if value == 1.0 or (value == -1.0 and t.uncertain == "ones"):
             found.append(normalise_label(col))
+        elif value == -1.0 and t.uncertain == "ignore":
+            unknown.append(normalise_label(col))
     if blank == len(columns):
-        return (), "labels_missing", "every label column is blank"
-    return tuple(dict.fromkeys(found)), None, ""
+        return (), "labels_missing", "every label column is blank", ()
+    return tuple(dict.fromkeys(found)), None, "", tuple(dict.fromkeys(unknown))
 
 
 def clean_table(
@@ -221,9 +232,10 @@ def clean_table(
 
     Returns:
         ``(kept, rejected)``. ``kept`` has columns image_id, image_dir, patient_id, projection, raw_labels (tuple),
-        localizations (tuple), sex, birth_year, study_date, bits_stored, csv_row, and split when the table gives it,
-        sorted by image_id; with ``labels``, ``kept.attrs["label_columns"]`` names the columns the labels came from
-        (``auto`` resolved). ``rejected`` has image_id, csv_row, reason, detail: one row per dropped table row.
+        raw_unknown (tuple: findings the ``ignore`` policies leave unknown), localizations (tuple), sex, birth_year,
+        study_date, bits_stored, csv_row, and split when the table gives it, sorted by image_id; with ``labels``,
+        ``kept.attrs["label_columns"]`` names the columns the labels came from (``auto`` resolved). ``rejected`` has
+        image_id, csv_row, reason, detail: one row per dropped table row.
 
     Raises:
         ConfigError: a column the config names is not in the table.
@@ -264,8 +276,9 @@ def clean_table(
         if reason is not None:
             rejects.append({"image_id": path, "csv_row": int(row["csv_row"]), "reason": reason, "detail": detail})
             continue
+        unknown: tuple[str, ...] = ()
         if labels:
-            raw = parsed[0]
+            raw, unknown = parsed[0], parsed[3]
         seen.add(path)
         locs = _split_cell(row[t.localization_column], t.localization_separator) if t.localization_column else []
         kept.append(
@@ -275,6 +288,7 @@ def clean_table(
                 "patient_id": patient,
                 "projection": projection or NO_VIEW,
                 "raw_labels": raw,
+                "raw_unknown": unknown,
                 "localizations": tuple(locs),
                 "sex": "",
                 "birth_year": -1,
@@ -284,8 +298,8 @@ def clean_table(
                 **({"split": split} if t.split_column else {}),
             }
         )
-    cols = ["image_id", "image_dir", "patient_id", "projection", "raw_labels", "localizations", "sex", "birth_year",
-            "study_date", "bits_stored", "csv_row", *(["split"] if t.split_column else [])]  # fmt: skip
+    cols = ["image_id", "image_dir", "patient_id", "projection", "raw_labels", "raw_unknown", "localizations", "sex",
+            "birth_year", "study_date", "bits_stored", "csv_row", *(["split"] if t.split_column else [])]  # fmt: skip
     out = pd.DataFrame(kept, columns=cols).sort_values("image_id", kind="stable").reset_index(drop=True)
     rejected = pd.DataFrame(rejects, columns=["image_id", "csv_row", "reason", "detail"])
     if labels:

@@ -92,7 +92,7 @@ def make_plan(info: DatasetInfo, train_rows: pd.DataFrame, cfg: GenerateConfig) 
     for k, n in sorted(class_counts(info, cfg).items()):
         name = info.classes[k]
         positives = np.flatnonzero(labels[:, k] == 1)
-        negatives = np.flatnonzero(labels[:, k] == 0)
+        negatives = np.flatnonzero(labels[:, k] == 0)  # known negatives: a row unknown for k is never edited
         if edit and not len(negatives):
             log.warning("class %r: no train row is negative for it, nothing to edit", name)
             continue
@@ -111,7 +111,7 @@ def make_plan(info: DatasetInfo, train_rows: pd.DataFrame, cfg: GenerateConfig) 
                 donor = positive = int(positives[derived_seed(cfg.seed, "donor", name, i) % len(positives)])
                 row_labels = labels[positive]
             localizations = [str(v) for v in train_rows["localizations"].iat[positive]]
-            classes = [c for c, v in zip(info.classes, row_labels, strict=True) if v]
+            classes = [c for c, v in zip(info.classes, row_labels, strict=True) if v == 1]  # not UNKNOWN (255)
             rows.append(
                 {
                     "image_id": f"syn-{slug}-{i:05d}",

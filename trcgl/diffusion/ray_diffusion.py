@@ -64,7 +64,7 @@ def prompts_of(batch: dict, classes: list[str]) -> list[str]:
     """Prompts of a numpy batch (labels, localizations, projection columns)."""
     out = []
     for labels, locs, proj in zip(batch["labels"], batch["localizations"], batch["projection"], strict=True):
-        names = [c for c, v in zip(classes, np.asarray(labels), strict=True) if v]
+        names = [c for c, v in zip(classes, np.asarray(labels), strict=True) if v == 1]  # not UNKNOWN (255)
         out.append(build_prompt(names, list(locs), str(proj)))
     return out
 

@@ -408,7 +408,7 @@ def write_outputs(
     storage.write_parquet(posixpath.join(out, "table.parquet"), pa.Table.from_pandas(frame, preserve_index=False))
     tail, medium, source = ratios
     first = rows[0]
-    positives = np.asarray(first["labels"]).sum(axis=0)  # (K,)
+    positives = (np.asarray(first["labels"]) == 1).sum(axis=0)  # (K,) (a label may be UNKNOWN)
     tail_pos = [int(p) for p, g in zip(positives, first["groups"], strict=True) if g == "tail"]
     interval = (
         f"{len(ab.seeds)} seeds per row: mean ± seed std, 95 % interval of the seed mean over {ab.bootstrap} "

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from trcgl.label_values import UNKNOWN
 from trcgl.metrics import (
     GROUPS,
     METRICS,
@@ -97,8 +98,8 @@ def _validate(
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise ValueError(f"unknown groups {unknown}; known: {list(GROUPS)}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 or 1")
+    if not np.isin(labels, (0, 1, UNKNOWN)).all():
+        raise ValueError(f"labels must be 0, 1 or {UNKNOWN} (unknown)")
 
 
 def paired_bootstrap(

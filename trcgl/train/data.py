@@ -43,7 +43,7 @@ def choose_synthetic(
     """Which synthetic rows join training.
 
     Args:
-        synthetic_labels: (M, K) multi-hot labels of every available synthetic row.
+        synthetic_labels: (M, K) labels of every available synthetic row (1, 0 or UNKNOWN).
         info: dataset classes, groups and real train counts.
         train: the per-group augmentation ratios and seed.
 
@@ -59,7 +59,7 @@ def choose_synthetic(
         want = int(round(ratio * info.train_counts[k]))
         if want <= 0:
             continue
-        have = int(synthetic_labels[chosen, k].sum())
+        have = int((synthetic_labels[chosen, k] == 1).sum())  # positives only (a label may be UNKNOWN, 255)
         candidates = np.flatnonzero((synthetic_labels[:, k] == 1) & ~chosen)
         take = rng.permutation(candidates)[: max(0, want - have)]
         if have + len(take) < want:

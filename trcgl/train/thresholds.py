@@ -1,8 +1,9 @@
 """Decision thresholds: the probability above which a class is called present, chosen per class on the val split.
 
 The rule (:data:`RULE`): for each class k, among the distinct val probabilities t of class k, the t whose decisions
-``p >= t`` give the highest val F1 for k; among equal F1 the lowest t (more recall for the same F1). A class with no
-val positive has no F1 to maximise and gets :data:`FALLBACK` (0.5). The training job stores the thresholds of each
+``p >= t`` give the highest val F1 for k (over the val images whose label for k is known: U-Ignore leaves the others
+out); among equal F1 the lowest t (more recall for the same F1). A class with no val positive has no F1 to maximise
+and gets :data:`FALLBACK` (0.5). The training job stores the thresholds of each
 checkpoint's val predictions in its ``meta.json`` (``thresholds``); ``jobs.predict`` computes them the same way for
 checkpoints written before that (:func:`trcgl.predict.ray_predict.checkpoint_thresholds`).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from trcgl.label_values import known, positive
 
 FALLBACK = 0.5
 RULE = {
@@ -29,21 +32,23 @@ def f1_optimal(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.
 
     Args:
         scores: (N, K) probabilities.
-        targets: (N, K) 0/1 labels.
+        targets: (N, K) labels: 1, 0 or :data:`~trcgl.label_values.UNKNOWN` (the image is left out of the class).
 
     Returns:
         (thresholds (K,), their val F1 (K,) with NaN for classes without val positives, val positives (K,)).
     """
     scores = np.asarray(scores, dtype=np.float64)
-    targets = np.asarray(targets) > 0
-    if scores.shape != targets.shape or scores.ndim != 2:
-        raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be (N, K)")
+    raw = np.asarray(targets)
+    if scores.shape != raw.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and targets {raw.shape} must both be (N, K)")
+    targets, is_known = positive(raw), known(raw)  # (N, K), (N, K)
     k = scores.shape[1]
     thresholds, f1 = np.full(k, FALLBACK), np.full(k, np.nan)
     positives = targets.sum(axis=0).astype(np.int64)  # (K,)
     for c in np.flatnonzero(positives):
-        order = np.argsort(-scores[:, c], kind="stable")
-        s, y = scores[order, c], targets[order, c]  # (N,) by descending probability
+        rows = np.flatnonzero(is_known[:, c])  # (N_c,) the images whose label for c is known
+        order = rows[np.argsort(-scores[rows, c], kind="stable")]
+        s, y = scores[order, c], targets[order, c]  # (N_c,) by descending probability
         tp = np.cumsum(y)  # (N,) true positives when the first i + 1 images are called positive
         last = np.r_[s[1:] != s[:-1], True]  # (N,) the last image of each run of equal probabilities
         called = np.arange(1, len(s) + 1)[last]  # (T,) images called positive at each distinct threshold

@@ -193,9 +193,9 @@ def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFa
     return {"root": root, "endpoint": s3_endpoint, "security": result, "tmp": tmp, "offline_log": offline_log}
 
 
-# Session fixtures that cost minutes to build. Under pytest-xdist (``-n 2 --dist loadgroup``, the README's test
-# command) every worker builds the session fixtures its tests use, so the tests sharing one of these must all run on
-# one worker; see pytest_collection_modifyitems.
+# Session fixtures that cost minutes to build. Under pytest-xdist (``-n N --dist loadgroup``, README "Run the tests")
+# every worker builds the session fixtures its tests use, so the tests sharing one of these must all run on one
+# worker; see pytest_collection_modifyitems.
 SHARED_FIXTURES = ("pipeline_on_token_head", "tiny_diffusion", "classifier_reference")
 
 

@@ -30,7 +30,7 @@ def test_groups_merge_files_that_share_a_fixture_transitively() -> None:
 
 
 def test_every_collected_test_carries_its_group(request: pytest.FixtureRequest) -> None:
-    """On this session's own collection: each shared fixture's users and each file's tests are in one group, and
+    """On this pytest run's own collection: each shared fixture's users and each file's tests are in one group, and
     every test is marked with it (what ``--dist loadgroup`` schedules by)."""
     items = request.session.items
     if len({i.nodeid.split("::")[0] for i in items}) < 10:

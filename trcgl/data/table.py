@@ -19,11 +19,11 @@ computed from the train split) matches them exactly. A per-finding value is ``1`
 Irvin et al. 2019, https://arxiv.org/abs/1901.07031) or blank (unmentioned: ``data.table.blank`` ``zeros``, negative).
 Written as any float (``1.0``, ``-1.0``). ``ignore`` (for ``uncertain``, ``blank`` or both) is U-Ignore: the class is
 not known for the row (:data:`trcgl.label_values.UNKNOWN` in the prepared labels) unless the row is positive for it
-through another column mapped to the same class; the losses, metrics, thresholds, counts, label graph and generation
-plan then leave it out (:mod:`trcgl.label_values`). ``ignore`` applies to label columns only: a delimited labels
-column has no uncertain or blank value per finding. ``label_columns: auto`` takes every column that no
-other key maps and whose non-blank values are mostly (at least half) ``1``, ``0`` or ``-1``: the finding columns of
-CheXpert, not its Age or Sex.
+through another column mapped to the same class; the losses, metrics, thresholds and generation plan leave it out
+and counts count positives only (:mod:`trcgl.label_values` says how each does). ``ignore`` applies to label
+columns only: a delimited labels column has no uncertain or blank value per finding. ``label_columns: auto`` takes
+every column that no other key maps and whose non-blank values are mostly (at least half) ``1``, ``0`` or ``-1``: the
+finding columns of CheXpert, not its Age or Sex.
 
 **Views.** The non-blank values of ``view_columns``, joined by a space (CheXpert: ``Frontal AP``, ``Lateral``), mapped
 through ``view_values`` (else kept as they are) give the projection, which must be one of ``data.projections``.

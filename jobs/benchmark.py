@@ -8,6 +8,7 @@
     python -m jobs.benchmark gpu [--dry-run] [--preset demo] [--batches 8 32 128] [--steps 20]
     python -m jobs.benchmark faults [--workdir DIR] [--only train-worker-kill sweep-driver-kill ...]
     python -m jobs.benchmark cache [--workdir DIR] [--epochs 3] [--stages classifier diffusion]
+    python -m jobs.benchmark read [--workdir DIR] [--repeats 3]
     python -m jobs.benchmark cost [--config jobs/configs/padchest.yaml] [--set KEY=VALUE ...]
     python -m jobs.benchmark scale [--sizes 2000 20000 full] [--workdir DIR] [--render-size 256] [--size 64]
 
@@ -45,6 +46,10 @@ scale: PadChest-Synth rendered and prepared (demo preset, fresh storage root and
 whole process tree per size, time-per-row and memory ratios against the smallest size (linear time, flat memory is
 the goal; the full set's targets: 60 minutes, 4 GB), then one classifier epoch's images/s streamed
 (train.cache_mb=0) from the largest dataset vs held from the smallest. --no-epoch skips the epochs.
+
+read: the train split of the tiny dataset read, filtered and held in the object store through Ray Data's first
+Parquet datasource (what trcgl.ray_parquet.read_parts builds) vs its DataSourceV2 pipeline (Ray's default), on fresh
+local Rays in both orders: seconds of the first read on a fresh Ray and of later reads, and V1/V2 of each.
 
 cost: no run, a model on paper (trcgl/cost.py): what one full pipeline run with the config costs on cluster/aws.yaml
 (bytes read, prepare CPU-hours, diffusion, generation and sweep GPU-hours, storage, dollars on-demand and spot),
@@ -120,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     from trcgl_dev.benchmarks.ray_cache_bench import add_arguments as cache_arguments
 
     cache_arguments(sub.add_parser("cache", help="training epochs: data streamed each epoch vs held in memory"))
+    from trcgl_dev.benchmarks.ray_read_bench import add_arguments as read_arguments
+
+    read_arguments(sub.add_parser("read", help="Parquet reads: Ray Data's V1 datasource vs DataSourceV2"))
     cost = sub.add_parser("cost", help="what a full run with a config costs, on paper (no Ray)")
     cost.add_argument("--config", default="jobs/configs/padchest.yaml", help="preset name or YAML path")
     cost.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -160,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl_dev.benchmarks.ray_cache_bench import run as run_cache
 
         result = run_cache(args.workdir, args.epochs, tuple(args.stages))
+    elif args.which == "read":
+        from trcgl_dev.benchmarks.ray_read_bench import run as run_read
+
+        result = run_read(args.workdir, args.repeats)
     else:
         from trcgl_dev.benchmarks.ray_train_bench import run as run_train
 

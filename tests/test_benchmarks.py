@@ -106,3 +106,19 @@ def test_scale_benchmark_runs(ray_local, capsys, tmp_path):
     assert out[0].startswith("scale  rows=60: ") and out[1].startswith("scale  rows=120: ")  # smallest first
     assert out[2].startswith("scale  rows=120 vs 60: ") and "time per row" in out[2]
     assert (tmp_path / "rows-60" / "datasets").is_dir() and (tmp_path / "rows-120" / "datasets").is_dir()
+
+
+def test_read_benchmark_lines():
+    """The read benchmark's arithmetic (no Ray): the first read on a fresh Ray and the mean of the later reads per
+    datasource, and V1/V2 of each."""
+    from trcgl_dev.benchmarks.ray_read_bench import ReadBenchResult
+
+    result = ReadBenchResult(rows=388, parts=5, first={"v1": 2.0, "v2": 5.0},
+                             later={"v1": [0.5, 0.3, 0.4], "v2": [2.0, 1.0, 1.5]})  # fmt: skip
+    lines = result.lines()
+    assert lines[0] == "read  tiny PadChest-Synth train split: 388 rows from 5 Parquet files"
+    assert lines[1] == "read  v1: first read on a fresh Ray 2.00 s; later reads 0.50 0.30 0.40 s (mean 0.40 s)"
+    assert lines[2] == "read  v2: first read on a fresh Ray 5.00 s; later reads 2.00 1.00 1.50 s (mean 1.50 s)"
+    assert lines[3:] == ["read  v1/v2 first read on a fresh Ray: 0.40", "read  v1/v2 later reads: 0.27"]
+    # a partial result (V2 never ran): no ratio lines
+    assert not any("v1/v2" in line for line in ReadBenchResult(388, 5, {"v1": 2.0}, {"v1": [0.5]}).lines())

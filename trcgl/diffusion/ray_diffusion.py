@@ -29,6 +29,7 @@ from trcgl.diffusion.grouping import group_repeats, repeat_by_group
 from trcgl.diffusion.model import TextToXray
 from trcgl.diffusion.plan import read_train_rows
 from trcgl.diffusion.prompts import build_prompt, prompt_vocabulary
+from trcgl.ray_parquet import read_parts
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import decode_batch
 from trcgl.train.devices import amp_enabled, to_device
@@ -245,7 +246,7 @@ def run_train_diffusion(cfg: Config, force: bool = False) -> dict:
     locs = sorted({loc for locs in rows["localizations"] for loc in locs})
     vocabulary = prompt_vocabulary(info.classes, locs, sorted(set(rows["projection"])))  # a table's views too
     storage.write_text(f"{run_dir(cfg.train.run)}/config.yaml", dump_yaml(cfg))
-    ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
+    ds = read_parts(info.parts, storage.pyarrow_fs, [*COLUMNS, "split"])
     ds = (
         ds.filter(expr="split == 'train'")
         .select_columns(COLUMNS)

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from trcgl import records
 from trcgl.config import Config, check_generator_size, filters_fidelity, to_dict
@@ -37,6 +36,7 @@ from trcgl.diffusion.fidelity import (
 )
 from trcgl.diffusion.plan import Generator, make_plan, output_schema, part_payloads, read_train_rows
 from trcgl.diffusion.realism import realism
+from trcgl.ray_parquet import read_parts
 from trcgl.ray_runtime import check_gpus, map_parts
 from trcgl.storage import FIDELITY, GENERATE_PLAN, GENERATE_REPORT, GRIDS, REALISM, Storage, run_dir
 from trcgl.train.ray_evaluate import predict_split, score_rows
@@ -236,10 +236,10 @@ def _score_with_controls(
     """
     fs = storage.pyarrow_fs
     has_controls = "control_image" in syn and bool(syn["control_image"].notna().any())
-    ds = ray.data.read_parquet(parts, filesystem=fs, columns=["image_id", "image", "labels"])
+    ds = read_parts(parts, fs, ["image_id", "image", "labels"])
     rows = len(syn)
     if has_controls:
-        controls = ray.data.read_parquet(parts, filesystem=fs, columns=["image_id", "control_image", "labels"])
+        controls = read_parts(parts, fs, ["image_id", "control_image", "labels"])
         ds = ds.union(controls.map_batches(control_rows, batch_format="pyarrow"))
         rows += int(syn["control_image"].notna().sum())
     scored = score_rows(cfg, reference, ds, rows=rows).set_index("image_id")

@@ -14,6 +14,7 @@ import ray
 from trcgl.config import Config, to_dict
 from trcgl.data.dataset import COLUMNS, DatasetInfo, load_dataset_info, read_dataset
 from trcgl.metrics import evaluate_scores, per_class_frame
+from trcgl.ray_parquet import read_parts
 from trcgl.storage import Storage
 from trcgl.train import report
 from trcgl.train.predict import Predictor
@@ -82,7 +83,7 @@ def predict_split(cfg: Config, checkpoint_uri: str, info: DatasetInfo, split: st
         out = predict_local(cfg, checkpoint_uri, info, split)
     else:
         storage = Storage(cfg.storage.root, cfg.storage)
-        ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
+        ds = read_parts(info.parts, storage.pyarrow_fs, [*COLUMNS, "split"])
         out = score_rows(cfg, checkpoint_uri, ds.filter(expr=f"split == '{split}'"), rows=rows)
     if out.empty:
         raise ValueError(f"split {split!r} of dataset {info.name!r} has no rows")

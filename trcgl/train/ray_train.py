@@ -32,6 +32,7 @@ from trcgl.data.dataset import COLUMNS, DatasetInfo, load_dataset_info, resolve_
 from trcgl.losses import build_loss
 from trcgl.metrics import METRICS, evaluate_scores
 from trcgl.models import build_model
+from trcgl.ray_parquet import read_parts
 from trcgl.storage import Storage, run_dir
 from trcgl.train import checkpoint as ckpt
 from trcgl.train.data import augment, choose_generated, choose_resampled, decode_batch, lr_factor
@@ -62,7 +63,7 @@ PLACEMENT_KEYS = ("dist_backend", "workers")
 
 def split_dataset(storage: Storage, info: DatasetInfo, split: str) -> ray.data.Dataset:
     """One split of a prepared dataset as a Ray Dataset with the training columns."""
-    ds = ray.data.read_parquet(info.parts, filesystem=storage.pyarrow_fs, columns=[*COLUMNS, "split"])
+    ds = read_parts(info.parts, storage.pyarrow_fs, [*COLUMNS, "split"])
     return ds.filter(expr=f"split == '{split}'").select_columns(COLUMNS)
 
 
@@ -100,7 +101,7 @@ def train_dataset(cfg: Config, storage: Storage, info: DatasetInfo) -> tuple[ray
         return batch.filter(pc.is_in(batch["image_id"], value_set=keep_arr))
 
     extra = (
-        ray.data.read_parquet(parts, filesystem=storage.pyarrow_fs, columns=COLUMNS)
+        read_parts(parts, storage.pyarrow_fs, COLUMNS)
         .map_batches(only_chosen, batch_format="pyarrow")
         .select_columns(COLUMNS)
     )

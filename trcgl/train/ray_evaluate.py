@@ -16,7 +16,6 @@ from trcgl.data.dataset import COLUMNS, DatasetInfo, load_dataset_info, read_dat
 from trcgl.metrics import evaluate_scores, per_class_frame
 from trcgl.ray_parquet import read_parts
 from trcgl.storage import Storage
-from trcgl.train import report
 from trcgl.train.predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -122,6 +121,8 @@ def evaluate_checkpoint(
         }
     )
     storage.write_parquet(posixpath.join(out_rel, "predictions.parquet"), pred_table)
+    from trcgl.train import report  # lazy: matplotlib stays out of the Train workers, which import this module
+
     pictures = report.make_report(cfg, storage, checkpoint_uri, info, result, table, split, history)
     for name, png in pictures.items():
         storage.write_bytes(posixpath.join(out_rel, "report", name), png)

@@ -5,8 +5,25 @@ visual pattern (see :mod:`trcgl.data.synth.findings` for the table of signatures
 Localizations and seeded by (dataset seed, ImageID). Pure numpy/scipy/Pillow.
 """
 
-from trcgl.data.synth.findings import CLASS_NAMES, FINDING_RENDERERS, parse_localizations
-from trcgl.data.synth.render import render_image
-from trcgl.data.synth.sheet import make_contact_sheet
+from __future__ import annotations
 
-__all__ = ["CLASS_NAMES", "FINDING_RENDERERS", "make_contact_sheet", "parse_localizations", "render_image"]
+import importlib
+from typing import Any
+
+# name -> submodule that defines it. Imported on first use (PEP 562), not with the package: every process that reads
+# a dataset imports trcgl.data.synth.source (through trcgl.data.prepare), and the renderers' modules bring scipy
+# (about 0.5 s per process, paid by each Ray Train worker).
+_EXPORTS = {
+    "CLASS_NAMES": "findings",
+    "FINDING_RENDERERS": "findings",
+    "parse_localizations": "findings",
+    "render_image": "render",
+    "make_contact_sheet": "sheet",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -77,6 +77,26 @@ def test_identical_in_a_fresh_process_with_another_hash_seed(tmp_path):
     assert out.stdout.strip() == hashlib.sha256(here.tobytes()).hexdigest()
 
 
+def test_processes_started_together_on_a_cold_cache_build_the_atlas_once(tmp_path):
+    """Three processes ask for the atlas at once with an empty cache path: one builds it (the build logs one line),
+    the others wait for its lock and read the file it wrote; all three get the same masks."""
+    cache = tmp_path / "atlas.npz"
+    code = (
+        "import hashlib, logging; logging.basicConfig(level=logging.INFO); "
+        "from trcgl.data.synth.atlas import load_lung_atlas; a = load_lung_atlas(); "
+        "print('masks', hashlib.sha256(a.masks.tobytes()).hexdigest())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), ATLAS_CACHE_ENV: str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(3)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    builds = sum(err.count("lung atlas: ") for _, err in outs)
+    assert builds == 1, [err[-500:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1 and outs[0][0].startswith("masks ")
+    assert cache.is_file()
+
+
 # ---------------------------------------------------------------------------------------------- output format
 
 

@@ -13,6 +13,7 @@ between processes through an ``.npz`` file named by the ``TRCGL_LUNG_ATLAS_CACHE
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.util
 import io
@@ -242,16 +243,36 @@ def load_lung_atlas() -> LungAtlas:
 
     When the environment variable ``TRCGL_LUNG_ATLAS_CACHE`` names a file, the atlas is read from it if it was
     built from the same zip and recipe, else built and written there (atomically), so many worker processes on
-    one machine build it once. Nothing is written anywhere when the variable is unset.
+    one machine build it once: a process that finds no usable file builds it holding an exclusive lock on
+    ``{cache}.lock``, and the others wait for that lock, then read what it wrote (without the lock, the render
+    workers a job starts at once would each build it). Nothing is written anywhere when the variable is unset.
 
     Returns:
         The atlas.
     """
     cache = os.environ.get(ATLAS_CACHE_ENV)
-    if cache and Path(cache).is_file():
-        atlas = _read_lung_atlas(Path(cache))
-        if atlas is not None:
-            return atlas
+    if not cache:
+        return build_lung_atlas()
+    atlas = _read_lung_atlas(Path(cache)) if Path(cache).is_file() else None
+    if atlas is not None:
+        return atlas
+    try:
+        lock = open(f"{cache}.lock", "a")  # held for the block below, closed in its finally
+    except OSError as err:
+        logger.warning("could not open lung atlas cache lock %s.lock (%s)", cache, err)
+        return build_lung_atlas()
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also when the process dies
+        atlas = _read_lung_atlas(Path(cache)) if Path(cache).is_file() else None  # another process built it
+        if atlas is None:
+            atlas = build_lung_atlas()
+            try:
+                save_lung_atlas(atlas, cache)
+            except OSError as err:
+                logger.warning("could not write lung atlas cache %s (%s)", cache, err)
+        return atlas
+    finally:
+        lock.close()
     atlas = build_lung_atlas()
     if cache:
         try:

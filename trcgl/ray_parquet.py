@@ -1,14 +1,12 @@
-"""Ray Data reads of the project's Parquet files: the parts of a prepared dataset, generated folders, plans.
+"""Ray Data reads of the project's Parquet files: the parts of a prepared dataset and of generated folders.
 
-Every such read here goes through :func:`read_parts`, which builds it on Ray Data's first Parquet datasource ("V1")
-rather than the default of Ray 2.60, the DataSourceV2 pipeline. The project always knows the exact part files it
-reads (a manifest names them), and for such a list V2 costs more than the read itself: each read starts a pool of
-``FooterReader`` actors (up to 32, one new Python process each, about 1.6 CPU-seconds apiece on this project's test
-machine) to fetch the files' footers, then list and read tasks. A read of a 5-part, 400-row dataset took 6.4 s on
-a fresh local Ray and 1.5-1.8 s on later reads, against 2.2 s and 0.3-0.4 s through V1; a dataset Ray Train streams
-every epoch pays it every epoch. ``python -m jobs.benchmark read`` measures the two on the same data (BENCHMARKS.md
-has its figures). V1 still fetches many files' metadata in parallel tasks (Ray's own threshold), which reuse Ray's
-pooled worker processes instead of starting actors.
+Every such read goes through :func:`read_parts`, which builds it on Ray Data's first Parquet datasource ("V1")
+rather than Ray 2.60's default, the DataSourceV2 pipeline. The project always knows the exact part files it reads (a
+manifest names them), and for such a list V2 costs more than the read itself: each read starts a pool of
+``FooterReader`` actors (up to 32, each a new Python process) to fetch the files' footers, then list and read tasks;
+a dataset Ray Train streams every epoch pays that every epoch. V1 fetches many files' metadata in parallel tasks
+(above Ray's own file-count threshold), which reuse Ray's pooled worker processes instead of starting actors.
+``python -m jobs.benchmark read`` measures the two on the same data; BENCHMARKS.md "Parquet reads" has its figures.
 """
 
 from __future__ import annotations

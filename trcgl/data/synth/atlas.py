@@ -273,10 +273,3 @@ def load_lung_atlas() -> LungAtlas:
         return atlas
     finally:
         lock.close()
-    atlas = build_lung_atlas()
-    if cache:
-        try:
-            save_lung_atlas(atlas, cache)
-        except OSError as err:
-            logger.warning("could not write lung atlas cache %s (%s)", cache, err)
-    return atlas

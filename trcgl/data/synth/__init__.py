@@ -11,8 +11,8 @@ import importlib
 from typing import Any
 
 # name -> submodule that defines it. Imported on first use (PEP 562), not with the package: every process that reads
-# a dataset imports trcgl.data.synth.source (through trcgl.data.prepare), and the renderers' modules bring scipy
-# (about 0.5 s per process, paid by each Ray Train worker).
+# a dataset imports trcgl.data.synth.source (through trcgl.data.prepare), and the renderers' modules bring scipy,
+# which each Ray Train worker would otherwise import for nothing.
 _EXPORTS = {
     "CLASS_NAMES": "findings",
     "FINDING_RENDERERS": "findings",

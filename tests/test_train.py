@@ -93,6 +93,30 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)) and f[-1] < 0.01
 
 
+def test_epoch_order_gives_each_rank_its_own_rows_of_each_epochs_permutation():
+    from trcgl.train.ray_common import epoch_order
+
+    rows, world = 101, 3  # 101 % 3 = 2 rows left out of each epoch
+    epochs = [[epoch_order(rows, 7, e, r, world) for r in range(world)] for e in range(3)]
+    for parts in epochs:
+        assert [len(p) for p in parts] == [rows // world] * world  # as many steps on every rank
+        fed = np.concatenate(parts)
+        assert len(set(fed.tolist())) == len(fed) == rows - rows % world  # each kept row once, on one rank
+        assert set(fed.tolist()) <= set(range(rows))
+    assert not np.array_equal(epochs[0][0], epochs[1][0])  # the rows move between ranks from epoch to epoch
+    assert set(epochs[0][0].tolist()) != set(epochs[1][0].tolist())
+    assert np.array_equal(epoch_order(rows, 7, 1, 2, world), epochs[1][2])  # a rerun of an epoch: the same rows
+    assert not np.array_equal(epoch_order(rows, 8, 1, 2, world), epochs[1][2])  # another seed: others
+    assert sorted(epoch_order(rows, 7, 0, 0, 1).tolist()) == list(range(rows))  # one worker: every row
+
+
+def _actors(class_name: str) -> int:
+    """Actors of ``class_name`` the session's Ray has ever had (the state API lists dead actors too)."""
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("class_name", "=", class_name)], limit=10_000, raise_on_missing_output=False))
+
+
 def chance_mauc_bound(per_class: list[dict], z: float) -> float:
     """The mAUC a model that learned nothing stays below with one-sided probability Φ(z), on these classes.
 
@@ -116,8 +140,12 @@ def test_train_resume_evaluate_on_tiny(tiny_prepared):
     storage = Storage(root)
     classifier = run_dir("t1", "classifier")
     overrides = [f"storage.root={root}", "train.run=t1", f"train.dataset={dataset}"]
+    coordinators = _actors("SplitCoordinator")
     first = run_training(load_config("tiny", [*overrides, "train.epochs=1"]))
     assert first["epochs_run"] == 1 and first["train_rows"]["synthetic"] == 0
+    # held rows reach the workers as block refs: no split coordinator (the streamed control:
+    # test_streamed_rows_go_through_ray_trains_split)
+    assert _actors("SplitCoordinator") == coordinators
     synthetic = make_synthetic_folder(storage, dataset)
     # compiled with the tracing backend (the GPU path that exists on CPU): the learning, resume and evaluate checks
     # below then hold for a compiled training step
@@ -203,6 +231,24 @@ def test_small_data_is_held_in_the_object_store_and_large_data_streams(tiny_prep
     assert hold_if_small(ds, nbytes, nbytes / 2**20 * 0.99, "train rows") is ds  # just over the limit: streamed
     assert hold_if_small(ds, nbytes, 0, "train rows") is ds  # 0: always stream
     assert hold_if_small(ds, 0, 1024, "train rows") is ds  # size unknown: streamed
+
+
+@pytest.mark.slow
+def test_streamed_rows_go_through_ray_trains_split(tiny_prepared):
+    """train.cache_mb=0: the rows stream through Ray Train's split (its split coordinator runs) and every epoch still
+    feeds each train row once over the 2 workers, less the equal split's remainder."""
+    from trcgl.train.ray_train import run_training
+    from trcgl_dev.faults.run_files import epochs_saw_each_row_once, train_ids
+
+    root, dataset = tiny_prepared
+    before = _actors("SplitCoordinator")
+    cfg = load_config("tiny", [f"storage.root={root}", f"train.dataset={dataset}", "train.run=streamed",
+                               "train.cache_mb=0", "train.epochs=1", "train.bootstrap=10"])  # fmt: skip
+    summary = run_training(cfg)
+    assert _actors("SplitCoordinator") > before
+    history = Storage(root).read_json(f"{run_dir('streamed', 'classifier')}/history.json")
+    assert summary["epochs_run"] == 1
+    assert epochs_saw_each_row_once(history, train_ids(root, dataset), cfg.train.num_workers), history
 
 
 @pytest.mark.slow

@@ -34,8 +34,10 @@ from trcgl.storage import Storage, run_dir
 from trcgl.train.data import decode_batch
 from trcgl.train.devices import amp_enabled, to_device
 from trcgl.train.ray_common import (
+    HELD,
     EpochRows,
-    epoch_batches,
+    WorkerRows,
+    hand_over,
     hold_if_small,
     report_epoch,
     run_config,
@@ -198,12 +200,12 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, history = _resume(w)
     # -- distribute: the loss module under DDP on the training device; this worker's shard of the train rows
     loss_module = ray.train.torch.prepare_model(_Loss(w.model), move_to_device=w.device)
-    shard = ray.train.get_dataset_shard("train")
+    train_rows = WorkerRows("train", config, split=True)
     diffusion = w.cfg.diffusion
     for epoch in range(start_epoch, diffusion.epochs):
         t0 = time.perf_counter()
         # -- train the epoch, its rows counted for the fault suite
-        rows = EpochRows(epoch_batches(shard, diffusion.batch_size, diffusion.seed, epoch, w.rank), start_epoch)
+        rows = EpochRows(train_rows.epoch_batches(diffusion.batch_size, diffusion.seed, epoch), start_epoch)
         loss = _train_epoch(w, loss_module, rows, epoch)
         totals = rows.totals(w.device)  # an all-reduce: every rank, once an epoch
         metrics = {"epoch": epoch, "loss": loss, "epoch_seconds": time.perf_counter() - t0, **totals}
@@ -258,10 +260,12 @@ def run_train_diffusion(cfg: Config, force: bool = False) -> dict:
     )
     repeated = int(group_repeats(rows, info.groups, dict(cfg.diffusion.group_weights)).sum())  # rows of an epoch
     ds = hold_if_small(ds, info.estimated_bytes(repeated), cfg.train.cache_mb, "diffusion train rows")
+    datasets, held, data_config = hand_over({"train": ds}, ["train"], cfg.diffusion.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "vocabulary": vocabulary},
-        datasets={"train": ds.randomize_block_order(seed=cfg.diffusion.seed)},
+        train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "vocabulary": vocabulary, HELD: held},
+        datasets=datasets,
+        dataset_config=data_config,
         scaling_config=scaling_config(cfg),
         torch_config=torch_config(cfg),
         run_config=run_config(cfg, storage, STAGE),

@@ -12,11 +12,14 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray.data
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data.block import BlockAccessor
+from ray.data.dataset import MaterializedDataset
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _TorchBackend
 
@@ -133,28 +136,111 @@ def hold_if_small(ds: ray.data.Dataset, nbytes: int, cache_mb: float, what: str)
 
 # ---------------------------------------------------------------------------------------------------- epochs
 
+HELD = "held_blocks"  # train_loop_config key: {dataset name: Arrow block refs} of the datasets held in the object store
 
-def epoch_batches(
-    shard: ray.data.DataIterator, batch_size: int, seed: int, epoch: int, rank: int
-) -> Iterable[dict[str, np.ndarray]]:
-    """This worker's numpy batches of one epoch from its shard, shuffled locally in a buffer of four batches.
 
-    The shuffle is seeded by ``seed``, ``epoch`` and ``rank``, so each epoch and each worker draws its own order and a
-    rerun of the same epoch on the same rank draws the same one (which rows reach the rank is Ray Data's split).
+def hand_over(
+    datasets: dict[str, ray.data.Dataset], split: Iterable[str], seed: int
+) -> tuple[dict[str, ray.data.Dataset], dict[str, list[ray.ObjectRef]], DataConfig]:
+    """How a run's datasets reach its Train workers: held ones (:func:`hold_if_small`) as the refs of their Arrow
+    blocks, to pass in ``train_loop_config[HELD]``; streamed ones as Ray Train datasets, each named in ``split`` cut
+    between the workers by ``streaming_split`` (:class:`ray.train.DataConfig`) in a block order shuffled by ``seed``.
+
+    Held rows skip Ray Train's split: through it a run starts a split-coordinator actor and split tasks, new
+    processes that cost a small run more than its training; each worker instead takes its rows of a per-epoch
+    permutation itself (:class:`WorkerRows`). The blocks stay owned by this driver, so they
+    outlive a Train worker restart.
+
+    Returns:
+        (datasets for ``TorchTrainer(datasets=...)``, held block refs by name, the ``DataConfig`` for the streamed).
+    """
+    streamed: dict[str, ray.data.Dataset] = {}
+    held: dict[str, list[ray.ObjectRef]] = {}
+    split = set(split)
+    for name, ds in datasets.items():
+        if isinstance(ds, MaterializedDataset):
+            held[name] = ds.to_arrow_refs()  # no copy: the blocks are Arrow tables already
+        else:
+            streamed[name] = ds.randomize_block_order(seed=seed) if name in split else ds
+    return streamed, held, DataConfig(datasets_to_split=sorted(split & set(streamed)))
+
+
+def epoch_order(rows: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
+    """The held rows one rank trains on in one epoch, in the order it trains on them (see :class:`WorkerRows`).
 
     Args:
-        shard: ``ray.train.get_dataset_shard("train")``.
-        batch_size: rows per batch (the last batch may be smaller).
-        seed: the stage's seed (``train.seed``, ``diffusion.seed``).
-        epoch: the epoch about to be trained.
+        rows: how many rows the dataset holds.
+        seed: the stage's seed.
+        epoch: the epoch.
         rank: this worker's world rank.
+        world: how many workers share the rows.
+
+    Returns:
+        (rows // world,) row indices: the epoch's permutation of all rows, without its last ``rows % world``, every
+        ``world``-th from ``rank`` on.
     """
-    return shard.iter_batches(
-        batch_size=batch_size,
-        batch_format="numpy",
-        local_shuffle_buffer_size=4 * batch_size,
-        local_shuffle_seed=seed + epoch * 1000 + rank,
-    )
+    order = np.random.default_rng([seed, epoch]).permutation(rows)
+    return order[: rows - rows % world][rank::world]
+
+
+class WorkerRows:
+    """One dataset as this Train worker reads it: rows held in the object store, or Ray Train's shard of a streamed
+    dataset (:func:`hand_over` decides which).
+
+    Held rows are split between the ranks here: each epoch every rank draws the same permutation of all rows (seeded
+    by the stage's seed and the epoch), drops its last ``rows % world_size`` so every rank gets as many rows (the
+    ranks must run as many steps), and takes every ``world_size``-th row from its rank on. So an epoch feeds each kept
+    row to exactly one rank, the rows move between ranks from epoch to epoch, and a rerun of an epoch (a resume)
+    draws the same rows on the same ranks.
+    """
+
+    def __init__(self, name: str, config: dict, split: bool) -> None:
+        """Fetches the held blocks, or asks Ray Train for the streamed dataset's shard (a barrier when split).
+
+        Args:
+            name: the dataset's name (``"train"``, ``"val"``).
+            config: the worker's ``train_loop_config`` (its :data:`HELD` entry, when present, names held datasets).
+            split: whether each rank reads its own part (train) or every rank reads all rows (val).
+        """
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.split = split
+        refs = config.get(HELD, {}).get(name)
+        # permissive: real rows store labels as fixed-size uint8 lists, generated rows as int64 lists (both decode)
+        self.table = pa.concat_tables(ray.get(refs), promote_options="permissive") if refs is not None else None
+        self.shard = None if refs is not None else ray.train.get_dataset_shard(name)
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int) -> Iterable[dict[str, np.ndarray]]:
+        """This rank's numpy batches of one epoch (the last may be smaller).
+
+        Held rows come in the order of the epoch's permutation. A streamed shard is shuffled locally in a buffer of
+        four batches, seeded by ``seed``, ``epoch`` and the rank (which rows reach the rank is Ray Data's split).
+
+        Args:
+            batch_size: rows per batch.
+            seed: the stage's seed (``train.seed``, ``diffusion.seed``).
+            epoch: the epoch about to be trained.
+        """
+        if self.table is None:
+            return self.shard.iter_batches(
+                batch_size=batch_size,
+                batch_format="numpy",
+                local_shuffle_buffer_size=4 * batch_size,
+                local_shuffle_seed=seed + epoch * 1000 + self.rank,
+            )
+        world = self.world if self.split else 1
+        return self._take(epoch_order(self.table.num_rows, seed, epoch, self.rank % world, world), batch_size)
+
+    def batches(self, batch_size: int) -> Iterable[dict[str, np.ndarray]]:
+        """Every row of the dataset (a val pass), in stored order, as numpy batches."""
+        if self.table is None:
+            return self.shard.iter_batches(batch_size=batch_size, batch_format="numpy")
+        return self._take(np.arange(self.table.num_rows), batch_size)
+
+    def _take(self, order: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(order), batch_size):
+            rows = self.table.take(pa.array(order[start : start + batch_size]))
+            yield BlockAccessor.for_block(rows).to_batch_format("numpy")  # Ray Data's own numpy batches
 
 
 def report_epoch(metrics: dict[str, Any], write_checkpoint: Callable[[str], None] | None = None) -> None:

@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
-from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from trcgl import records
@@ -38,8 +37,10 @@ from trcgl.train import checkpoint as ckpt
 from trcgl.train.data import augment, choose_generated, choose_resampled, decode_batch, lr_factor
 from trcgl.train.devices import amp_enabled, prepare_for_speed, to_device
 from trcgl.train.ray_common import (
+    HELD,
     EpochRows,
-    epoch_batches,
+    WorkerRows,
+    hand_over,
     hold_if_small,
     report_epoch,
     run_config,
@@ -283,7 +284,13 @@ def _predict(model: torch.nn.Module, it: Any, device: torch.device) -> tuple[np.
 
 
 def _validate_and_checkpoint(
-    w: _Worker, epoch: int, metrics: dict[str, Any], history: list[dict], best: float, placement: dict[str, Any]
+    w: _Worker,
+    val_rows: WorkerRows,
+    epoch: int,
+    metrics: dict[str, Any],
+    history: list[dict],
+    best: float,
+    placement: dict[str, Any],
 ) -> tuple[float, dict[str, bytes]]:
     """Rank 0's end of an epoch: validates, records the epoch and builds its checkpoint.
 
@@ -297,8 +304,7 @@ def _validate_and_checkpoint(
         (the best val mAP so far; the epoch's checkpoint as {file name: bytes}, ``state.pt`` included, for
         :func:`report_epoch`).
     """
-    val_batches = ray.train.get_dataset_shard("val").iter_batches(batch_size=64, batch_format="numpy")
-    val_scores, val_targets = _predict(ckpt.bare(w.model), val_batches, w.device)
+    val_scores, val_targets = _predict(ckpt.bare(w.model), val_rows.batches(64), w.device)
     val = evaluate_scores(val_scores, val_targets, w.info.classes, w.info.groups, bootstrap=0)
     metrics.update({f"val_{k}": val[k] for k in METRICS})
     history.append(metrics | placement)
@@ -335,12 +341,13 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, history, best = _resume(w)
     # -- distribute: DDP on the training device; this worker's shard of the train rows; where the ranks run
     w = _distribute(w)
-    shard = ray.train.get_dataset_shard("train")
+    train_rows = WorkerRows("train", config, split=True)
+    val_rows = WorkerRows("val", config, split=False) if w.rank == 0 else None
     placement = worker_placement()  # an all-gather: every rank, once an attempt
     for epoch in range(start_epoch, w.cfg.train.epochs):
         t0 = time.perf_counter()
         # -- train the epoch, its rows counted for the fault suite
-        rows = EpochRows(epoch_batches(shard, w.cfg.train.batch_size, w.cfg.train.seed, epoch, w.rank), start_epoch)
+        rows = EpochRows(train_rows.epoch_batches(w.cfg.train.batch_size, w.cfg.train.seed, epoch), start_epoch)
         train_loss = _train_epoch(w, rows, epoch)
         totals = rows.totals(w.device)  # an all-reduce: every rank, once an epoch
         metrics: dict[str, Any] = {
@@ -354,7 +361,7 @@ def train_loop_per_worker(config: dict) -> None:
         # -- validate and checkpoint (rank 0)
         checkpoint = None
         if w.rank == 0:
-            best, files = _validate_and_checkpoint(w, epoch, metrics, history, best, placement)
+            best, files = _validate_and_checkpoint(w, val_rows, epoch, metrics, history, best, placement)
             checkpoint = partial(ckpt.write_local, files=files)
         # -- report: every rank, once an epoch (a barrier); rank 0 attaches the checkpoint
         report_epoch(metrics, checkpoint)
@@ -440,14 +447,17 @@ def run_training(cfg: Config, callbacks: list | None = None, force: bool = False
     )
     per_worker = n_train // max(1, cfg.train.num_workers)
     steps_per_epoch = max(1, -(-per_worker // cfg.train.batch_size))
+    datasets, held, data_config = hand_over({"train": train_ds, "val": val_ds}, ["train"], cfg.train.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "dataset": info.to_dict(), "steps_per_epoch": steps_per_epoch},
-        datasets={
-            "train": train_ds.randomize_block_order(seed=cfg.train.seed),
-            "val": val_ds,
-        },
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "dataset": info.to_dict(),
+            "steps_per_epoch": steps_per_epoch,
+            HELD: held,
+        },  # fmt: skip
+        datasets=datasets,
+        dataset_config=data_config,
         scaling_config=scaling_config(cfg),
         torch_config=torch_config(cfg),
         run_config=run_config(cfg, storage, STAGE, callbacks),

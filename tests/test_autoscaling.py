@@ -29,11 +29,13 @@ IDLE_TIMEOUT_MINUTES = 0.25  # the GPU nodes go 15 s after their last task (plus
 FALLBACK = "CUDA is not available on this node: sampling on the CPU"  # trcgl/diffusion/plan.py Generator
 TRAIN_FALLBACK = "CUDA is not available on this node: training on the CPU"  # trcgl/train/ray_common.py train_device
 # How far a run of the worker-kill reference config may end from the session's single-node run of it. No two runs of
-# one config agree to float precision, on one node or two: Ray Data's split hands each rank other rows in another
-# order every run (a 2-rank all-reduce adds in one order wherever the ranks are). Six runs on 2026-12-03 (three on one
-# node, three on two nodes, two of them killed and resumed) ended at last-epoch loss 0.129-0.146 (13 % apart at most)
-# and, on the 62-image val split, val mAP 0.165-0.226 and val mAUC 0.564-0.629 (0.061 and 0.065 apart at most); the
-# bounds are about twice (loss) and one and a half times (val) the widest of those differences.
+# one config agree to float precision, on one node or two (a 2-rank all-reduce adds in one order wherever the ranks
+# are). The bounds were set when the rows reached the ranks through Ray Data's split, which handed each rank other rows
+# in another order every run; held rows are now one seeded permutation per epoch (trcgl.train.ray_common.WorkerRows),
+# the same every run. Six runs on 2026-12-03 (three on one node, three on two nodes, two of them killed and resumed)
+# ended at last-epoch loss 0.129-0.146 (13 % apart at most) and, on the 62-image val split, val mAP 0.165-0.226 and
+# val mAUC 0.564-0.629 (0.061 and 0.065 apart at most); the bounds are about twice (loss) and one and a half times
+# (val) the widest of those differences.
 LOSS_SPREAD = 0.25  # relative
 VAL_SPREAD = 0.1  # absolute, val mAP and val mAUC
 

@@ -108,7 +108,7 @@ def epoch_fed_each_row_once(train_images: int, train_id_checksum: int, ids: list
 
 
 def epochs_saw_each_row_once(history: list[dict[str, Any]], ids: list[str], workers: int) -> bool:
-    """Whether every epoch in ``history`` fed each of ``ids`` once over all workers, less Ray Train's equal-split
+    """Whether every epoch in ``history`` fed each of ``ids`` once over all workers, less the equal split's
     remainder (:func:`epoch_fed_each_row_once` on each epoch's ``train_images`` and ``train_id_checksum``).
 
     An empty history, or an epoch without those figures, is False: nothing (checkable) was trained.

@@ -148,8 +148,8 @@ def hand_over(
 
     Held rows skip Ray Train's split: through it a run starts a split-coordinator actor and split tasks, new
     processes that cost a small run more than its training; each worker instead takes its rows of a per-epoch
-    permutation itself (:class:`WorkerRows`). The blocks stay owned by this driver, so they
-    outlive a Train worker restart.
+    permutation itself (:class:`WorkerRows`). The blocks stay owned by this driver, so they outlive a Train worker
+    restart.
 
     Returns:
         (datasets for ``TorchTrainer(datasets=...)``, held block refs by name, the ``DataConfig`` for the streamed).
@@ -190,8 +190,8 @@ class WorkerRows:
     Held rows are split between the ranks here: each epoch every rank draws the same permutation of all rows (seeded
     by the stage's seed and the epoch), drops its last ``rows % world_size`` so every rank gets as many rows (the
     ranks must run as many steps), and takes every ``world_size``-th row from its rank on. So an epoch feeds each kept
-    row to exactly one rank, the rows move between ranks from epoch to epoch, and a rerun of an epoch (a resume)
-    draws the same rows on the same ranks.
+    row to exactly one rank, the rows move between ranks from epoch to epoch, and an epoch rerun after a Train worker
+    restart draws the same rows on the same ranks (a new driver may hold the rows in another order).
     """
 
     def __init__(self, name: str, config: dict, split: bool) -> None:

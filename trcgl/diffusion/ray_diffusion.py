@@ -200,7 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, history = _resume(w)
     # -- distribute: the loss module under DDP on the training device; this worker's shard of the train rows
     loss_module = ray.train.torch.prepare_model(_Loss(w.model), move_to_device=w.device)
-    train_rows = WorkerRows("train", config, split=True)
+    train_rows = WorkerRows("train", config)
     diffusion = w.cfg.diffusion
     for epoch in range(start_epoch, diffusion.epochs):
         t0 = time.perf_counter()

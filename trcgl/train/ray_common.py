@@ -194,24 +194,23 @@ class WorkerRows:
     restart draws the same rows on the same ranks (a new driver may hold the rows in another order).
     """
 
-    def __init__(self, name: str, config: dict, split: bool) -> None:
-        """Fetches the held blocks, or asks Ray Train for the streamed dataset's shard (a barrier when split).
+    def __init__(self, name: str, config: dict) -> None:
+        """Fetches the held blocks, or asks Ray Train for the streamed dataset's shard (a barrier for a dataset
+        :func:`hand_over` split).
 
         Args:
             name: the dataset's name (``"train"``, ``"val"``).
             config: the worker's ``train_loop_config`` (its :data:`HELD` entry, when present, names held datasets).
-            split: whether each rank reads its own part (train) or every rank reads all rows (val).
         """
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
-        self.split = split
         refs = config.get(HELD, {}).get(name)
         # permissive: real rows store labels as fixed-size uint8 lists, generated rows as int64 lists (both decode)
         self.table = pa.concat_tables(ray.get(refs), promote_options="permissive") if refs is not None else None
         self.shard = None if refs is not None else ray.train.get_dataset_shard(name)
 
     def epoch_batches(self, batch_size: int, seed: int, epoch: int) -> Iterable[dict[str, np.ndarray]]:
-        """This rank's numpy batches of one epoch (the last may be smaller).
+        """This rank's numpy batches of one epoch of a training dataset (the last may be smaller).
 
         Held rows come in the order of the epoch's permutation. A streamed shard is shuffled locally in a buffer of
         four batches, seeded by ``seed``, ``epoch`` and the rank (which rows reach the rank is Ray Data's split).
@@ -228,8 +227,7 @@ class WorkerRows:
                 local_shuffle_buffer_size=4 * batch_size,
                 local_shuffle_seed=seed + epoch * 1000 + self.rank,
             )
-        world = self.world if self.split else 1
-        return self._take(epoch_order(self.table.num_rows, seed, epoch, self.rank % world, world), batch_size)
+        return self._take(epoch_order(self.table.num_rows, seed, epoch, self.rank, self.world), batch_size)
 
     def batches(self, batch_size: int) -> Iterable[dict[str, np.ndarray]]:
         """Every row of the dataset (a val pass), in stored order, as numpy batches."""

@@ -341,8 +341,8 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, history, best = _resume(w)
     # -- distribute: DDP on the training device; this worker's shard of the train rows; where the ranks run
     w = _distribute(w)
-    train_rows = WorkerRows("train", config, split=True)
-    val_rows = WorkerRows("val", config, split=False) if w.rank == 0 else None
+    train_rows = WorkerRows("train", config)
+    val_rows = WorkerRows("val", config) if w.rank == 0 else None
     placement = worker_placement()  # an all-gather: every rank, once an attempt
     for epoch in range(start_epoch, w.cfg.train.epochs):
         t0 = time.perf_counter()

@@ -37,6 +37,19 @@ def test_subset_keeps_every_class_with_a_floor(tmp_path):
     assert again["ImageID"].tolist() == subset["ImageID"].tolist()  # deterministic
 
 
+def test_full_csv_read_is_pandas_text_read():
+    # pyarrow's reader stands in for pandas' only if every column, name, value and type comes out the same: the
+    # subset CSV is written from these cells, and the cells with quoted line breaks are where the readers could part
+    from trcgl.data.padchest import default_metadata_path
+    from trcgl.data.synth.source import read_full_csv
+
+    ours = read_full_csv()
+    reference = pd.read_csv(default_metadata_path(), dtype=str, keep_default_na=False)
+    assert list(ours.columns) == list(reference.columns) and reference.columns[0] == "Unnamed: 0"
+    assert reference["LocalizationsCUIS"].str.contains("\n").any()  # quoted line breaks are in the file
+    pd.testing.assert_frame_equal(ours, reference)
+
+
 def test_rendered_source_is_padchest_format(tiny_synth):
     cfg, report = tiny_synth["cfg"], tiny_synth["report"]
     storage = Storage(cfg.storage.root)

@@ -23,6 +23,8 @@ import posixpath
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from PIL import Image
 
 from trcgl.config import Config, config_hash, from_dict, to_dict
@@ -62,8 +64,26 @@ def synth_inputs(cfg: Config, storage: Storage) -> tuple[str, str]:
 
 
 def read_full_csv() -> pd.DataFrame:
-    """The real PadChest CSV, every column as text exactly as written (so the subset CSV is faithful)."""
-    return pd.read_csv(default_metadata_path(), dtype=str, keep_default_na=False)
+    """The real PadChest CSV, every column as text exactly as written (so the subset CSV is faithful).
+
+    The same frame as ``pd.read_csv(path, dtype=str, keep_default_na=False)`` (tests/test_synth_dataset.py checks
+    it), read by pyarrow's multithreaded CSV reader, which is several times faster on the 160,861 rows: every first
+    render reads the whole file. Column names are pandas' (its header row names the blank first column
+    ``Unnamed: 0``); some cells hold line breaks inside quotes, hence ``newlines_in_values``.
+    """
+    path = default_metadata_path()
+    names = pd.read_csv(path, nrows=0).columns.tolist()
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    return table.to_pandas()
 
 
 def select_subset(cfg: Config, full: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from jobs import _cli
 from jobs.pipeline import summary_text
 from trcgl import ray_console as console
 from trcgl.storage import Storage, run_dir
+from trcgl.sweep import ray_tune_console as tune_console
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_REPORTS = train_context.__file__  # the logger of Ray Train's line per report is named by its file
@@ -153,8 +154,8 @@ def test_each_verbosity_sets_what_ray_prints(restored_console: None) -> None:
     assert console.train_logging().log_level == "WARNING"
     console.quiet_train_reports()  # in a Train worker: Ray Train's line per report, outside ray.train
     assert logging.getLogger(TRAIN_REPORTS).level == logging.WARNING
-    options = console.tune_output("val_mAP", 39)
-    assert options["verbose"] == 0 and isinstance(options["callbacks"][0], console.TrialLines)
+    options = tune_console.tune_output("val_mAP", 39)
+    assert options["verbose"] == 0 and isinstance(options["callbacks"][0], tune_console.TrialLines)
 
     console.configure("normal")
     assert ray.data.DataContext.get_current().enable_progress_bars is True  # one bar per dataset in a terminal
@@ -162,7 +163,8 @@ def test_each_verbosity_sets_what_ray_prints(restored_console: None) -> None:
 
     console.configure("verbose")
     assert console.train_logging().log_level == "INFO"
-    assert console.tune_output("val_mAP") == {"verbose": None, "callbacks": []}  # Tune's own output, as Ray prints it
+    # Tune's own output, as Ray prints it
+    assert tune_console.tune_output("val_mAP") == {"verbose": None, "callbacks": []}
     with pytest.raises(ValueError, match="loud"):
         console.configure("loud")
 
@@ -172,8 +174,8 @@ def test_one_line_per_ended_trial(caplog) -> None:
     done.set_status(Trial.TERMINATED)
     trial = Trial("_row_trial", config={"row": "ASL", "seed": 1}, stub=True, trial_id="5a366_00001")
     trial.update_last_result({"training_iteration": 5, "time_total_s": 135.5, "val_mAP": 0.315214})
-    with caplog.at_level(logging.INFO, logger="trcgl.ray_console"):
-        console.TrialLines("val_mAP", 39).on_trial_complete(7, [done, trial], trial)
+    with caplog.at_level(logging.INFO, logger="trcgl.sweep.ray_tune_console"):
+        tune_console.TrialLines("val_mAP", 39).on_trial_complete(7, [done, trial], trial)
     assert caplog.messages == [
         "trial 2/39 5a366_00001 ended after 5 iterations (136 s): row=ASL seed=1; val_mAP 0.3152"
     ]

@@ -8,9 +8,9 @@ workers, Ray Data actors) inherit from the driver, so the Tune and Train runs th
 
 - ``quiet``: warnings and errors, then the job's summary.
 - ``normal`` (the default): our lines at INFO, which are one per pipeline stage, per training epoch and per ended
-  Tune trial (:class:`TrialLines`); Ray's own INFO lines hidden: Tune's trial tables (printed every 30 s), Ray
-  Train's worker-group, checkpoint and report lines, Ray Data's execution plans and logged progress. Ray Data's
-  progress bar, one per dataset, where the driver's stdout is a terminal.
+  Tune trial (:class:`trcgl.sweep.ray_tune_console.TrialLines`); Ray's own INFO lines hidden: Tune's trial tables
+  (printed every 30 s), Ray Train's worker-group, checkpoint and report lines, Ray Data's execution plans and
+  logged progress. Ray Data's progress bar, one per dataset, where the driver's stdout is a terminal.
 - ``verbose``: everything Ray prints, as Ray prints it.
 
 Warnings and errors are not hidden at any level: Tune's failed-trial lines and tracebacks, Ray's worker errors and
@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
-
-from ray import tune
 
 log = logging.getLogger(__name__)
 
@@ -95,56 +93,3 @@ def quiet_train_reports() -> None:
     except ImportError:
         return  # another Ray: its lines stay
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
-def tune_output(metric: str | None = None, total: int | None = None) -> dict[str, Any]:
-    """``tune.RunConfig`` arguments for Tune's console output: its own (``verbose``: trial tables every 30 s and a
-    result table per trial) only at ``verbose``, else one line per ended trial (:class:`TrialLines`).
-
-    At ``verbose=0`` Tune still prints the experiment's header (search algorithm, scheduler, trial count, path) and
-    every failed trial; a restored experiment keeps the output settings it was started with.
-
-    Args:
-        metric: the result key each trial's line shows (e.g. ``val_mAP``).
-        total: the number of trials the experiment will run, when known.
-    """
-    loud = verbosity() == VERBOSE
-    return {"verbose": None if loud else 0, "callbacks": [] if loud else [TrialLines(metric, total)]}
-
-
-class TrialLines(tune.Callback):
-    """Logs one line per Tune trial that ends: finished, stopped by the scheduler, or failed.
-
-    Args:
-        metric: the result key to show (its last reported value).
-        total: trials the experiment runs, shown as ``k/total`` when given.
-    """
-
-    def __init__(self, metric: str | None = None, total: int | None = None) -> None:
-        self.metric = metric
-        self.total = total
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        log.info("%s", trial_line(trial, trials, self.metric, self.total, "ended"))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        log.warning("%s (error file: %s)", trial_line(trial, trials, self.metric, self.total, "failed"),
-                    trial.error_file)  # fmt: skip
-
-
-def trial_line(trial: Any, trials: list, metric: str | None, total: int | None, verb: str) -> str:
-    """``trial 3/39 ended after 5 iterations (136 s): row=ASL seed=0; val_mAP 0.3152``."""
-    done = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
-    result = trial.last_result or {}
-    params = " ".join(f"{k}={_short(v)}" for k, v in sorted((trial.config or {}).items()))
-    text = (
-        f"trial {done}{f'/{total}' if total else ''} {trial.trial_id} {verb} after "
-        f"{result.get('training_iteration', 0)} iterations ({result.get('time_total_s', 0.0):.0f} s): {params}"
-    )
-    if metric and metric in result:
-        text += f"; {metric} {_short(result[metric])}"
-    return text
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -36,11 +36,11 @@ from trcgl.pipeline.ray_pipeline import (
     train_or_skip,
 )
 from trcgl.pipeline.report import write_report
-from trcgl.ray_console import tune_output
 from trcgl.ray_runtime import check_cpu_budget, check_gpus, keep_credentials_out_of_tune
 from trcgl.storage import Storage, run_dir
 from trcgl.study import rows as ab
 from trcgl.sweep.ray_sweep import train_or_replay
+from trcgl.sweep.ray_tune_console import tune_output
 
 log = logging.getLogger(__name__)
 

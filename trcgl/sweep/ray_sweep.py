@@ -27,10 +27,10 @@ from ray.tune.search.optuna import OptunaSearch
 from trcgl import records
 from trcgl.config import Config, ConfigError, apply_overrides, dump_yaml, from_dict, to_dict
 from trcgl.data.dataset import resolve_dataset_name
-from trcgl.ray_console import tune_output
 from trcgl.ray_runtime import check_cpu_budget, check_gpus, keep_credentials_out_of_tune
 from trcgl.storage import Storage, run_dir
 from trcgl.sweep import leaderboard as lb
+from trcgl.sweep.ray_tune_console import tune_output
 from trcgl.sweep.space import SYNTHETIC_SET, clean_value, searched_folders, trial_config
 from trcgl.train import ray_train
 

@@ -9,6 +9,7 @@
     python -m jobs.benchmark faults [--workdir DIR] [--only train-worker-kill sweep-driver-kill ...]
     python -m jobs.benchmark cache [--workdir DIR] [--epochs 3] [--stages classifier diffusion]
     python -m jobs.benchmark read [--workdir DIR] [--repeats 3]
+    python -m jobs.benchmark metadata [--repeats 2]
     python -m jobs.benchmark cost [--config jobs/configs/padchest.yaml] [--set KEY=VALUE ...]
     python -m jobs.benchmark scale [--sizes 2000 20000 full] [--workdir DIR] [--render-size 256] [--size 64]
 
@@ -50,6 +51,10 @@ the goal; the full set's targets: 60 minutes, 4 GB), then one classifier epoch's
 read: the train split of the tiny dataset read, filtered and held in the object store through Ray Data's first
 Parquet datasource (what trcgl.ray_parquet.read_parts builds) vs its DataSourceV2 pipeline (Ray's default), on fresh
 local Rays in both orders: seconds of the first read on a fresh Ray and of later reads, and V1/V2 of each.
+
+metadata: the real PadChest CSV read by pandas vs by pyarrow (what trcgl reads it with), and its list cells parsed by
+ast.literal_eval vs trcgl's fast path, each pair in alternating order; ours/baseline of each (below 1.0: faster),
+and one tiny-preset subset selection (read and cleaning included). No Ray.
 
 cost: no run, a model on paper (trcgl/cost.py): what one full pipeline run with the config costs on cluster/aws.yaml
 (bytes read, prepare CPU-hours, diffusion, generation and sweep GPU-hours, storage, dollars on-demand and spot),
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     from trcgl_dev.benchmarks.ray_read_bench import add_arguments as read_arguments
 
     read_arguments(sub.add_parser("read", help="Parquet reads: Ray Data's V1 datasource vs DataSourceV2"))
+    meta = sub.add_parser("metadata", help="the PadChest CSV: pandas vs pyarrow read, literal_eval vs fast parse")
+    meta.add_argument("--repeats", type=int, default=2, help="timed runs per method (alternating the order)")
     cost = sub.add_parser("cost", help="what a full run with a config costs, on paper (no Ray)")
     cost.add_argument("--config", default="jobs/configs/padchest.yaml", help="preset name or YAML path")
     cost.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -168,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         from trcgl_dev.benchmarks.ray_cache_bench import run as run_cache
 
         result = run_cache(args.workdir, args.epochs, tuple(args.stages))
+    elif args.which == "metadata":
+        from trcgl_dev.benchmarks.metadata_bench import run as run_metadata
+
+        result = run_metadata(args.repeats)
     elif args.which == "read":
         from trcgl_dev.benchmarks.ray_read_bench import run as run_read
 

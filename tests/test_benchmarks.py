@@ -122,3 +122,20 @@ def test_read_benchmark_lines():
     assert lines[3:] == ["read  v1/v2 first read on a fresh Ray: 0.40", "read  v1/v2 later reads: 0.27"]
     # a partial result (V2 never ran): no ratio lines
     assert not any("v1/v2" in line for line in ReadBenchResult(388, 5, {"v1": 2.0}, {"v1": [0.5]}).lines())
+
+
+def test_metadata_benchmark_lines():
+    """The metadata benchmark's arithmetic (no run): each method's runs and mean, and ours/baseline per pair."""
+    from trcgl_dev.benchmarks.metadata_bench import MetadataBenchResult
+
+    seconds = {("read", "baseline"): [3.0, 3.4], ("read", "ours"): [1.0, 0.8],
+               ("parse", "baseline"): [1.6, 1.4], ("parse", "ours"): [0.3, 0.3]}  # fmt: skip
+    lines = MetadataBenchResult(rows=160861, texts=49040, seconds=seconds, select_seconds=3.9).lines()
+    assert lines[0] == "metadata  PadChest CSV: 160861 rows, 49040 distinct list texts"
+    assert lines[1:4] == [
+        "metadata  read baseline: 3.00 3.40 s (mean 3.20 s)",
+        "metadata  read ours: 1.00 0.80 s (mean 0.90 s)",
+        "metadata  read ours/baseline: 0.28",
+    ]
+    assert lines[6] == "metadata  parse ours/baseline: 0.20"
+    assert lines[7] == "metadata  select_subset (tiny preset, read and cleaning included): 3.90 s"

@@ -8,6 +8,7 @@ is, and hands the same value to every later test, so no test depends on another 
 
 from __future__ import annotations
 
+import compileall
 import os
 import secrets
 import tempfile
@@ -35,6 +36,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1")
 # head's workers) would otherwise build it from the package's mask zip, about 14 s each
 # (trcgl.data.synth.atlas.load_lung_atlas); the tests of the cache itself set their own path.
 os.environ.setdefault("TRCGL_LUNG_ATLAS_CACHE", os.path.join(tempfile.mkdtemp(prefix="trcgl-atlas-"), "atlas.npz"))
+# The project's bytecode, written once per change: with $PYTHONDONTWRITEBYTECODE set (as on the 2-core development
+# machine) Python never caches it, so every Ray worker and job process the tests start would compile the modules it
+# imports again (BENCHMARKS.md, "Where one tiny training run's time goes"). compileall writes __pycache__
+# (git-ignored) whatever that setting says and skips the files already up to date; Python reads them either way.
+for _package in ("trcgl", "jobs", "trcgl_dev"):
+    compileall.compile_dir(Path(__file__).resolve().parent.parent / _package, quiet=1)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 # A token file of this test run's own (0600), so tests never touch ~/.ray/auth_token.

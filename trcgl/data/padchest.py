@@ -155,9 +155,10 @@ def parse_list_cell(cell: object) -> Parsed:
 # separated by commas (an optional trailing one), only the tokenizer's spaces around them. For such a text
 # ast.literal_eval gives exactly the items between the quotes; anything else goes to ast.literal_eval.
 _SPACE = r"[ \t\f\r\n]*"
-_ITEM = r"'[^'\\\r\n\x00]*'"
+_CHARS = r"[^'\\\r\n\x00]*"
+_ITEM = rf"'{_CHARS}'"
 _PLAIN_LIST = re.compile(rf"\[{_SPACE}(?:{_ITEM}(?:{_SPACE},{_SPACE}{_ITEM})*{_SPACE},?{_SPACE})?\]")
-_PLAIN_ITEM = re.compile(r"'([^'\\\r\n\x00]*)'")
+_PLAIN_ITEM = re.compile(rf"'({_CHARS})'")
 
 
 def literal_list(text: str) -> object:

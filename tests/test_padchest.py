@@ -2,6 +2,7 @@
 
 import ast
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -98,10 +99,10 @@ def test_parse_list_cell(cell, items, reason):
     assert parsed.items == items and parsed.reason == reason
 
 
-def _evaluated(text: str) -> object:
-    """What ``ast.literal_eval(text)`` gives: its value, or the name of the error it raises."""
+def _outcome(parse: Callable[[str], object], text: str) -> object:
+    """What ``parse(text)`` gives: its value, or the name of the error it raises."""
     try:
-        return ast.literal_eval(text)
+        return parse(text)
     except (ValueError, SyntaxError) as e:
         return type(e).__name__
 
@@ -116,12 +117,7 @@ def test_literal_list_is_literal_eval_on_every_real_cell_and_the_edge_cases(real
     ]  # fmt: skip
     fast = 0
     for text in sorted(cells) + tricky:
-        expected = _evaluated(text)
-        try:
-            got = literal_list(text)
-        except (ValueError, SyntaxError) as e:
-            got = type(e).__name__
-        assert got == expected, text
+        assert _outcome(literal_list, text) == _outcome(ast.literal_eval, text), text
         fast += bool(_PLAIN_LIST.fullmatch(text))
     # the fast path serves (nearly) every real cell, else it saves nothing
     assert fast >= 0.99 * len(cells) and len(cells) > 40_000, (fast, len(cells))

@@ -157,8 +157,14 @@ def classifier_reference(tiny_prepared: tuple[str, str]) -> ReferenceRun:
 # negatives inside their regions as the demo does (tiny itself samples), a one-trial sweep over lr and the GCN switch,
 # and channels-last (a GPU code path that exists on CPU) inside real jobs. torch.compile (tens of seconds per
 # training process) runs in tests/test_train.py's six-epoch run, whose learning, resume and evaluate checks cover it.
+# One Train worker per run (the job's four Ray Train runs, diffusion, baseline, trial and final, and the reruns'
+# four): a second worker is one more process importing torch, Ray Train, torch_geometric and timm, about a quarter of
+# a tiny run's CPU (BENCHMARKS.md, "Where one tiny training run's time goes"). Training across two workers is what
+# tests/test_train.py, the worker and driver kills (tests/faults) and the two-node run (tests/test_autoscaling.py)
+# check.
 PIPELINE_JOB_SET = [
     "sweep.num_samples=1", "train.epochs=1", "pipeline.final_epochs=2", "train.bootstrap=10", "diffusion.epochs=1",
+    "train.num_workers=1",
     "generate.mode=edit", "generate.region=true", "generate.fidelity_threshold=0.0",
     "sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
     "model.gcn: {type: choice, values: [true, false]}}",

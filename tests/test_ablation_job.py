@@ -175,10 +175,11 @@ COMPARISON = "ablation.comparisons={+ re-sampling + GCN: backbone + BCE}"
 def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], tmp_path: Path) -> None:
     root, _ = tiny_prepared
     # the study is one more driver on the session's Ray (job_env), as under `ray job submit`: killing it leaves the
-    # cluster up and Ray ends the dead driver's trials, which the rerun must not trip over
+    # cluster up and Ray ends the dead driver's trials, which the rerun must not trip over. One Train worker per row:
+    # what is checked here is the study's table and its resume, not training across workers (tests/test_train.py)
     cmd = [
         sys.executable, "-m", "jobs.ablation", "--config", "tiny", "--set", f"storage.root={root}", "train.run=abl",
-        "train.epochs=1", "ablation.aug_ratio_tail=2.0", COMPARISON,
+        "train.epochs=1", "train.num_workers=1", "ablation.aug_ratio_tail=2.0", COMPARISON,
     ]  # fmt: skip
     rows_dir = Path(root) / "runs" / "abl" / "ablation" / "rows"
     log = open(tmp_path / "first.log", "w")
@@ -239,8 +240,7 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     # the same study again finds it finished for this grid and reads it back (in-process: no new Ray needed)
     from trcgl.study.ray_ablation import run_ablation
 
-    again = run_ablation(load_config("tiny", [f"storage.root={root}", "train.run=abl", "train.epochs=1",
-                                              "ablation.aug_ratio_tail=2.0", COMPARISON]))  # fmt: skip
+    again = run_ablation(load_config("tiny", cmd[cmd.index("--set") + 1 :]))
     assert again.get("skipped") is True and again["rows"] == list(table["name"])
     # changed table settings write the table again from the finished rows, training nothing
     table_md = (out / "table.md").stat().st_mtime

@@ -28,6 +28,10 @@ from trcgl.storage import Storage
 
 pytestmark = pytest.mark.slow
 
+# The runs here check what a table source feeds training and generation, not training across workers
+# (tests/test_train.py): one Train worker each, one process fewer importing torch and Ray Train per run.
+ONE_WORKER = "train.num_workers=1"
+
 SIZE = 32
 GOOD = 36  # frontal PadChest-Synth rows in each table
 NIH_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "View Position", "Localizations"]
@@ -302,7 +306,7 @@ def test_train_and_predict_on_the_chestxray14_table(nih_prepared, tables):
 
     storage, nih = nih_prepared["storage"], tables["nih"]
     extra = ["model.backbone=test_resnet", "model.output_stride=16", "train.epochs=1", "train.bootstrap=10",
-             "train.run=nih"]  # fmt: skip
+             "train.run=nih", ONE_WORKER]  # fmt: skip
     cfg = load_config("tiny", nih_overrides(Path(storage.root), str(nih["csv"]), str(nih["images"]), *extra))
     summary = run_training(cfg)
     assert summary["epochs_run"] == 1
@@ -339,7 +343,7 @@ def test_diffusion_trains_and_generates_on_the_chestxray14_table(nih_prepared, t
     storage, nih = nih_prepared["storage"], tables["nih"]
     # top-2 on ~23 train rows leaves no tail class (< 1 %): the medium classes are the ones augmented here
     extra = ["train.run=nih-gen", "diffusion.epochs=1", f"diffusion.image_size={SIZE}", "generate.aug_ratio_medium=1.0",
-             "generate.per_class_max=2"]  # fmt: skip
+             "generate.per_class_max=2", ONE_WORKER]  # fmt: skip
     cfg = load_config("tiny", nih_overrides(Path(storage.root), str(nih["csv"]), str(nih["images"]), *extra))
     trained = run_train_diffusion(cfg)
     assert np.isfinite(trained["last_loss"])
@@ -442,7 +446,8 @@ def test_training_on_the_chexpert_table_with_uncertain_and_blank_ignored(ray_loc
     chex = tables["chexpert"]
     root = tables["base"] / "root-chex-ignore"
     extra = ["data.table.uncertain=ignore", "data.table.blank=ignore", "model.backbone=test_resnet",
-             "model.output_stride=16", "train.epochs=1", "train.bootstrap=10", "train.run=chex-ignore"]  # fmt: skip
+             "model.output_stride=16", "train.epochs=1", "train.bootstrap=10", "train.run=chex-ignore",
+             ONE_WORKER]  # fmt: skip
     cfg = load_config("tiny", chexpert_overrides(root, str(chex["csv"]), str(chex["root"]), *extra))
     report = run_prepare(cfg)
     storage = Storage(str(root))

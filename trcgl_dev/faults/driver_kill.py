@@ -233,7 +233,8 @@ class SweepDriverKillResult(Figures):
 
 
 def sweep_driver_kill(root: Path, workdir: Path, trials: int = 2) -> SweepDriverKillResult:
-    """``jobs.sweep`` killed once its first trial finished, then the same command again.
+    """``jobs.sweep`` killed once its first trial finished, then the same command again. Each trial trains on one
+    Train worker: the scenario is the sweep driver's death and its resume (the classifier driver kill keeps two).
 
     Args:
         root: the storage root holding the prepared tiny dataset.
@@ -246,7 +247,7 @@ def sweep_driver_kill(root: Path, workdir: Path, trials: int = 2) -> SweepDriver
              "model.gcn: {type: choice, values: [true, false]}}")  # fmt: skip
     cmd = [sys.executable, "-m", "jobs.sweep", "--config", "tiny", "--set", f"storage.root={root}",
            "train.run=kill-sweep", f"sweep.num_samples={trials}", "train.epochs=1", "sweep.scheduler=asha",
-           "train.bootstrap=10", space]  # fmt: skip
+           "train.bootstrap=10", "train.num_workers=1", space]  # fmt: skip
     folder = root / "runs" / "kill-sweep" / "sweep"
     killed_at = kill_when(
         cmd, lambda: bool(list((folder / "trials").glob("*/classifier/summary.json"))), workdir / "sweep.log"

@@ -9,8 +9,10 @@ The figures come from what the jobs left in storage.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,6 +205,43 @@ def classifier_driver_kill(
     return figures
 
 
+# The sweep driver kill's space and seed. Trials run one at a time, 2 epochs each, under ASHA with rungs at epochs 1
+# and 2 (grace period 1, reduction factor 2). Optuna's seeded start-up draws for this space come as TRAINS, FROZEN,
+# THIRD (checked on the leaderboard): a learning rate that trains, one that leaves the model at its initial weights,
+# and a third. ASHA stops a trial at a rung when its val mAP there is below the median of what earlier trials recorded
+# at that rung, so the frozen second trial is stopped after epoch 1 and the third must start after it: the stopped
+# trial's placement group has to be freed (Ray Train's placement-group cleaner asks the dashboard's State API, README
+# "Sweeps"), or the third waits forever for its CPUs. Three distinct values, so a config sampled twice is a fault.
+TRAINS, FROZEN, THIRD = 0.004, 1e-7, 0.002
+SWEEP_SEED = 28
+SWEEP_EPOCHS = 2
+TRIAL_DIR = re.compile(r"_([0-9a-f]{8})_(\d+)_")  # Tune's trial folder: ..._{trial_id}_{counter}_{params}
+
+
+def tune_statuses(experiment: Path) -> dict[str, str]:
+    """Trial id -> status in the newest experiment state Tune has saved in ``experiment`` ({} when none yet, or when
+    caught mid-write). That file is what a restore starts from, so it is what a kill leaves the rerun."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+        trials = [json.loads(t[0]) for t in data["trial_data"]]
+        return {t["trial_id"]: t["status"] for t in trials}
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return {}
+
+
+def trial_start_order(experiment: Path) -> list[str]:
+    """Trial ids in the order Tune created them (its folder counter); with one trial at a time, start order."""
+    counters = {}
+    for folder in experiment.iterdir():
+        found = TRIAL_DIR.search(folder.name)
+        if folder.is_dir() and found:
+            counters[found.group(1)] = int(found.group(2))
+    return sorted(counters, key=counters.get)
+
+
 @dataclass
 class SweepDriverKillResult(Figures):
     """What :func:`sweep_driver_kill` measured. The leaderboard figures are None when the rerun failed.
@@ -210,18 +249,27 @@ class SweepDriverKillResult(Figures):
     Attributes:
         killed_at_s: seconds from the sweep's start to the kill.
         finished_before_kill: trials whose summary existed at the kill.
+        stopped_before_kill: trials Tune had saved as ended without a summary (stopped by ASHA) at the kill.
+        next_placed_before_kill: the next trial's two Train workers were alive at the kill (they got the CPUs the
+            stopped trial held).
         rerun_rc: exit code of the rerun.
         resumed: the rerun restored the Tune experiment (its log says "resuming the sweep").
         rerun_log: the end of the rerun's stderr when it failed, else "".
-        retrained: trials finished before the kill that were trained again (their summaries rewritten).
+        retrained: trials finished or stopped before the kill that were trained again (their history rewritten).
         trials: rows on the final leaderboard.
         unique_trials: distinct trial ids on it.
         finished_kept: every trial finished before the kill is on it.
         configs_sampled_twice: leaderboard rows whose sampled parameters repeat another row's.
+        lrs: each trial's learning rate, in start order.
+        stopped_early: each trial's ``stopped_early``, in start order.
+        epochs: each trial's epochs, in start order.
+        test_scored: each trial has test metrics (a trial that ran all its epochs), in start order.
     """
 
     killed_at_s: float
     finished_before_kill: int
+    stopped_before_kill: int
+    next_placed_before_kill: bool
     rerun_rc: int
     resumed: bool
     rerun_log: str = ""
@@ -230,33 +278,68 @@ class SweepDriverKillResult(Figures):
     unique_trials: int | None = None
     finished_kept: bool | None = None
     configs_sampled_twice: int | None = None
+    lrs: list[float] | None = None
+    stopped_early: list[bool] | None = None
+    epochs: list[int] | None = None
+    test_scored: list[bool] | None = None
 
 
-def sweep_driver_kill(root: Path, workdir: Path, trials: int = 2) -> SweepDriverKillResult:
-    """``jobs.sweep`` killed once its first trial finished, then the same command again. Each trial trains on one
-    Train worker: the scenario is the sweep driver's death and its resume (the classifier driver kill keeps two).
+def sweep_driver_kill(root: Path, workdir: Path, timeout_s: float = 600.0) -> SweepDriverKillResult:
+    """``jobs.sweep`` under ASHA killed once ASHA has stopped a trial and the next trial's Train workers are up, then
+    the same command again (see :data:`TRAINS` for the sweep). The caller must be connected to the Ray the sweep
+    runs on, with its dashboard (the kill point asks its State API).
+
+    One run checks two things: a trial ASHA stops leaves nothing behind that the next trial needs (else the kill
+    point is never reached and the scenario fails after ``timeout_s``), and a killed sweep resumes without training a
+    trial twice or losing one. Each trial trains on two Train workers: with one, ``check_cpu_budget`` would cap its
+    worker below 1 CPU and a leaked placement group would no longer block the next trial on 2 CPUs.
 
     Args:
         root: the storage root holding the prepared tiny dataset.
         workdir: scratch for the killed sweep's log.
-        trials: ``sweep.num_samples``.
+        timeout_s: how long the first run may take to reach the kill point.
     """
     import pandas as pd
 
-    space = ("sweep.space={train.lr: {type: loguniform, low: 0.001, high: 0.004}, "
-             "model.gcn: {type: choice, values: [true, false]}}")  # fmt: skip
+    space = f"sweep.space={{train.lr: {{type: choice, values: [{TRAINS}, {FROZEN:.1e}, {THIRD}]}}}}"
     cmd = [sys.executable, "-m", "jobs.sweep", "--config", "tiny", "--set", f"storage.root={root}",
-           "train.run=kill-sweep", f"sweep.num_samples={trials}", "train.epochs=1", "sweep.scheduler=asha",
-           "train.bootstrap=10", "train.num_workers=1", space]  # fmt: skip
+           "train.run=kill-sweep", "sweep.num_samples=3", f"train.epochs={SWEEP_EPOCHS}", "train.bootstrap=10",
+           "train.num_workers=2", "sweep.scheduler=asha", "sweep.max_concurrent_trials=1", "sweep.grace_period=1",
+           "sweep.reduction_factor=2", f"sweep.seed={SWEEP_SEED}", space]  # fmt: skip
     folder = root / "runs" / "kill-sweep" / "sweep"
-    killed_at = kill_when(
-        cmd, lambda: bool(list((folder / "trials").glob("*/classifier/summary.json"))), workdir / "sweep.log"
-    )
+
+    def summary(trial: str) -> Path:
+        return folder / "trials" / trial / "classifier" / "summary.json"
+
+    def stopped() -> list[str]:
+        return [t for t, s in tune_statuses(folder / "tune").items() if s == "TERMINATED" and not summary(t).exists()]
+
+    seen: set[str] = set()  # Train workers seen alive before any trial was stopped
+
+    def next_placed() -> bool:
+        """After Tune has saved a trial as stopped, Train workers are alive that were not alive before: the next
+        trial's worker group got its placement group. Asked before that trial's first report, so ASHA has not judged
+        it yet (a stop there would end the sweep before the kill)."""
+        from ray.util.state import list_actors
+
+        wanted = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        alive = {a.actor_id for a in list_actors(filters=wanted, raise_on_missing_output=False)}
+        if not stopped():
+            seen.update(alive)
+            return False
+        return len(alive - seen) >= 2  # both workers of the next trial
+
+    killed_at = kill_when(cmd, next_placed, workdir / "sweep.log", timeout_s=timeout_s, poll_s=1.0)
+    stopped_at_kill = stopped()
     done = {p.parts[-3]: p.stat().st_mtime for p in (folder / "trials").glob("*/classifier/summary.json")}
+    histories = {t: (folder / "trials" / t / "classifier" / "history.json").stat().st_mtime
+                 for t in [*done, *stopped_at_kill]}  # fmt: skip
     rerun = run_job(cmd)
     figures = SweepDriverKillResult(
         killed_at_s=round(killed_at, 1),
         finished_before_kill=len(done),
+        stopped_before_kill=len(stopped_at_kill),
+        next_placed_before_kill=True,  # the kill point (kill_when raises when it is not reached)
         rerun_rc=rerun.returncode,
         resumed="resuming the sweep" in rerun.stderr,
     )
@@ -266,11 +349,17 @@ def sweep_driver_kill(root: Path, workdir: Path, trials: int = 2) -> SweepDriver
     board = pd.read_parquet(folder / "leaderboard.parquet")
     params = board[[c for c in board.columns if c.startswith("param.")]].astype(str).agg("|".join, axis=1)
     figures.retrained = sum(
-        (folder / "trials" / t / "classifier" / "summary.json").stat().st_mtime != m for t, m in done.items()
+        (folder / "trials" / t / "classifier" / "history.json").stat().st_mtime != m for t, m in histories.items()
     )
     figures.trials = len(board)
     figures.unique_trials = int(board["trial_id"].nunique())
     figures.finished_kept = sorted(done) == sorted(set(done) & set(board["trial_id"]))
     figures.configs_sampled_twice = int(len(params) - params.nunique())
+    order = [t for t in trial_start_order(folder / "tune") if t in set(board["trial_id"])]
+    rows = board.set_index("trial_id").loc[order]
+    figures.lrs = [float(v) for v in rows["param.train.lr"]]
+    figures.stopped_early = [bool(v) for v in rows["stopped_early"]]
+    figures.epochs = [int(v) for v in rows["epochs"]]
+    figures.test_scored = [bool(v) for v in rows["test_mAP"].notna()]
     log.info("sweep driver kill: %s", figures)
     return figures

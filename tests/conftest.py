@@ -13,6 +13,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def ray_local() -> Iterator[None]:
     from trcgl.ray_runtime import local_dashboard
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
+        # address="local": a new instance, never the last cluster a `ray start` on this host wrote down
+        ray.init(address="local", num_cpus=2, log_to_driver=False, **local_dashboard())
     yield
     ray.shutdown()
 
@@ -172,8 +174,7 @@ PIPELINE_JOB_SET = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run_pipeline_on_token_head(s3_endpoint: str, tmp: Path) -> dict[str, Any]:
     """The tiny pipeline submitted as a Ray job to a token-auth head whose environment holds this run's (random)
     fake AWS secret and blocks outbound network, with storage on the loopback S3 server: the security scenario
     (:func:`trcgl_dev.faults.security.security`) around the end-to-end job, so one head and one job serve the
@@ -189,7 +190,6 @@ def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFa
     from trcgl.ray_runtime import free_port
     from trcgl_dev.faults.security import security
 
-    tmp = tmp_path_factory.mktemp("pipeline-job")
     bucket = f"trcgl-test-{free_port()}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     root = f"s3://{bucket}/trcgl"
@@ -204,6 +204,40 @@ def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFa
         head_env=offline_additions(offline_log),
     )  # fmt: skip
     return {"root": root, "endpoint": s3_endpoint, "security": result, "tmp": tmp, "offline_log": offline_log}
+
+
+_EARLY_JOB: dict[str, Future] = {}  # the end-to-end job started at session start (early_pipeline_job)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early_pipeline_job(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Starts :func:`run_pipeline_on_token_head` in a thread at session start when a collected test needs it.
+
+    The job runs on a Ray head of its own and takes minutes, much of it with a core idle (a single driver between
+    stages, the head starting, polls); started first, it runs beside the tests before its first user, and
+    ``pipeline_on_token_head`` waits for it there. Not under pytest-xdist, where each worker would start one: there
+    the fixture builds it when first asked, as without this. The session's end waits for a job still running (its
+    head is stopped by the scenario itself).
+    """
+    users = [i for i in request.session.items if "pipeline_on_token_head" in getattr(i, "fixturenames", ())]
+    if not users or os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    endpoint = request.getfixturevalue("s3_endpoint")
+    tmp = request.getfixturevalue("tmp_path_factory").mktemp("pipeline-job")
+    with ThreadPoolExecutor(1, thread_name_prefix="pipeline-job") as pool:
+        _EARLY_JOB["job"] = pool.submit(run_pipeline_on_token_head, endpoint, tmp)
+        yield
+        _EARLY_JOB.pop("job", None)
+
+
+@pytest.fixture(scope="session")
+def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """:func:`run_pipeline_on_token_head`'s result: the job :func:`early_pipeline_job` started, else run here."""
+    early = _EARLY_JOB.get("job")
+    if early is not None:
+        return early.result()
+    return run_pipeline_on_token_head(s3_endpoint, tmp_path_factory.mktemp("pipeline-job"))
 
 
 # Session fixtures that cost minutes to build. Under pytest-xdist (``-n N --dist loadgroup``, README "Run the tests")

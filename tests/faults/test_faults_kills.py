@@ -55,7 +55,7 @@ def test_asha_stop_frees_the_next_trial_and_a_killed_sweep_resumes_without_dupli
     # the premise: Optuna's seeded draws (an Optuna upgrade may change them: then pick another SWEEP_SEED)
     assert r.lrs == pytest.approx([TRAINS, FROZEN, THIRD]), r
     # ASHA stopped the untrained second trial at the grace-period rung, below the first; the first ran to the end
-    assert r.stopped_before_kill == 1 and r.next_placed_before_kill, r
+    assert r.stopped_before_kill == 1 and r.new_workers_at_kill == 2, r
     assert r.stopped_early == [False, True, False], r
     assert r.epochs == [SWEEP_EPOCHS, 1, SWEEP_EPOCHS] and r.test_scored == [True, False, True], r
     # the kill and resume

@@ -226,13 +226,14 @@ def run_scenarios(workdir: Path, only: set[str]) -> int:
         say("sweep driver kill",
             {"rerun succeeded": s.rerun_rc == 0,
              "ASHA stopped a trial and the next one got the CPUs": s.stopped_before_kill >= 1
-             and s.next_placed_before_kill and s.stopped_early == [False, True, False],
+             and s.new_workers_at_kill == 2 and s.stopped_early == [False, True, False],
              "experiment restored": s.resumed and s.finished_before_kill >= 1,
              "finished and stopped trials kept, not retrained": s.retrained == 0 and bool(s.finished_kept),
              "each trial once": s.trials == s.unique_trials == 3,
              "no config sampled twice": s.configs_sampled_twice == 0},
             f"killed at {s.killed_at_s} s with {s.finished_before_kill} trial(s) finished and "
-            f"{s.stopped_before_kill} stopped by ASHA; rerun rc {s.rerun_rc} restored the experiment: {s.resumed}; "
+            f"{s.stopped_before_kill} stopped by ASHA, {s.new_workers_at_kill} new Train workers up; rerun rc "
+            f"{s.rerun_rc} restored the experiment: {s.resumed}; "
             f"leaderboard {s.trials} trials ({s.unique_trials} unique), epochs {s.epochs}, stopped early "
             f"{s.stopped_early}, retrained {s.retrained}, configs sampled twice {s.configs_sampled_twice}")  # fmt: skip
     if "corrupt-inputs" in only:

@@ -250,8 +250,8 @@ class SweepDriverKillResult(Figures):
         killed_at_s: seconds from the sweep's start to the kill.
         finished_before_kill: trials whose summary existed at the kill.
         stopped_before_kill: trials Tune had saved as ended without a summary (stopped by ASHA) at the kill.
-        next_placed_before_kill: the next trial's two Train workers were alive at the kill (they got the CPUs the
-            stopped trial held).
+        new_workers_at_kill: Train workers alive at the kill that were not alive before Tune saved a stopped trial:
+            the next trial's (2 when both got the CPUs the stopped trial held).
         rerun_rc: exit code of the rerun.
         resumed: the rerun restored the Tune experiment (its log says "resuming the sweep").
         rerun_log: the end of the rerun's stderr when it failed, else "".
@@ -269,7 +269,7 @@ class SweepDriverKillResult(Figures):
     killed_at_s: float
     finished_before_kill: int
     stopped_before_kill: int
-    next_placed_before_kill: bool
+    new_workers_at_kill: int
     rerun_rc: int
     resumed: bool
     rerun_log: str = ""
@@ -315,6 +315,7 @@ def sweep_driver_kill(root: Path, workdir: Path, timeout_s: float = 600.0) -> Sw
         return [t for t, s in tune_statuses(folder / "tune").items() if s == "TERMINATED" and not summary(t).exists()]
 
     seen: set[str] = set()  # Train workers seen alive before any trial was stopped
+    new: set[str] = set()  # alive ones not in seen, at the last poll
 
     def next_placed() -> bool:
         """After Tune has saved a trial as stopped, Train workers are alive that were not alive before: the next
@@ -327,7 +328,9 @@ def sweep_driver_kill(root: Path, workdir: Path, timeout_s: float = 600.0) -> Sw
         if not stopped():
             seen.update(alive)
             return False
-        return len(alive - seen) >= 2  # both workers of the next trial
+        new.clear()
+        new.update(alive - seen)
+        return len(new) >= 2  # both workers of the next trial
 
     killed_at = kill_when(cmd, next_placed, workdir / "sweep.log", timeout_s=timeout_s, poll_s=1.0)
     stopped_at_kill = stopped()
@@ -339,7 +342,7 @@ def sweep_driver_kill(root: Path, workdir: Path, timeout_s: float = 600.0) -> Sw
         killed_at_s=round(killed_at, 1),
         finished_before_kill=len(done),
         stopped_before_kill=len(stopped_at_kill),
-        next_placed_before_kill=True,  # the kill point (kill_when raises when it is not reached)
+        new_workers_at_kill=len(new),
         rerun_rc=rerun.returncode,
         resumed="resuming the sweep" in rerun.stderr,
     )

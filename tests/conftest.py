@@ -219,8 +219,8 @@ def early_pipeline_job(request: pytest.FixtureRequest) -> Iterator[None]:
     the fixture builds it when first asked, as without this. The session's end waits for a job still running (its
     head is stopped by the scenario itself).
     """
-    users = [i for i in request.session.items if "pipeline_on_token_head" in getattr(i, "fixturenames", ())]
-    if not users or os.environ.get("PYTEST_XDIST_WORKER"):
+    needed = any("pipeline_on_token_head" in getattr(i, "fixturenames", ()) for i in request.session.items)
+    if not needed or os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
     endpoint = request.getfixturevalue("s3_endpoint")

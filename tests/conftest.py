@@ -21,6 +21,7 @@ import pytest
 
 from trcgl_dev.faults import record_figures
 from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, ReferenceRun, reference_run
+from trcgl_dev.faults.storage_outage import OUTAGE_CASES, OutageResult, s3_outage_matrix
 from trcgl_dev.s3 import FAKE_CREDENTIALS
 
 # Test-only credentials for the loopback S3 server, from the environment as in production (never from config).
@@ -145,10 +146,11 @@ def classifier_reference(tiny_prepared: tuple[str, str]) -> ReferenceRun:
     """A fault-free classifier run with the train-worker kill's configuration
     (:func:`trcgl_dev.faults.ray_worker_kill.fault_overrides`), trained once per session when a test first asks.
 
-    The train-worker kill compares its faulted classifier with it. The classifier driver kill asks for it (through
-    ``request.getfixturevalue``) only after its kill, as its run under another name; when the run was trained
-    earlier for another test, that scenario trains a fresh run of its own, so neither test's checks depend on the
-    order the tests run in.
+    The train-worker kill compares its faulted classifier with it, and the classifier driver kill on two nodes
+    (tests/test_autoscaling.py) its resumed run. The train-worker kill asks for it (through a function it calls)
+    only after its faulted run, so that the run, begun beside the faulted run's checkpoints, also shows that another
+    run name starts at epoch 0; when the run was trained earlier for another test, the scenario trains a run of its
+    own for that check, so neither test's checks depend on the order the tests run in.
     """
     root, dataset = tiny_prepared
     return reference_run(Path(root), dataset, "classifier", REFERENCE_EPOCHS)
@@ -162,8 +164,8 @@ def classifier_reference(tiny_prepared: tuple[str, str]) -> ReferenceRun:
 # One Train worker per run (the job's four Ray Train runs, diffusion, baseline, trial and final, and the reruns'
 # four): a second worker is one more process importing torch, Ray Train, torch_geometric and timm, about a quarter of
 # a tiny run's CPU (BENCHMARKS.md, "Where one tiny training run's time goes"). Training across two workers is what
-# tests/test_train.py, the worker and driver kills (tests/faults) and the two-node run (tests/test_autoscaling.py)
-# check.
+# tests/test_train.py, the worker kill and the sweep driver kill (tests/faults) and the classifier driver kill on two
+# nodes (tests/test_autoscaling.py) check.
 PIPELINE_JOB_SET = [
     "sweep.num_samples=1", "train.epochs=1", "pipeline.final_epochs=2", "train.bootstrap=10", "diffusion.epochs=1",
     "train.num_workers=1",
@@ -206,38 +208,79 @@ def run_pipeline_on_token_head(s3_endpoint: str, tmp: Path) -> dict[str, Any]:
     return {"root": root, "endpoint": s3_endpoint, "security": result, "tmp": tmp, "offline_log": offline_log}
 
 
-_EARLY_JOB: dict[str, Future] = {}  # the end-to-end job started at session start (early_pipeline_job)
+def run_s3_outages(s3_endpoint: str, tmp: Path) -> dict[tuple[str, float], OutageResult]:
+    """Every outage case of :data:`~trcgl_dev.faults.storage_outage.OUTAGE_CASES`, at once, each through its own
+    loopback proxy in front of the session's S3 server, with the project's StorageConfig defaults (s3fs client).
+
+    Returns:
+        (op, outage seconds) -> the case's result.
+    """
+    import boto3
+
+    from trcgl.ray_runtime import free_port
+
+    bucket = f"trcgl-faults-{free_port()}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    results = s3_outage_matrix(s3_endpoint, bucket, OUTAGE_CASES, tmp)
+    return {(r.op, r.outage_s): r for r in results}
+
+
+# Session fixtures whose work starts in a thread when the session does (early_work), by fixture name: the work, and
+# the name of the scratch folder it gets.
+EARLY_WORK: dict[str, tuple[Callable[[str, Path], Any], str]] = {
+    "pipeline_on_token_head": (run_pipeline_on_token_head, "pipeline-job"),
+    "s3_outages": (run_s3_outages, "outage"),
+}
+_EARLY: dict[str, Future] = {}  # fixture name -> its work, started by early_work
 
 
 @pytest.fixture(scope="session", autouse=True)
-def early_pipeline_job(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Starts :func:`run_pipeline_on_token_head` in a thread at session start when a collected test needs it.
+def early_work(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Starts the work of each :data:`EARLY_WORK` fixture that a collected test needs, in threads, at session start.
 
-    The job runs on a Ray head of its own and takes minutes, much of it with a core idle (a single driver between
-    stages, the head starting, polls); started first, it runs beside the tests before its first user, and
-    ``pipeline_on_token_head`` waits for it there. Not under pytest-xdist, where each worker would start one: there
-    the fixture builds it when first asked, as without this. The session's end waits for a job still running (its
-    head is stopped by the scenario itself).
+    Each takes long with a core idle for much of it: the end-to-end pipeline job on a Ray head of its own (a single
+    driver between stages, the head starting, polls) and the S3 outage matrix (about 35 s, mostly waiting its
+    outages out). Started first, they run beside the tests before their first user, and the fixture waits for the
+    result there. Not under pytest-xdist, where each worker would start them: there each fixture does its work when
+    first asked, as without this. The session's end waits for work still running (the pipeline job's head is
+    stopped by its scenario).
     """
-    needed = any("pipeline_on_token_head" in getattr(i, "fixturenames", ()) for i in request.session.items)
-    if not needed or os.environ.get("PYTEST_XDIST_WORKER"):
+    wanted = {n for item in request.session.items for n in getattr(item, "fixturenames", ()) if n in EARLY_WORK}
+    if not wanted or os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
     endpoint = request.getfixturevalue("s3_endpoint")
-    tmp = request.getfixturevalue("tmp_path_factory").mktemp("pipeline-job")
-    with ThreadPoolExecutor(1, thread_name_prefix="pipeline-job") as pool:
-        _EARLY_JOB["job"] = pool.submit(run_pipeline_on_token_head, endpoint, tmp)
+    factory = request.getfixturevalue("tmp_path_factory")
+    with ThreadPoolExecutor(len(wanted), thread_name_prefix="early") as pool:
+        for name in sorted(wanted):
+            work, folder = EARLY_WORK[name]
+            _EARLY[name] = pool.submit(work, endpoint, factory.mktemp(folder))
         yield
-        _EARLY_JOB.pop("job", None)
+        _EARLY.clear()
+
+
+def early_or_now(name: str, s3_endpoint: str, factory: pytest.TempPathFactory) -> Any:
+    """The result of :data:`EARLY_WORK` ``name``: the work :func:`early_work` started, else done here."""
+    early = _EARLY.get(name)
+    if early is not None:
+        return early.result()
+    work, folder = EARLY_WORK[name]
+    return work(s3_endpoint, factory.mktemp(folder))
 
 
 @pytest.fixture(scope="session")
 def pipeline_on_token_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """:func:`run_pipeline_on_token_head`'s result: the job :func:`early_pipeline_job` started, else run here."""
-    early = _EARLY_JOB.get("job")
-    if early is not None:
-        return early.result()
-    return run_pipeline_on_token_head(s3_endpoint, tmp_path_factory.mktemp("pipeline-job"))
+    """:func:`run_pipeline_on_token_head`'s result (started at session start by :func:`early_work`)."""
+    return early_or_now("pipeline_on_token_head", s3_endpoint, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def s3_outages(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], OutageResult]:
+    """:func:`run_s3_outages`'s result (started at session start by :func:`early_work`); the figures are recorded
+    (:func:`~trcgl_dev.faults.record_figures`)."""
+    results = early_or_now("s3_outages", s3_endpoint, tmp_path_factory)
+    record_figures("s3 outages", list(results.values()))
+    return results
 
 
 # Session fixtures that cost minutes to build. Under pytest-xdist (``-n N --dist loadgroup``, README "Run the tests")

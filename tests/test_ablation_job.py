@@ -244,9 +244,7 @@ def test_tiny_study_table_and_resume_after_kill(tiny_prepared: tuple[str, str], 
     assert again.get("skipped") is True and again["rows"] == list(table["name"])
     # changed table settings write the table again from the finished rows, training nothing
     table_md = (out / "table.md").stat().st_mtime
-    other = [*cmd[:-1], "ablation.comparisons={}"]
-    third = subprocess.run(other, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
-    assert third.returncode == 0, third.stderr[-3000:]
+    run_ablation(load_config("tiny", [*cmd[cmd.index("--set") + 1 : -1], "ablation.comparisons={}"]))
     assert (out / "table.md").stat().st_mtime > table_md and "Each part against" not in (out / "table.md").read_text()
     for path, mtime in done.items():
         assert path.stat().st_mtime == mtime, path

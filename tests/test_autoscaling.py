@@ -133,51 +133,37 @@ def test_sweep_with_one_gpu_per_trial_scales_gpu_nodes(
 
 
 def test_ddp_across_two_nodes_trains_checkpoints_and_resumes_like_one_node(
-    tiny_prepared: tuple[str, str], classifier_reference, local_cluster: rcl.LocalCluster, tmp_path: Path
+    tiny_prepared: tuple[str, str], classifier_reference, local_cluster: rcl.LocalCluster, tmp_path: Path, record
 ) -> None:
-    """One classifier run whose 2 Train workers sit on 2 fake GPU nodes (STRICT_SPREAD, 1 GPU each), one process
-    group across them (``train.dist_backend=auto``: the workers have no CUDA, so gloo). Its first invocation is
-    killed once a checkpoint is registered, and the same command run again resumes from it. The run must feed every
-    train row once an epoch over both nodes and end where the session's single-node run of the same config
-    (``classifier_reference``: 2 workers on the test's local Ray) ends, within the spread of such runs."""
+    """The classifier driver kill (:func:`~trcgl_dev.faults.driver_kill.classifier_driver_kill`, README "Fault
+    scenarios") with the run's 2 Train workers on 2 fake GPU nodes (STRICT_SPREAD, 1 GPU each), one process group
+    across them (``train.dist_backend=auto``: the workers have no CUDA, so gloo). Its first invocation is killed
+    once a checkpoint is registered, and the same command run again resumes from it. The run must feed every train
+    row once an epoch over both nodes and end where the session's single-node run of the same config
+    (``classifier_reference``: 2 workers on the test's local Ray) ends, within the spread of such runs. (The
+    train-worker kill checks that a run under another name ignores a faulted run's checkpoints.)"""
     import os
-    import sys
 
-    from trcgl_dev.faults.driver_kill import kill_when
-    from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, fault_overrides
-    from trcgl_dev.faults.run_files import (
-        epochs_saw_each_row_once,
-        read_history,
-        registered_epochs,
-        rows_trained,
-        train_ids,
-    )
+    from trcgl_dev.faults.driver_kill import classifier_driver_kill
+    from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS
+    from trcgl_dev.faults.run_files import read_history, rows_trained
 
     root, dataset = tiny_prepared
     run = "ddp-two-nodes"
-    # the reference's config (same data, seed, epochs, workers), placed one worker per GPU node
-    cmd = [
-        sys.executable, "-m", "jobs.train_classifier", "--config", "tiny", "--set",
-        *fault_overrides(Path(root), dataset, "classifier", REFERENCE_EPOCHS), f"train.run={run}",
-        "ray.autoscaling=true", "train.use_gpu=true", "train.gpus_per_worker=1", "train.num_workers=2",
-        "train.placement_strategy=STRICT_SPREAD",
-    ]  # fmt: skip
-    folder = Path(root) / "runs" / run / "classifier"
+    # the reference's config (same data, seed, epochs, workers), placed one worker per GPU node; the driver alone is
+    # killed (the cluster lives on, as under `ray job submit`) once Ray Train has registered a checkpoint
+    placed = ["ray.autoscaling=true", "train.use_gpu=true", "train.gpus_per_worker=1", "train.num_workers=2",
+              "train.placement_strategy=STRICT_SPREAD"]  # fmt: skip
     env = {**os.environ, **local_cluster.env(), "PYTHONUNBUFFERED": "1"}
-    # first invocation: the driver alone is killed (the cluster lives on, as under `ray job submit`) once Ray Train
-    # has registered a checkpoint, so epoch 0 is stored and epoch 1 was under way
-    kill_when(cmd, lambda: bool(registered_epochs(folder)), tmp_path / "first.log", timeout_s=300, env=env)
-    last_registered = max(registered_epochs(folder))
-    assert last_registered < REFERENCE_EPOCHS - 1, f"the run ended before the kill: {last_registered}"
-    watch = rcl.run_watched(cmd, local_cluster, tmp_path / "rerun.log", timeout_s=300, cwd=ROOT)
-    tail = "\n".join(watch.log.splitlines()[-40:])
-    assert watch.rc == 0, tail
+    r = record(classifier_driver_kill(Path(root), dataset, tmp_path, REFERENCE_EPOCHS, run=run, extra=placed, env=env))
+    assert r.last_registered < REFERENCE_EPOCHS - 1, f"the run ended before the kill: {r}"
+    assert r.rerun_rc == 0, r.rerun_log
 
     # resumed: the rerun trained from after the registered checkpoint, not from scratch, and each epoch once
+    assert r.resumed_at_or_after_checkpoint, r
+    assert r.epochs == REFERENCE_EPOCHS and r.epochs_unique, r
+    folder = Path(root) / "runs" / run / "classifier"
     history = read_history(folder)
-    assert [h["epoch"] for h in history] == list(range(REFERENCE_EPOCHS)), history
-    resumed = [h["start_epoch"] for h in history if h["epoch"] > last_registered]
-    assert resumed and min(resumed) >= last_registered + 1, (last_registered, history)
     assert history[0]["start_epoch"] == 0, history  # epoch 0 kept from the killed invocation
 
     # placement: every epoch's 2 ranks on 2 distinct nodes, each a gpu_worker of the cluster, one gloo group
@@ -192,12 +178,13 @@ def test_ddp_across_two_nodes_trains_checkpoints_and_resumes_like_one_node(
         assert h["dist_backend"] == "gloo", h
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["placement"]["workers"] == history[-1]["workers"], summary["placement"]
-    assert TRAIN_FALLBACK in watch.log, tail  # fake GPUs: the workers trained on the CPU
+    first = (tmp_path / "first.log").read_text(errors="replace")
+    assert TRAIN_FALLBACK in first, first[-3000:]  # fake GPUs: the workers trained on the CPU
 
     # rows: every train row once an epoch over the two nodes (the totals are an all-reduce across them), and as many
     # rows over the run as the single-node run
     reference = read_history(Path(root) / "runs" / classifier_reference.run / "classifier")
-    assert epochs_saw_each_row_once(history, train_ids(Path(root), dataset), 2), history
+    assert r.each_row_once, history
     assert rows_trained(history) == rows_trained(reference) > 0
 
     # results: where the single-node run ended, within the spread of runs of this config (LOSS_SPREAD, VAL_SPREAD)

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from trcgl_dev.benchmarks import ray_faults_bench
-from trcgl_dev.faults.storage_outage import OutageResult
+from trcgl_dev.faults.storage_outage import LONG_OUTAGE, SHORT_OUTAGES, OutageResult
 
 pytestmark = pytest.mark.faults
 
 
 def _outage(op: str, outage_s: float, **changes: object) -> OutageResult:
-    short = outage_s in ray_faults_bench.SHORT_OUTAGES
+    short = outage_s in SHORT_OUTAGES
     fields = dict(
         op=op, client="s3fs", outage_s=outage_s, retries=10, connect_timeout_s=5.0, survived=short,
         seconds=outage_s + 1, error=None if short else "StorageError: ... 127.0.0.1:9", loud=not short,
@@ -32,7 +32,7 @@ def test_verdict_names_the_failed_checks() -> None:
 def test_outage_verdicts() -> None:
     checks = ray_faults_bench._outage_checks
     assert all(checks(_outage("folder", 8.0)).values())
-    assert all(checks(_outage(*ray_faults_bench.LONG_OUTAGE)).values())
+    assert all(checks(_outage(*LONG_OUTAGE)).values())
     assert not all(checks(_outage("folder", 8.0, later_stage_sees="unfinished")).values())
     assert not all(checks(_outage("write", 2.0, partial_published=True)).values())
     assert not all(checks(_outage("write", 30.0, survived=True, error=None, loud=False)).values())  # not ridden out

@@ -1,4 +1,5 @@
-"""The classifier driver kill, the sweep driver kill (with ASHA stopping a trial), and corrupt inputs in prepare."""
+"""The sweep driver kill (with ASHA stopping a trial) and corrupt inputs in prepare. The classifier driver kill runs
+with its Train workers on two nodes of the fake autoscaling cluster (tests/test_autoscaling.py)."""
 
 from __future__ import annotations
 
@@ -12,35 +13,10 @@ from trcgl_dev.faults.driver_kill import (
     SWEEP_EPOCHS,
     THIRD,
     TRAINS,
-    classifier_driver_kill,
     sweep_driver_kill,
 )
-from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-
-
-def test_killed_classifier_driver_resumes_and_other_run_starts_fresh(
-    tiny_prepared, tmp_path: Path, record, request: pytest.FixtureRequest
-) -> None:
-    root, dataset = tiny_prepared
-    # the run under another name is the session's shared classifier reference, asked for only after the kill (the
-    # scenario trains its own when that run began before the kill)
-    r = record(
-        classifier_driver_kill(
-            Path(root),
-            dataset,
-            tmp_path,
-            epochs=REFERENCE_EPOCHS,
-            fresh=lambda: request.getfixturevalue("classifier_reference"),
-        )
-    )
-    assert r.rerun_rc == 0, r.rerun_log
-    assert r.resumed_at_or_after_checkpoint, r  # not from scratch: at or after the last registered checkpoint
-    assert r.epochs == REFERENCE_EPOCHS and r.epochs_unique, r  # every epoch once, none repeated after resume
-    assert r.each_row_once, r  # each epoch saw each train row exactly once (count and id checksum over workers)
-    # another run name does not pick the killed run up: it starts at epoch 0 and trains every epoch
-    assert r.fresh_start_epoch == 0 and r.fresh_epochs == list(range(REFERENCE_EPOCHS)), r
 
 
 def test_asha_stop_frees_the_next_trial_and_a_killed_sweep_resumes_without_duplicates(

@@ -24,24 +24,9 @@ from trcgl_dev.faults.bad_config import bad_configs
 from trcgl_dev.faults.cluster_files import cluster_start_commands_without_token
 from trcgl_dev.faults.proxy import TcpProxy
 from trcgl_dev.faults.security import scan_for_secrets
-from trcgl_dev.faults.storage_outage import OPS, OutageResult, s3_outage_matrix
+from trcgl_dev.faults.storage_outage import LONG_OUTAGE, OPS, SHORT_OUTAGES, OutageResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-
-SHORT_OUTAGES = (2.0, 8.0)
-LONG_OUTAGE = ("folder", 30.0)
-# 2 s and 8 s for every op; the 30 s outage only once, for the folder upload through trcgl.storage (files, then the
-# manifest: the op whose failure could leave a partial publish), because it costs about 35 s. All seven cases run at
-# once, each through its own proxy and prefix.
-OUTAGE_CASES = [(op, s) for s in SHORT_OUTAGES for op in OPS] + [LONG_OUTAGE]
-
-
-def _bucket(endpoint: str) -> str:
-    import boto3
-
-    name = f"trcgl-faults-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
 
 
 def _wait(predicate: Any, timeout_s: float = 5.0) -> bool:
@@ -101,21 +86,17 @@ def test_proxy_reset_mode_accepts_then_resets(s3_endpoint: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ storage
 
-
-@pytest.fixture(scope="module")
-def outages(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float], OutageResult]:
-    """Every outage case, measured once with the project's StorageConfig defaults (s3fs client)."""
-    results = s3_outage_matrix(s3_endpoint, _bucket(s3_endpoint), OUTAGE_CASES, tmp_path_factory.mktemp("outage"))
-    record_figures("s3 outages", results)
-    return {(r.op, r.outage_s): r for r in results}
+# The outage cases (trcgl_dev.faults.storage_outage.OUTAGE_CASES): 2 s and 8 s for every op, 30 s once for the folder
+# upload; all seven at once, each through its own proxy and prefix, started with the session (tests/conftest.py
+# s3_outages, early_work).
 
 
 @pytest.mark.parametrize("outage_s", SHORT_OUTAGES)
 @pytest.mark.parametrize("op", OPS)
 def test_short_outage_is_ridden_out_by_the_configured_retries(
-    outages: dict[tuple[str, float], OutageResult], op: str, outage_s: float
+    s3_outages: dict[tuple[str, float], OutageResult], op: str, outage_s: float
 ) -> None:
-    r = outages[(op, outage_s)]
+    r = s3_outages[(op, outage_s)]
     assert r.survived and r.error is None, r
     assert not r.partial_published, r
     # it did wait the outage out (nothing reached the endpoint while cut), and not much longer
@@ -125,9 +106,9 @@ def test_short_outage_is_ridden_out_by_the_configured_retries(
 
 
 def test_long_outage_fails_loudly_naming_the_endpoint_and_publishes_nothing(
-    outages: dict[tuple[str, float], OutageResult],
+    s3_outages: dict[tuple[str, float], OutageResult],
 ) -> None:
-    r = outages[LONG_OUTAGE]
+    r = s3_outages[LONG_OUTAGE]
     assert not r.survived, r
     assert r.loud and r.error_names_endpoint, r.error  # a StorageError naming the proxy's host:port
     assert not r.partial_published and r.later_stage_sees == "unfinished", r

@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHORT_OUTAGES = (2.0, 8.0)  # seconds; each for every storage op, all to be ridden out by the retries
-LONG_OUTAGE = ("write", 30.0)  # (op, seconds): beyond what the retries ride out, to fail loudly
 
 SCENARIOS = (
     "train-worker-kill",
@@ -105,12 +103,17 @@ def _worker_checks(f: WorkerKillResult) -> dict[str, bool]:
             and f.final_no_fault is not None
             and abs(f.final - f.final_no_fault) <= 0.35 * f.final_no_fault
         )
+        fresh = f.other_run_start_epoch == 0 and f.other_run_epochs == list(range(REFERENCE_EPOCHS))
+        checks["other run name starts fresh"] = bool(f.other_run) and fresh
     return checks
 
 
 def _outage_checks(o: OutageResult) -> dict[str, bool]:
     """The checks of ``tests/faults/test_faults_storage_security_config.py`` for one outage: a short one
-    (:data:`SHORT_OUTAGES`) survived in about its own length, the long one failed loudly in time."""
+    (:data:`~trcgl_dev.faults.storage_outage.SHORT_OUTAGES`) survived in about its own length, the long one failed
+    loudly in time."""
+    from trcgl_dev.faults.storage_outage import SHORT_OUTAGES  # here: the module imports s3fs, which --help needs not
+
     if o.outage_s in SHORT_OUTAGES:
         return {
             "survived": o.survived and o.error is None,
@@ -137,6 +140,7 @@ def _fmt_worker(f: WorkerKillResult) -> str:
         f"latest reported: {f.reported_before_kill} epoch(s) -> resumed from the latest: "
         f"{f.resumed_from_latest}); epochs once: {f.epochs_unique}; rows once per epoch: {f.each_row_once}; "
         f"rows trained {f.rows_trained} vs {f.rows_trained_no_fault}; {loss} without the fault{mauc}"
+        + (f"; another run name starts at epoch {f.other_run_start_epoch}" if f.other_run else "")
     )
 
 
@@ -176,30 +180,29 @@ def run_scenarios(workdir: Path, only: set[str]) -> int:
     @functools.cache
     def classifier_reference() -> ReferenceRun:
         """The train-worker kill's fault-free classifier reference, trained on first use (as the test suite's
-        ``classifier_reference`` fixture): the classifier driver kill asks for it after its kill, as its fresh run."""
+        ``classifier_reference`` fixture): the train-worker kill asks for it after its faulted run, so it is also
+        that scenario's run under another name."""
         return reference_run(root, dataset, "classifier", REFERENCE_EPOCHS)
 
-    if "classifier-driver-kill" in only:  # first: its fresh run is then the train-worker kill's reference
+    if "train-worker-kill" in only:
+        for stage in ("classifier", "diffusion"):
+            ref = classifier_reference if stage == "classifier" else (diffusion.result if diffusion else None)
+            w = train_worker_kill(root, dataset, stage, REFERENCE_EPOCHS, reference=ref)
+            say(f"train-worker kill {stage}", _worker_checks(w), _fmt_worker(w))
+    if "classifier-driver-kill" in only:  # on this Ray's single node (the suite runs it on two fake GPU nodes)
         from trcgl_dev.faults.driver_kill import classifier_driver_kill
 
         folder = _mk(workdir / "classifier-driver-kill")
-        c = classifier_driver_kill(root, dataset, folder, epochs=REFERENCE_EPOCHS, fresh=classifier_reference)
+        c = classifier_driver_kill(root, dataset, folder, epochs=REFERENCE_EPOCHS)
         say("classifier driver kill",
             {"rerun succeeded": c.rerun_rc == 0,
              "resumed at or after the checkpoint": c.resumed_at_or_after_checkpoint,
              "epochs once": c.epochs == REFERENCE_EPOCHS and c.epochs_unique,
-             "rows once per epoch": c.each_row_once,
-             "other run name starts fresh": c.fresh_start_epoch == 0
-             and c.fresh_epochs == list(range(REFERENCE_EPOCHS))},
+             "rows once per epoch": c.each_row_once},
             f"killed at {c.killed_at_s} s (registered checkpoint: epoch {c.last_registered}, reported "
             f"{c.reported}); rerun rc {c.rerun_rc} resumed at epoch {c.resumed_from} (at/after the "
             f"checkpoint: {c.resumed_at_or_after_checkpoint}); epochs once: {c.epochs_unique}; rows once: "
-            f"{c.each_row_once}; another run name starts at epoch {c.fresh_start_epoch}")  # fmt: skip
-    if "train-worker-kill" in only:
-        for stage in ("classifier", "diffusion"):
-            ref = classifier_reference() if stage == "classifier" else diffusion
-            w = train_worker_kill(root, dataset, stage, REFERENCE_EPOCHS, reference=ref.result if ref else None)
-            say(f"train-worker kill {stage}", _worker_checks(w), _fmt_worker(w))
+            f"{c.each_row_once}")  # fmt: skip
     if "generation-kill" in only:
         from trcgl_dev.faults.generation_kill import generation_kill
 
@@ -255,11 +258,10 @@ def run_scenarios(workdir: Path, only: set[str]) -> int:
 
         with moto_server() as endpoint:
             if "storage-outage" in only:
-                from trcgl_dev.faults.storage_outage import OPS, s3_outage_matrix
+                from trcgl_dev.faults.storage_outage import OUTAGE_CASES, s3_outage_matrix
 
-                cases = [(op, s) for s in SHORT_OUTAGES for op in OPS] + [LONG_OUTAGE]
                 outages = s3_outage_matrix(
-                    endpoint, _bucket(endpoint, "faults-s3"), cases, _mk(workdir / "storage-outage")
+                    endpoint, _bucket(endpoint, "faults-s3"), OUTAGE_CASES, _mk(workdir / "storage-outage")
                 )
                 for o in outages:
                     outcome = "survived" if o.survived else "failed loudly" if o.error else "FAILED SILENTLY"

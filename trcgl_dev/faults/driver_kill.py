@@ -21,14 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trcgl.config import load_config
 from trcgl_dev.faults import Figures
-from trcgl_dev.faults.ray_worker_kill import ReferenceRun, reference_run
+from trcgl_dev.faults.ray_worker_kill import OTHER_RUN, ReferenceRun, fault_overrides, run_begun_after
 from trcgl_dev.faults.run_files import epochs_saw_each_row_once, read_history, registered_epochs, train_ids
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-FRESH_RUN = "kill-driver-other"  # the classifier driver kill's own fresh run, when it trains one
 
 
 def job_env() -> dict[str, str]:
@@ -94,9 +94,10 @@ def kill_when(
             proc.wait(timeout=60)
 
 
-def run_job(cmd: list[str], timeout_s: float = 600.0) -> subprocess.CompletedProcess:
-    """Runs ``cmd`` to the end in the repository, with :func:`job_env` (output captured)."""
-    return subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout_s)
+def run_job(cmd: list[str], timeout_s: float = 600.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` to the end in the repository, with ``env`` (default :func:`job_env`; output captured)."""
+    env = job_env() if env is None else env
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
 
 
 @dataclass
@@ -116,7 +117,8 @@ class ClassifierDriverKillResult(Figures):
             remainder (:func:`~trcgl_dev.faults.run_files.epochs_saw_each_row_once`).
         rerun_rc: exit code of the rerun.
         rerun_log: the end of the rerun's output when it failed, else "".
-        fresh_run: the run name of the fault-free run under another name, trained after the kill.
+        fresh_run: the run name of the fault-free run under another name, trained after the kill ("": none was
+            asked for).
         fresh_run_shared: that run was the caller's (the shared classifier reference) rather than trained here.
         fresh_start_epoch: the fresh run's first epoch (0: it did not pick up the killed run; -1: no history).
         fresh_epochs: the epochs the fresh run trained.
@@ -145,45 +147,46 @@ def classifier_driver_kill(
     workdir: Path,
     epochs: int = 2,
     fresh: Callable[[], ReferenceRun] | None = None,
+    run: str = "kill-driver",
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> ClassifierDriverKillResult:
     """``jobs.train_classifier`` killed (driver and, without a connected Ray, its local Ray) after its first
-    registered checkpoint, the same command run again, then a run under another name looked at.
+    registered checkpoint, the same command run again, then, with ``fresh``, a run under another name looked at.
 
-    The run under another name must start at epoch 0 although the killed run's checkpoints sit beside it. It has the
-    configuration of the train-worker kill scenario's fault-free classifier reference
-    (:func:`~trcgl_dev.faults.ray_worker_kill.reference_run`, same ``epochs``), so one run can serve both scenarios:
-    ``fresh`` gives that shared run and is called only after the kill and the rerun. A run that began training
-    before the kill could not show that a new run name ignores the killed run's checkpoints, so when the run
-    ``fresh`` gives began earlier (another scenario asked for it first), or without ``fresh``, a fresh run
-    (:data:`FRESH_RUN`) is trained here.
+    The job has the configuration of the train-worker kill's fault-free classifier reference
+    (:func:`~trcgl_dev.faults.ray_worker_kill.fault_overrides`, same ``epochs``) plus ``extra``. The run under
+    another name must start at epoch 0 although the killed run's checkpoints sit beside it: ``fresh`` gives the
+    shared reference, called after the kill and the rerun, and serves when it began after the kill; otherwise a
+    run is trained here (:func:`~trcgl_dev.faults.ray_worker_kill.run_begun_after`).
 
     Args:
         root: the storage root holding the prepared dataset.
         dataset: the prepared dataset's name.
         workdir: scratch for the killed job's log.
         epochs: epochs of every run here.
-        fresh: gives the shared fault-free classifier reference (trained on first call).
+        fresh: gives the shared fault-free classifier reference (trained on first call); None: no run under another
+            name is looked at.
+        run: the killed job's run name.
+        extra: more overrides of the killed job and its rerun (e.g. where its workers go).
+        env: the jobs' environment (default :func:`job_env`).
     """
-    run = "kill-driver"
-    base = [sys.executable, "-m", "jobs.train_classifier", "--config", "tiny", "--set", f"storage.root={root}",
-            f"train.dataset={dataset}", f"train.epochs={epochs}", "train.bootstrap=10"]  # fmt: skip
+    overrides = [*fault_overrides(root, dataset, "classifier", epochs), f"train.run={run}", *(extra or [])]
+    cmd = [sys.executable, "-m", "jobs.train_classifier", "--config", "tiny", "--set", *overrides]
     classifier = root / "runs" / run / "classifier"
-    killed_at = kill_when(
-        [*base, f"train.run={run}"], lambda: bool(registered_epochs(classifier)), workdir / "first.log"
-    )
+    killed_at = kill_when(cmd, lambda: bool(registered_epochs(classifier)), workdir / "first.log", env=env)
     killed_wall = time.time()  # kill_when has killed the job's process group when it returns
     last_registered = max(registered_epochs(classifier))
     reported = len(read_history(classifier))
-    rerun = run_job([*base, f"train.run={run}"])
+    rerun = run_job(cmd, env=env)
     history = read_history(classifier)
     epochs_seen = [int(h["epoch"]) for h in history]
     resumed = [int(h.get("start_epoch", 0)) for h in history if int(h.get("start_epoch", 0)) > 0]
     resumed_from = min(resumed) if resumed else (0 if history else -1)
-    each_row_once = epochs_saw_each_row_once(history, train_ids(root, dataset), 2)  # tiny: 2 Train workers
-    shared = fresh() if fresh is not None else None
-    fresh_shared = shared is not None and shared.started_at >= killed_wall
-    fresh_run = shared.run if fresh_shared else reference_run(root, dataset, "classifier", epochs, run=FRESH_RUN).run
-    fresh_history = read_history(root / "runs" / fresh_run / "classifier")
+    workers = load_config("tiny", overrides).train.num_workers
+    each_row_once = epochs_saw_each_row_once(history, train_ids(root, dataset), workers)
+    other = run_begun_after(root, dataset, epochs, killed_wall, fresh()) if fresh is not None else None
+    fresh_history = read_history(root / "runs" / other.run / "classifier") if other is not None else []
     figures = ClassifierDriverKillResult(
         killed_at_s=round(killed_at, 1),
         last_registered=last_registered,
@@ -196,8 +199,8 @@ def classifier_driver_kill(
         each_row_once=each_row_once,
         rerun_rc=rerun.returncode,
         rerun_log=(rerun.stdout + rerun.stderr)[-1500:] if rerun.returncode else "",
-        fresh_run=fresh_run,
-        fresh_run_shared=fresh_shared,
+        fresh_run=other.run if other is not None else "",
+        fresh_run_shared=other is not None and other.run != OTHER_RUN,
         fresh_start_epoch=int(fresh_history[0].get("start_epoch", -1)) if fresh_history else -1,
         fresh_epochs=[int(h["epoch"]) for h in fresh_history],
     )

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from trcgl_dev.faults.run_files import (
 log = logging.getLogger(__name__)
 
 REFERENCE_EPOCHS = 2  # epochs of the faulted runs of the suite and the benchmark, and so of the shared references
+OTHER_RUN = "kill-other-run-name"  # the classifier's run under another name, when the scenario trains its own
 
 
 @dataclass
@@ -47,8 +49,7 @@ class ReferenceRun:
         run: its run name (``train.run``).
         result: the training job's result (``run_training`` / ``run_train_diffusion``).
         started_at: wall-clock time (``time.time()``) when its training began, so a scenario can tell whether the
-            run began after a point of its own (see
-            :func:`trcgl_dev.faults.driver_kill.classifier_driver_kill`).
+            run began after a point of its own (see :func:`run_begun_after`).
     """
 
     stage: str
@@ -86,6 +87,11 @@ class WorkerKillResult(Figures):
         test_mauc: the faulted classifier's test mAUC (None for diffusion or when it did not finish).
         test_mauc_no_fault: the reference classifier's test mAUC (None for diffusion).
         reference_shared: the reference was given by the caller rather than trained here.
+        other_run: the classifier run under another name that began after the faulted run's first checkpoint (the
+            reference when it did, else :data:`OTHER_RUN`); "" for diffusion.
+        other_run_start_epoch: that run's first epoch (0: the faulted run's checkpoints beside it were not picked
+            up; -1: no history or not checked).
+        other_run_epochs: the epochs that run trained.
         seconds: wall time from the start of the faulted run to its end.
     """
 
@@ -108,6 +114,9 @@ class WorkerKillResult(Figures):
     test_mauc: float | None
     test_mauc_no_fault: float | None
     reference_shared: bool
+    other_run: str
+    other_run_start_epoch: int
+    other_run_epochs: list[int]
     seconds: float
 
 
@@ -165,6 +174,20 @@ def reference_run(root: Path, dataset: str, stage: str, epochs: int, run: str | 
     return ReferenceRun(stage, run, result, started_at)
 
 
+def run_begun_after(
+    root: Path, dataset: str, epochs: int, since: float, shared: ReferenceRun | None = None
+) -> ReferenceRun:
+    """A fault-free classifier run with :func:`fault_overrides`' configuration whose training began after ``since``
+    (``time.time()``): ``shared`` when it began after ``since``, else one trained here as :data:`OTHER_RUN`.
+
+    A run under another name that begins while a faulted run's checkpoints sit beside it must start at epoch 0; only
+    a run begun after those checkpoints existed can show that, whichever test asked for the shared run first.
+    """
+    if shared is not None and shared.started_at >= since:
+        return shared
+    return reference_run(root, dataset, "classifier", epochs, run=OTHER_RUN)
+
+
 def train_worker_kill(
     root: Path,
     dataset: str,
@@ -172,9 +195,12 @@ def train_worker_kill(
     epochs: int = REFERENCE_EPOCHS,
     kill_delay_s: float = 1.0,
     timeout_s: float = 600.0,
-    reference: dict[str, Any] | None = None,
+    reference: dict[str, Any] | Callable[[], ReferenceRun] | None = None,
 ) -> WorkerKillResult:
     """Kills one Train worker mid-epoch in ``stage`` training and compares the outcome with a fault-free run.
+
+    For the classifier it also looks at a run under another name begun after the faulted run's first checkpoint
+    (:func:`run_begun_after`): it must start at epoch 0.
 
     Args:
         root: the storage root holding the prepared dataset.
@@ -183,8 +209,10 @@ def train_worker_kill(
         epochs: epochs of the faulted run (and of the reference).
         kill_delay_s: seconds after the first registered checkpoint before the kill, to land inside the next epoch.
         timeout_s: how long the run may take before the scenario gives up.
-        reference: the result of a fault-free run already trained with :func:`fault_overrides`' configuration and
-            the same ``epochs`` (e.g. :attr:`ReferenceRun.result`); None: one is trained here.
+        reference: the fault-free run of :func:`fault_overrides`' configuration and the same ``epochs``: its
+            result (e.g. :attr:`ReferenceRun.result`), or a function giving the run, called after the faulted run
+            (a shared run trained on first use then begins after it, and also serves as the run under another
+            name); None: one is trained here after the faulted run.
 
     Raises:
         ValueError: an unknown ``stage``.
@@ -212,6 +240,7 @@ def train_worker_kill(
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{run}: no checkpoint registered in {timeout_s:.0f} s")
         time.sleep(0.25)
+    first_checkpoint = time.time()  # the faulted run's checkpoints exist from here on
     if not thread.is_alive():
         raise RuntimeError(f"{run} ended before the kill point: {out.get('error') or 'finished too fast'}")
     time.sleep(kill_delay_s)  # into the next epoch
@@ -238,10 +267,15 @@ def train_worker_kill(
     weights = None if stage == "classifier" else dict(cfg.diffusion.group_weights)
     each_row_once = epochs_saw_each_row_once(history, train_ids(root, dataset, weights), cfg.train.num_workers)
     reference_shared = reference is not None
-    if reference is None:
-        reference = reference_run(root, dataset, stage, epochs).result
+    if callable(reference):
+        ref_run: ReferenceRun | None = reference()
+    else:
+        ref_run = reference_run(root, dataset, stage, epochs) if reference is None else None
+    no_fault = ref_run.result if ref_run is not None else reference
+    other = run_begun_after(root, dataset, epochs, first_checkpoint, ref_run).run if stage == "classifier" else ""
+    other_history = read_history(root / "runs" / other / stage) if other else []
     result = out.get("result")  # present once the faulted run returned
-    reference_history = read_history(root / "runs" / reference["run"] / stage)
+    reference_history = read_history(root / "runs" / no_fault["run"] / stage)
     figures = WorkerKillResult(
         stage=stage,
         completed="result" in out and not thread.is_alive(),
@@ -258,10 +292,13 @@ def train_worker_kill(
         rows_trained_no_fault=rows_trained(reference_history),
         epochs_no_fault=[int(h["epoch"]) for h in reference_history],
         final=_final(stage, result, root) if "result" in out else None,
-        final_no_fault=_final(stage, reference, root),
+        final_no_fault=_final(stage, no_fault, root),
         test_mauc=result["test"]["mAUC"] if stage == "classifier" and "result" in out else None,
-        test_mauc_no_fault=reference["test"]["mAUC"] if stage == "classifier" else None,
+        test_mauc_no_fault=no_fault["test"]["mAUC"] if stage == "classifier" else None,
         reference_shared=reference_shared,
+        other_run=other,
+        other_run_start_epoch=int(other_history[0].get("start_epoch", -1)) if other_history else -1,
+        other_run_epochs=[int(h["epoch"]) for h in other_history],
         seconds=round(seconds, 1),
     )
     log.info("train worker kill: %s", figures)

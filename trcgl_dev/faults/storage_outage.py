@@ -34,6 +34,11 @@ from trcgl_dev.faults.proxy import TcpProxy
 log = logging.getLogger(__name__)
 
 OPS = ("read", "write", "folder")
+SHORT_OUTAGES = (2.0, 8.0)  # seconds; each for every op, all to be ridden out by the retries
+# (op, seconds): beyond what the retries ride out, to fail loudly. Only the folder upload (files, then the manifest:
+# the op whose failure could leave a partial publish), because it costs about 35 s.
+LONG_OUTAGE = ("folder", 30.0)
+OUTAGE_CASES = [(op, s) for s in SHORT_OUTAGES for op in OPS] + [LONG_OUTAGE]  # what the suite and benchmark run
 # the uploaded folder's files, shaped like a small checkpoint: name -> random bytes (0: a JSON state)
 FOLDER_FILES = {"model.pt": 384 * 1024, "optimizer.pt": 192 * 1024, "state.json": 0}
 _MAX_ERROR_CHARS = 600

@@ -320,10 +320,16 @@ def xdist_groups(items: list[tuple[str, list[str]]]) -> dict[str, str]:
     return {nodeid: names.get(find(nodeid.split("::")[0]), nodeid.split("::")[0]) for nodeid, _ in items}
 
 
+def fixtures_used(item: pytest.Item) -> list[str]:
+    """The fixtures ``item`` uses: those it names, and those its ``shares`` marker names (asked for at run time with
+    ``request.getfixturevalue``, which collection cannot see)."""
+    return [*getattr(item, "fixturenames", []), *(n for mark in item.iter_markers("shares") for n in mark.args)]
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Marks each test with its :func:`xdist_groups` group (``--dist loadgroup`` keeps a group on one worker)."""
-    groups = xdist_groups([(item.nodeid, list(getattr(item, "fixturenames", []))) for item in items])
+    groups = xdist_groups([(item.nodeid, fixtures_used(item)) for item in items])
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))

@@ -25,8 +25,9 @@ from trcgl.storage import Storage, source_dir
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-# 64 px rows in tasks of 10 and shards of 16 rows: enough tasks that a kill lands in the middle of each stage
-SETTINGS = ["synth.rows=300", "synth.batch_size=10", "data.shard_rows=16"]
+# 120 rows of 64 px in tasks of 6 and shards of 8 rows: 20 render tasks and 15 shards, enough that a kill lands in the
+# middle of each stage
+SETTINGS = ["synth.rows=120", "synth.batch_size=6", "data.shard_rows=8"]
 
 
 def _command(module: str, root: Path) -> list[str]:

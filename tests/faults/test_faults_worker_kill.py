@@ -11,6 +11,7 @@ from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, train_worker_kill
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
+@pytest.mark.shares("tiny_diffusion", "classifier_reference")  # asked for below, at run time
 @pytest.mark.parametrize("stage", ["classifier", "diffusion"])
 def test_killed_train_worker_recovers_from_a_registered_checkpoint(
     tiny_prepared, stage: str, record, request: pytest.FixtureRequest

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def _footer_readers() -> int:
     """FooterReader actors this Ray has ever had (the state API lists dead actors too)."""
-    from ray.util.state import list_actors
+    from trcgl_dev.ray_state import list_actors
 
     return len(list_actors(filters=[("class_name", "=", "FooterReader")], limit=10_000, raise_on_missing_output=False))
 

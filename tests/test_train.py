@@ -112,7 +112,7 @@ def test_epoch_order_gives_each_rank_its_own_rows_of_each_epochs_permutation():
 
 def _actors(class_name: str) -> int:
     """Actors of ``class_name`` the session's Ray has ever had (the state API lists dead actors too)."""
-    from ray.util.state import list_actors
+    from trcgl_dev.ray_state import list_actors
 
     return len(list_actors(filters=[("class_name", "=", class_name)], limit=10_000, raise_on_missing_output=False))
 

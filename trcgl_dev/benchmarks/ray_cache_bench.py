@@ -124,7 +124,7 @@ def run(workdir: str | None = None, epochs: int = 3, stages: tuple[str, ...] = (
     root.mkdir(parents=True, exist_ok=True)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
+        ray.init(address="local", num_cpus=2, log_to_driver=False, **local_dashboard())
     try:
         dataset = prepare_tiny(root)
         result = CacheBenchResult(rows=load_dataset_info(Storage(str(root)), dataset).split_sizes)

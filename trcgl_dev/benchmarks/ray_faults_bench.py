@@ -165,7 +165,7 @@ def run_scenarios(workdir: Path, only: set[str]) -> int:
     root = workdir / "root"
     t0 = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(num_cpus=2, log_to_driver=False, **local_dashboard())
+        ray.init(address="local", num_cpus=2, log_to_driver=False, **local_dashboard())
     dataset = prepare_tiny(root)
     log.info("tiny dataset %s ready in %.0f s", dataset, time.perf_counter() - t0)
 

@@ -188,7 +188,7 @@ def run(
     if pool:
         started = not ray.is_initialized()
         if started:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             for i, actors in enumerate((1, 2)):
                 sizes = [f"generate.actors_min={actors}", f"generate.actors_max={actors}"]

@@ -156,7 +156,7 @@ def run(
         log.info("(a) in-process loop: %.2f images/s", loop)
         started = not ray.is_initialized()
         if started:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         pools, busy = [], []
         try:
             # untimed: the driver's first Ray Data run imports ray.data and starts Ray Data's own actors (once per

@@ -139,7 +139,7 @@ def time_ours(cfg: Config, csv: Path, images: Path, root: Path, size: int) -> tu
             f"ray.num_cpus={cfg.ray.num_cpus or 2}",
         ],
     )
-    ray.init(num_cpus=prep.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=prep.ray.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         time.sleep(2.0)  # let Ray's own processes settle
         idle = TreeMemorySampler.tree_rss()
@@ -190,7 +190,7 @@ def run(
             "ray.num_cpus=2",
         ],
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         csv, images = render_source(cfg)
     finally:

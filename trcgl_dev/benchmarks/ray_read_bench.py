@@ -85,7 +85,7 @@ def run(workdir: str | None = None, repeats: int = 3) -> ReadBenchResult:
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="trcgl-bench-read-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             dataset = prepare_tiny(root)
         finally:
@@ -94,7 +94,7 @@ def run(workdir: str | None = None, repeats: int = 3) -> ReadBenchResult:
         info = load_dataset_info(storage, dataset)
         result = ReadBenchResult(rows=info.split_sizes["train"], parts=len(info.parts))
         for order in (MODES, MODES[::-1]):
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             try:
                 for i in range(repeats):
                     for mode in order:

@@ -146,7 +146,7 @@ def measure_size(root: Path, size: str, render_size: int, image_size: int, prese
     cfg = _config(root, size, render_size, image_size, preset=preset)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         time.sleep(2.0)  # let Ray's own processes settle
         idle = TreeMemorySampler.tree_rss()
@@ -182,7 +182,7 @@ def measure_epoch(
     cfg = _config(root, size, render_size, image_size, tuple(extra), preset)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run_training(cfg)
     finally:

@@ -136,7 +136,7 @@ def run(
     labels = [y[i % batch_size].numpy().astype(np.uint8) for i in range(rows)]
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
     try:
         ds = ray.data.from_items([{"image": im, "labels": lab} for im, lab in zip(images, labels, strict=True)])
         trainer = TorchTrainer(

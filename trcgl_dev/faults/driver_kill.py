@@ -324,7 +324,7 @@ def sweep_driver_kill(root: Path, workdir: Path, timeout_s: float = 600.0) -> Sw
         """After Tune has saved a trial as stopped, Train workers are alive that were not alive before: the next
         trial's worker group got its placement group. Asked before that trial's first report, so ASHA has not judged
         it yet (a stop there would end the sweep before the kill)."""
-        from ray.util.state import list_actors
+        from trcgl_dev.ray_state import list_actors
 
         wanted = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
         alive = {a.actor_id for a in list_actors(filters=wanted, raise_on_missing_output=False)}

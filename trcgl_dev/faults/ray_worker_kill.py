@@ -122,12 +122,9 @@ class WorkerKillResult(Figures):
 
 def _train_workers() -> list[int]:
     """Pids of the live ``RayTrainWorker`` actors of the Ray this process is connected to."""
-    import ray
-    from ray.util.state import list_actors
+    from trcgl_dev.ray_state import list_actors
 
-    # this process's cluster by its address: autodetection fails where another Ray runs on the machine
     alive = list_actors(
-        address=ray.get_runtime_context().gcs_address,
         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
         detail=True,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SHARED_FIXTURES, fixtures_used, xdist_groups
+from conftest import EARLY_WORK, SHARED_FIXTURES, fixtures_used, xdist_groups
 
 
 def test_groups_merge_files_that_share_a_fixture_transitively() -> None:
@@ -55,3 +55,20 @@ def test_every_collected_test_carries_its_group(request: pytest.FixtureRequest) 
     # marker, invisible in their fixture names
     dynamic = [i for i in items if i.get_closest_marker("shares")]
     assert dynamic and all(n not in i.fixturenames for i in dynamic for n in i.get_closest_marker("shares").args)
+
+
+def test_modules_using_early_work_run_last_each_in_its_order(request: pytest.FixtureRequest) -> None:
+    """On this run's own collection: the files with a user of an early-work fixture come after every other file,
+    each file's tests still together and in their written order."""
+    items = request.session.items
+    files = [i.nodeid.split("::")[0] for i in items]
+    late = {f for f, i in zip(files, items, strict=True) if set(fixtures_used(i)) & EARLY_WORK.keys()}
+    if not late or len(set(files)) == len(late):
+        pytest.skip("this run collected no user of an early-work fixture, or nothing else")
+    first_late = min(n for n, f in enumerate(files) if f in late)
+    assert all(f in late for f in files[first_late:]), "a file without early-work users runs after one with"
+    runs = [f for n, f in enumerate(files) if n == 0 or files[n - 1] != f]  # consecutive stretches of a file
+    assert len(runs) == len(set(runs)), "a file's tests were split apart"
+    for f in late:  # each moved file keeps pytest's order of its tests (their line order)
+        lines = [i.location[1] for i in items if i.nodeid.startswith(f + "::")]
+        assert lines == sorted(lines), f

@@ -1,5 +1,11 @@
-"""Render and prepare survive a SIGKILL at any point: the job commands are killed mid-way (the job process and every
-Ray process under it), run again, and finish the rest with every image and every row present exactly once."""
+"""Render and prepare survive a SIGKILL at any point: the job commands are killed mid-way, run again, and finish the
+rest with every image and every row present exactly once.
+
+The two kills are the two ways a job dies: the render with the local Ray it started (the job process and every Ray
+process under it, as on a laptop), the prepare as one more driver on a running Ray (the session's, as under
+``ray job submit``: Ray ends the dead driver's tasks). The reruns run on the session's Ray too, which saves three local
+Ray starts; starting one is covered by tests/test_jobs.py.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from trcgl.data.prepare import plan_prepare, resolve_inputs
 from trcgl.data.synth import source
 from trcgl.data.synth.render import render_image
 from trcgl.storage import Storage, source_dir
+from trcgl_dev.faults.driver_kill import job_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,19 +42,23 @@ def _command(module: str, root: Path) -> list[str]:
             "--log-level", "WARNING", "--format", "json"]  # fmt: skip
 
 
-def _env() -> dict[str, str]:
+def _own_ray() -> dict[str, str]:
+    """A job environment without ``RAY_ADDRESS``: the job starts its own local Ray."""
     env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1"}
-    env.pop("RAY_ADDRESS", None)  # the job starts its own local Ray
+    env.pop("RAY_ADDRESS", None)
     return env
 
 
-def _kill_when(cmd: list[str], count: Callable[[], int], at_least: int, timeout_s: float = 240.0) -> int:
-    """Runs ``cmd``; once ``count()`` reaches ``at_least``, SIGKILLs it and every process under it (its Ray).
+def _kill_when(
+    cmd: list[str], count: Callable[[], int], at_least: int, env: dict[str, str], timeout_s: float = 240.0
+) -> int:
+    """Runs ``cmd`` with ``env``; once ``count()`` reaches ``at_least``, SIGKILLs it and every process under it (its
+    own Ray, when it started one).
 
     Returns:
         ``count()`` after the kill (what a rerun finds).
     """
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout_s
     while count() < at_least:
         if proc.poll() is not None:
@@ -56,7 +67,7 @@ def _kill_when(cmd: list[str], count: Callable[[], int], at_least: int, timeout_
             proc.kill()
             pytest.fail(f"{cmd[2]} made {count()} of {at_least} files in {timeout_s} s")
         time.sleep(0.02)
-    tree = psutil.Process(proc.pid).children(recursive=True)  # raylet, GCS, workers: all started by this job
+    tree = psutil.Process(proc.pid).children(recursive=True)  # with its own Ray: raylet, GCS, workers
     os.kill(proc.pid, signal.SIGKILL)
     for child in tree:
         try:
@@ -70,12 +81,13 @@ def _kill_when(cmd: list[str], count: Callable[[], int], at_least: int, timeout_
 
 
 def _run(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    """Runs ``cmd`` to the end as a driver on the session's Ray; its JSON summary."""
+    out = subprocess.run(cmd, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 
-def test_render_then_prepare_resume_after_sigkill(tmp_path):
+def test_render_then_prepare_resume_after_sigkill(ray_local: None, tmp_path: Path) -> None:
     cfg = load_config("tiny", [f"storage.root={tmp_path}", *SETTINGS])
     storage = Storage(str(tmp_path))
     name = source.source_name(cfg)
@@ -87,8 +99,8 @@ def test_render_then_prepare_resume_after_sigkill(tmp_path):
     def pngs() -> int:
         return sum(1 for p in images.rglob("*.png") if ".tmp-" not in p.name) if images.exists() else 0
 
-    # render: killed after a quarter of the images, then run to the end
-    killed_at = _kill_when(_command("jobs.synthesize_padchest", tmp_path), pngs, len(plan) // 4)
+    # render: killed with its own Ray after a quarter of the images, then run to the end
+    killed_at = _kill_when(_command("jobs.synthesize_padchest", tmp_path), pngs, len(plan) // 4, _own_ray())
     assert 0 < killed_at < len(plan), "the kill landed while images were being rendered"
     assert storage.manifest(source_dir(name)) is None
     report = _run(_command("jobs.synthesize_padchest", tmp_path))
@@ -115,14 +127,14 @@ def test_render_then_prepare_resume_after_sigkill(tmp_path):
         rel = source.image_rel(name, cfg.synth.layout, r.image_dir, r.image_id)
         assert storage.read_bytes(rel) == encode_png16(pixels), rel
 
-    # prepare: killed after a few shards, then run to the end
+    # prepare: a driver on the session's Ray, killed after a few shards, then run to the end
     prep = plan_prepare(cfg, *resolve_inputs(cfg, storage))
     folder = tmp_path / "datasets" / prep.name
 
     def parts() -> int:
         return len(list(folder.glob("part-*.parquet"))) if folder.exists() else 0
 
-    parts_at_kill = _kill_when(_command("jobs.prepare", tmp_path), parts, 3)
+    parts_at_kill = _kill_when(_command("jobs.prepare", tmp_path), parts, 3, job_env())
     assert 0 < parts_at_kill < prep.num_shards, "the kill landed while shards were being written"
     summary = _run(_command("jobs.prepare", tmp_path))
     assert summary["dataset"] == prep.name and summary["skipped_shards"] >= parts_at_kill

@@ -34,6 +34,11 @@ os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
 # instead of 2 s (a finished run is seen sooner). Ray's processes inherit these from the test process.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1")
+# Ray's log monitor globs its session's log folder for new files on every pass, ten a second, while there are fewer
+# than this many files; at 0 it globs every 0.5 s (LOG_NAME_UPDATE_INTERVAL_S in ray/_private/log_monitor.py).
+# Worker lines still reach their drivers, found at most half a second later (BENCHMARKS.md, "Where the suite's time
+# goes").
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
 # One lung atlas for the whole run: every process that renders PadChest-Synth (render tasks, job drivers, the token
 # head's workers) would otherwise build it from the package's mask zip, about 14 s each
 # (trcgl.data.synth.atlas.load_lung_atlas); the tests of the cache itself set their own path.

@@ -246,12 +246,17 @@ def early_work(request: pytest.FixtureRequest) -> Iterator[None]:
     Each takes long with a core idle for much of it: the end-to-end pipeline job on a Ray head of its own (a single
     driver between stages, the head starting, polls) and the S3 outage matrix (about 35 s, mostly waiting its
     outages out). Started first, they run beside the tests before their first user, and the fixture waits for the
-    result there. Not under pytest-xdist, where each worker would start them: there each fixture does its work when
-    first asked, as without this. The session's end waits for work still running (the pipeline job's head is
-    stopped by its scenario).
+    result there. Under pytest-xdist in :func:`two_lanes`, the worker of the lane holding their users starts them;
+    under other xdist runs each fixture does its work when first asked, as without this. The session's end waits for
+    work still running (the pipeline job's head is stopped by its scenario).
     """
-    wanted = {n for item in request.session.items for n in getattr(item, "fixturenames", ()) if n in EARLY_WORK}
-    if not wanted or os.environ.get("PYTEST_XDIST_WORKER"):
+    items = request.session.items
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # in two lanes, the work of the lane's own users; under other xdist runs, none
+        lane, lanes = LANES.get(worker), lanes_of(items)
+        items = [i for i in items if two_lanes(request.config) and lanes[i.nodeid] == lane]
+    wanted = {n for item in items for n in fixtures_used(item) if n in EARLY_WORK}
+    if not wanted:
         yield
         return
     endpoint = request.getfixturevalue("s3_endpoint")
@@ -331,15 +336,102 @@ def fixtures_used(item: pytest.Item) -> list[str]:
     return [*getattr(item, "fixturenames", []), *(n for mark in item.iter_markers("shares") for n in mark.args)]
 
 
+# The session fixtures built from the tiny rendered dataset, minutes of work together: in two lanes
+# (:func:`two_lanes`) every file that uses one runs in the first lane, so each is built once.
+TINY_FIXTURES = ("tiny_synth", "tiny_prepared", "tiny_diffusion", "classifier_reference")
+LANES = {"gw0": "tiny", "gw1": "other"}  # xdist worker -> the lane it runs
+
+
+def two_lanes(config: pytest.Config) -> bool:
+    """Whether this run is ``-n 2 --dist loadgroup`` (what ``.ci/run`` runs), which :class:`LaneScheduling` runs as
+    two lanes, one per worker: ``tiny`` (the files using a :data:`TINY_FIXTURES` fixture) and ``other`` (every other
+    file: the pipeline job on the token head with its users, and the files that build no session fixture of
+    minutes). Each lane keeps the suite's order.
+
+    Why: on 2 cores one pytest process leaves about a third of the cores idle after its first minutes (single
+    processes starting, importing, or waiting on each other), and a second worker taking any group duplicates
+    the session fixtures that cost minutes; split this way nothing costly is built twice and each lane fills the
+    other's idle (BENCHMARKS.md, "Test suite").
+    """
+    worker_input = getattr(config, "workerinput", None)
+    if worker_input is not None:  # a worker: xdist resets its dist options, the controller sends the answer
+        return bool(worker_input.get("trcgl_two_lanes"))
+    return config.getoption("numprocesses", None) == 2 and config.getoption("dist", None) == "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist controller) Tells each worker whether the run is in :func:`two_lanes`."""
+    node.workerinput["trcgl_two_lanes"] = two_lanes(node.config)
+
+
+def lanes(items: list[tuple[str, list[str]]]) -> dict[str, str]:
+    """The lane of each test in :func:`two_lanes`: ``tiny`` for every test of a file in which one test uses a
+    :data:`TINY_FIXTURES` fixture, else ``other`` (whole files: module fixtures are built once per worker that runs
+    the file).
+
+    Args:
+        items: (node id, fixture names) of each collected test.
+
+    Returns:
+        node id -> ``tiny`` or ``other``.
+    """
+    tiny = {nodeid.split("::")[0] for nodeid, fixtures in items if set(fixtures) & set(TINY_FIXTURES)}
+    return {nodeid: "tiny" if nodeid.split("::")[0] in tiny else "other" for nodeid, _ in items}
+
+
+def lanes_of(items: list[pytest.Item]) -> dict[str, str]:
+    """:func:`lanes` of pytest items."""
+    return lanes([(item.nodeid, fixtures_used(item)) for item in items])
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks each test with its :func:`xdist_groups` group (``--dist loadgroup`` keeps a group on one worker), and
-    runs the modules that use an :data:`EARLY_WORK` fixture last (:func:`early_last`)."""
-    groups = xdist_groups([(item.nodeid, fixtures_used(item)) for item in items])
+    """Marks each test with its xdist group, its lane in :func:`two_lanes`, else its :func:`xdist_groups` group
+    (``--dist loadgroup`` keeps a group on one worker), and runs the modules that use an :data:`EARLY_WORK` fixture
+    last (:func:`early_last`)."""
+    items[:] = early_last(items)
+    if two_lanes(config):
+        groups = lanes_of(items)
+    else:
+        groups = xdist_groups([(item.nodeid, fixtures_used(item)) for item in items])
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    items[:] = early_last(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: optional where xdist is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """In :func:`two_lanes`, :class:`LaneScheduling`; else xdist's own."""
+    return LaneScheduling(config, log) if two_lanes(config) else None
+
+
+def _lane_scheduling() -> type:
+    """:class:`LaneScheduling`, defined when xdist is importable (the class derives from its ``loadgroup``)."""
+    try:
+        from xdist.scheduler import LoadGroupScheduling
+    except ImportError:
+        return object
+
+    class _LaneScheduling(LoadGroupScheduling):
+        """xdist's ``loadgroup`` with each lane (an xdist group) sent to its own worker, :data:`LANES`.
+
+        ``loadgroup`` alone hands the first group to whichever worker starts first; here worker ``gw0`` always
+        runs the ``tiny`` lane and ``gw1`` the ``other`` one, so a worker knows at session start which lane it runs
+        (:func:`early_work` starts the other lane's early work there). A run that collected one lane only runs it
+        on whichever worker xdist keeps (its early work, if any, is then done when first asked).
+        """
+
+        def _assign_work_unit(self, node: Any) -> None:
+            lane = LANES.get(node.gateway.id)
+            if lane in self.workqueue:
+                self.workqueue.move_to_end(lane, last=False)  # the base class pops the first unit
+            super()._assign_work_unit(node)
+
+    return _LaneScheduling
+
+
+LaneScheduling = _lane_scheduling()
 
 
 def early_last(items: list[pytest.Item]) -> list[pytest.Item]:

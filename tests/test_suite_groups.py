@@ -1,9 +1,13 @@
-"""The suite's pytest-xdist groups (tests/conftest.py): a shared session fixture is built on one worker only."""
+"""The suite's pytest-xdist groups and lanes (tests/conftest.py): a shared session fixture is built on one worker
+only."""
 
 from __future__ import annotations
 
+import os
+
+import conftest
 import pytest
-from conftest import EARLY_WORK, SHARED_FIXTURES, fixtures_used, xdist_groups
+from conftest import EARLY_WORK, LANES, SHARED_FIXTURES, TINY_FIXTURES, fixtures_used, lanes, two_lanes, xdist_groups
 
 
 def test_groups_merge_files_that_share_a_fixture_transitively() -> None:
@@ -72,3 +76,44 @@ def test_modules_using_early_work_run_last_each_in_its_order(request: pytest.Fix
     for f in late:  # each moved file keeps pytest's order of its tests (their line order)
         lines = [i.location[1] for i in items if i.nodeid.startswith(f + "::")]
         assert lines == sorted(lines), f
+
+
+def test_lanes_keep_files_whole_and_every_tiny_fixture_user_in_the_tiny_lane() -> None:
+    items = [
+        ("tests/a.py::t1", ["tmp_path"]),
+        ("tests/a.py::t2", ["tiny_prepared"]),  # one user puts its whole file in the tiny lane
+        ("tests/b.py::t3", ["ray_local", "s3_endpoint"]),  # session fixtures of seconds: any lane builds its own
+        ("tests/c.py::t4", ["pipeline_on_token_head"]),
+        ("tests/d.py::t5", ["classifier_reference"]),
+    ]
+    assert lanes(items) == {
+        "tests/a.py::t1": "tiny",
+        "tests/a.py::t2": "tiny",
+        "tests/b.py::t3": "other",
+        "tests/c.py::t4": "other",
+        "tests/d.py::t5": "tiny",
+    }
+    assert set(LANES.values()) == {"tiny", "other"}
+
+
+def test_each_tiny_fixture_is_built_in_one_lane_and_the_early_work_in_the_other(request: pytest.FixtureRequest) -> None:
+    """On this run's own collection, as :func:`~conftest.two_lanes` splits it: every user of a tiny fixture in the
+    tiny lane, every user of an early-work fixture in the other (whose worker then starts that work), files whole;
+    and, when this run is in two lanes, this test runs on its lane's worker with that work started there."""
+    items = request.session.items
+    if len({i.nodeid.split("::")[0] for i in items}) < 10:
+        pytest.skip("the lanes are checked on the whole suite's collection; this run collected only a few files")
+    lane = conftest.lanes_of(items)
+    by_file: dict[str, set[str]] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], set()).add(lane[item.nodeid])
+        used = set(fixtures_used(item))
+        if used & set(TINY_FIXTURES):
+            assert lane[item.nodeid] == "tiny", item.nodeid
+        if used & EARLY_WORK.keys():
+            assert lane[item.nodeid] == "other", item.nodeid  # else the early work would start beside no user
+    assert {f: g for f, g in by_file.items() if len(g) != 1} == {}
+    if two_lanes(request.config) and set(lane.values()) == set(LANES.values()):  # one lane: any worker runs it
+        assert LANES[os.environ["PYTEST_XDIST_WORKER"]] == lane[request.node.nodeid]
+        wanted = {n for i in items if lane[i.nodeid] == "other" for n in fixtures_used(i) if n in EARLY_WORK}
+        assert set(conftest._EARLY) == wanted  # started here, and only here

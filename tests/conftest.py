@@ -359,6 +359,19 @@ def two_lanes(config: pytest.Config) -> bool:
     return config.getoption("numprocesses", None) == 2 and config.getoption("dist", None) == "loadgroup"
 
 
+# The niceness of the ``other`` lane's worker and of everything it starts (its Ray, the token head, jobs): the
+# ``tiny`` lane, the longer, keeps the cores when both want them, and the other lane takes what it leaves idle.
+OTHER_LANE_NICE = 5
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In :func:`two_lanes`, lowers the ``other`` lane's worker's priority by :data:`OTHER_LANE_NICE` before it
+    starts anything."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and two_lanes(config) and LANES.get(worker) == "other":
+        os.nice(OTHER_LANE_NICE)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """(xdist controller) Tells each worker whether the run is in :func:`two_lanes`."""

@@ -337,8 +337,11 @@ def fixtures_used(item: pytest.Item) -> list[str]:
 
 
 # The session fixtures built from the tiny rendered dataset, minutes of work together: in two lanes
-# (:func:`two_lanes`) every file that uses one runs in the first lane, so each is built once.
+# (:func:`two_lanes`) every file that uses one runs in the first lane, so each is built once; a file marked
+# ``lane("other")`` runs in the other lane, which then renders and prepares the tiny dataset again (about a minute of
+# CPU, taken from cores the first lane leaves idle) but never trains the two shared runs (:data:`TINY_RUNS`).
 TINY_FIXTURES = ("tiny_synth", "tiny_prepared", "tiny_diffusion", "classifier_reference")
+TINY_RUNS = ("tiny_diffusion", "classifier_reference")
 LANES = {"gw0": "tiny", "gw1": "other"}  # xdist worker -> the lane it runs
 
 
@@ -378,24 +381,39 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["trcgl_two_lanes"] = two_lanes(node.config)
 
 
-def lanes(items: list[tuple[str, list[str]]]) -> dict[str, str]:
+def lanes(items: list[tuple[str, list[str]]], pinned: dict[str, str] | None = None) -> dict[str, str]:
     """The lane of each test in :func:`two_lanes`: ``tiny`` for every test of a file in which one test uses a
     :data:`TINY_FIXTURES` fixture, else ``other`` (whole files: module fixtures are built once per worker that runs
-    the file).
+    the file); a file in ``pinned`` runs in the lane named there.
+
+    Why pin: the tiny lane is the longer; its files that use the tiny dataset but none of :data:`TINY_RUNS` can run
+    in the other lane for the price of a second render and prepare (BENCHMARKS.md, "Test suite").
 
     Args:
         items: (node id, fixture names) of each collected test.
+        pinned: file -> lane, from the files' ``lane`` markers.
 
     Returns:
         node id -> ``tiny`` or ``other``.
+
+    Raises:
+        ValueError: a file pinned to ``other`` uses one of :data:`TINY_RUNS`, which would then be trained twice.
     """
+    pinned = pinned or {}
+    files = {nodeid.split("::")[0] for nodeid, _ in items}
     tiny = {nodeid.split("::")[0] for nodeid, fixtures in items if set(fixtures) & set(TINY_FIXTURES)}
-    return {nodeid: "tiny" if nodeid.split("::")[0] in tiny else "other" for nodeid, _ in items}
+    runs = {nodeid.split("::")[0] for nodeid, fixtures in items if set(fixtures) & set(TINY_RUNS)}
+    wrong = sorted(f for f in files if pinned.get(f, "tiny") != "tiny" and f in runs)
+    if wrong or set(pinned.values()) - set(LANES.values()):
+        raise ValueError(f"lane markers: {pinned} (lanes {sorted(LANES.values())}; {wrong} use {list(TINY_RUNS)})")
+    lane = {f: pinned.get(f, "tiny" if f in tiny else "other") for f in files}
+    return {nodeid: lane[nodeid.split("::")[0]] for nodeid, _ in items}
 
 
 def lanes_of(items: list[pytest.Item]) -> dict[str, str]:
-    """:func:`lanes` of pytest items."""
-    return lanes([(item.nodeid, fixtures_used(item)) for item in items])
+    """:func:`lanes` of pytest items, pinned by their ``lane`` markers."""
+    pinned = {i.nodeid.split("::")[0]: m.args[0] for i in items for m in i.iter_markers("lane")}
+    return lanes([(item.nodeid, fixtures_used(item)) for item in items], pinned)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads the marks into the node ids

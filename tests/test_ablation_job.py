@@ -28,6 +28,10 @@ from trcgl.study.rows import (
 )
 from trcgl_dev.faults.driver_kill import job_env
 
+# In a two-lane run (tests/conftest.py, two_lanes) this file runs in the other lane: it uses the tiny dataset but
+# neither shared tiny run, and the tiny lane is the longer.
+pytestmark = pytest.mark.lane("other")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

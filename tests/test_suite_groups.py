@@ -7,7 +7,17 @@ import os
 
 import conftest
 import pytest
-from conftest import EARLY_WORK, LANES, SHARED_FIXTURES, TINY_FIXTURES, fixtures_used, lanes, two_lanes, xdist_groups
+from conftest import (
+    EARLY_WORK,
+    LANES,
+    SHARED_FIXTURES,
+    TINY_FIXTURES,
+    TINY_RUNS,
+    fixtures_used,
+    lanes,
+    two_lanes,
+    xdist_groups,
+)
 
 
 def test_groups_merge_files_that_share_a_fixture_transitively() -> None:
@@ -94,11 +104,18 @@ def test_lanes_keep_files_whole_and_every_tiny_fixture_user_in_the_tiny_lane() -
         "tests/d.py::t5": "tiny",
     }
     assert set(LANES.values()) == {"tiny", "other"}
+    # a pinned file runs where its marker says; one that trains a shared tiny run cannot leave the tiny lane
+    assert lanes(items, {"tests/a.py": "other"})["tests/a.py::t1"] == "other"
+    with pytest.raises(ValueError, match="tests/d.py"):
+        lanes(items, {"tests/d.py": "other"})
+    with pytest.raises(ValueError, match="third"):
+        lanes(items, {"tests/b.py": "third"})
 
 
-def test_each_tiny_fixture_is_built_in_one_lane_and_the_early_work_in_the_other(request: pytest.FixtureRequest) -> None:
-    """On this run's own collection, as :func:`~conftest.two_lanes` splits it: every user of a tiny fixture in the
-    tiny lane, every user of an early-work fixture in the other (whose worker then starts that work), files whole;
+def test_each_tiny_run_is_built_in_one_lane_and_the_early_work_in_the_other(request: pytest.FixtureRequest) -> None:
+    """On this run's own collection, as :func:`~conftest.two_lanes` splits it: every user of a shared tiny run, and
+    of any tiny fixture unless its file is pinned to a lane, in the tiny lane; every user of an early-work fixture in
+    the other (whose worker then starts that work); files whole;
     and, when this run is in two lanes, this test runs on its lane's worker with that work started there."""
     items = request.session.items
     if len({i.nodeid.split("::")[0] for i in items}) < 10:
@@ -108,7 +125,7 @@ def test_each_tiny_fixture_is_built_in_one_lane_and_the_early_work_in_the_other(
     for item in items:
         by_file.setdefault(item.nodeid.split("::")[0], set()).add(lane[item.nodeid])
         used = set(fixtures_used(item))
-        if used & set(TINY_FIXTURES):
+        if used & set(TINY_RUNS) or (used & set(TINY_FIXTURES) and not item.get_closest_marker("lane")):
             assert lane[item.nodeid] == "tiny", item.nodeid
         if used & EARLY_WORK.keys():
             assert lane[item.nodeid] == "other", item.nodeid  # else the early work would start beside no user

@@ -12,6 +12,10 @@ from trcgl.data.dataset import DatasetInfo
 from trcgl.storage import Storage, run_dir
 from trcgl.train.data import augment, choose_resampled, choose_synthetic, lr_factor
 
+# In a two-lane run (tests/conftest.py, two_lanes) this file runs in the other lane: it uses the tiny dataset but
+# neither shared tiny run, and the tiny lane is the longer.
+pytestmark = pytest.mark.lane("other")
+
 
 def make_synthetic_folder(storage: Storage, dataset: str) -> str:
     """A synthetic folder built from real tail-positive train images (what the generation job writes)."""

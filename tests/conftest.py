@@ -252,9 +252,10 @@ def early_work(request: pytest.FixtureRequest) -> Iterator[None]:
     """
     items = request.session.items
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:  # in two lanes, the work of the lane's own users; under other xdist runs, none
-        lane, lanes = LANES.get(worker), lanes_of(items)
-        items = [i for i in items if two_lanes(request.config) and lanes[i.nodeid] == lane]
+    if worker:  # in two lanes, the work of this worker's lane's users; under other xdist runs, none
+        own = LANES.get(worker) if two_lanes(request.config) else None
+        lane = lanes_of(items) if own else {}
+        items = [i for i in items if own and lane[i.nodeid] == own]
     wanted = {n for item in items for n in fixtures_used(item) if n in EARLY_WORK}
     if not wanted:
         yield
@@ -347,14 +348,14 @@ LANES = {"gw0": "tiny", "gw1": "other"}  # xdist worker -> the lane it runs
 
 def two_lanes(config: pytest.Config) -> bool:
     """Whether this run is ``-n 2 --dist loadgroup`` (what ``.ci/run`` runs), which :class:`LaneScheduling` runs as
-    two lanes, one per worker: ``tiny`` (the files using a :data:`TINY_FIXTURES` fixture) and ``other`` (every other
-    file: the pipeline job on the token head with its users, and the files that build no session fixture of
-    minutes). Each lane keeps the suite's order.
+    two lanes, one per worker (:func:`lanes`): ``tiny`` (the files using a :data:`TINY_FIXTURES` fixture) and
+    ``other`` (every other file: the pipeline job on the token head with its users, the files that build no session
+    fixture of minutes, and the files pinned there). Each lane keeps the suite's order.
 
-    Why: on 2 cores one pytest process leaves about a third of the cores idle after its first minutes (single
-    processes starting, importing, or waiting on each other), and a second worker taking any group duplicates
-    the session fixtures that cost minutes; split this way nothing costly is built twice and each lane fills the
-    other's idle (BENCHMARKS.md, "Test suite").
+    Why: on 2 cores one pytest process leaves about a fifth of the cores idle, most of it after its first minutes
+    (single processes starting, importing, or waiting on each other), and a second worker taking any group rebuilds
+    the session fixtures that cost minutes; split this way neither shared tiny run nor the pipeline job is built
+    twice and each lane fills the other's idle (BENCHMARKS.md, "Test suite").
     """
     worker_input = getattr(config, "workerinput", None)
     if worker_input is not None:  # a worker: xdist resets its dist options, the controller sends the answer
@@ -397,15 +398,21 @@ def lanes(items: list[tuple[str, list[str]]], pinned: dict[str, str] | None = No
         node id -> ``tiny`` or ``other``.
 
     Raises:
-        ValueError: a file pinned to ``other`` uses one of :data:`TINY_RUNS`, which would then be trained twice.
+        ValueError: a marker names an unknown lane, or a file pinned to ``other`` uses one of :data:`TINY_RUNS`
+            (which would then be trained twice).
     """
     pinned = pinned or {}
     files = {nodeid.split("::")[0] for nodeid, _ in items}
     tiny = {nodeid.split("::")[0] for nodeid, fixtures in items if set(fixtures) & set(TINY_FIXTURES)}
     runs = {nodeid.split("::")[0] for nodeid, fixtures in items if set(fixtures) & set(TINY_RUNS)}
+    unknown = {f: name for f, name in pinned.items() if name not in LANES.values()}
+    if unknown:
+        raise ValueError(f"lane markers name unknown lanes {unknown}; the lanes are {sorted(LANES.values())}")
     wrong = sorted(f for f in files if pinned.get(f, "tiny") != "tiny" and f in runs)
-    if wrong or set(pinned.values()) - set(LANES.values()):
-        raise ValueError(f"lane markers: {pinned} (lanes {sorted(LANES.values())}; {wrong} use {list(TINY_RUNS)})")
+    if wrong:
+        raise ValueError(
+            f"{wrong} use one of {list(TINY_RUNS)} but are marked for another lane, which would train it again"
+        )
     lane = {f: pinned.get(f, "tiny" if f in tiny else "other") for f in files}
     return {nodeid: lane[nodeid.split("::")[0]] for nodeid, _ in items}
 

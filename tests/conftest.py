@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from xdist.scheduler import LoadGroupScheduling  # pytest-xdist: a test dependency (pyproject.toml)
 
 from trcgl_dev.faults import record_figures
 from trcgl_dev.faults.ray_worker_kill import REFERENCE_EPOCHS, ReferenceRun, reference_run
@@ -376,7 +377,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.nice(OTHER_LANE_NICE)
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True)  # xdist's hooks: unknown under -p no:xdist
 def pytest_configure_node(node: Any) -> None:
     """(xdist controller) Tells each worker whether the run is in :func:`two_lanes`."""
     node.workerinput["trcgl_two_lanes"] = two_lanes(node.config)
@@ -438,38 +439,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
 
 
-@pytest.hookimpl(optionalhook=True)  # an xdist hook: optional where xdist is not installed
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """In :func:`two_lanes`, :class:`LaneScheduling`; else xdist's own."""
     return LaneScheduling(config, log) if two_lanes(config) else None
 
 
-def _lane_scheduling() -> type:
-    """:class:`LaneScheduling`, defined when xdist is importable (the class derives from its ``loadgroup``)."""
-    try:
-        from xdist.scheduler import LoadGroupScheduling
-    except ImportError:
-        return object
+class LaneScheduling(LoadGroupScheduling):
+    """xdist's ``loadgroup`` with each lane (an xdist group) sent to its own worker, :data:`LANES`.
 
-    class _LaneScheduling(LoadGroupScheduling):
-        """xdist's ``loadgroup`` with each lane (an xdist group) sent to its own worker, :data:`LANES`.
+    ``loadgroup`` alone hands the first group to whichever worker starts first; here worker ``gw0`` always runs the
+    ``tiny`` lane and ``gw1`` the ``other`` one, so a worker knows at session start which lane it runs
+    (:func:`early_work` starts the other lane's early work there). A run that collected one lane only runs it on
+    whichever worker xdist keeps (its early work, if any, is then done when first asked).
+    """
 
-        ``loadgroup`` alone hands the first group to whichever worker starts first; here worker ``gw0`` always
-        runs the ``tiny`` lane and ``gw1`` the ``other`` one, so a worker knows at session start which lane it runs
-        (:func:`early_work` starts the other lane's early work there). A run that collected one lane only runs it
-        on whichever worker xdist keeps (its early work, if any, is then done when first asked).
-        """
-
-        def _assign_work_unit(self, node: Any) -> None:
-            lane = LANES.get(node.gateway.id)
-            if lane in self.workqueue:
-                self.workqueue.move_to_end(lane, last=False)  # the base class pops the first unit
-            super()._assign_work_unit(node)
-
-    return _LaneScheduling
-
-
-LaneScheduling = _lane_scheduling()
+    def _assign_work_unit(self, node: Any) -> None:
+        lane = LANES.get(node.gateway.id)
+        if lane in self.workqueue:
+            self.workqueue.move_to_end(lane, last=False)  # the base class pops the first unit
+        super()._assign_work_unit(node)
 
 
 def early_last(items: list[pytest.Item]) -> list[pytest.Item]:

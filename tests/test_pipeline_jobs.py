@@ -22,10 +22,22 @@ def pipeline_job(pipeline_on_token_head: dict) -> dict:
     return {**pipeline_on_token_head, "job": pipeline_on_token_head["security"].job}
 
 
-def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
+@pytest.fixture(scope="module")
+def downloaded_report(pipeline_job: dict) -> Path:
+    """The run's report folder as ``jobs.results --download`` writes it (once per module, whichever test asks
+    first)."""
     from jobs import results
 
-    root, s3_endpoint, tmp_path = pipeline_job["root"], pipeline_job["endpoint"], pipeline_job["tmp"]
+    dest = pipeline_job["tmp"] / "report"
+    root, s3_endpoint = pipeline_job["root"], pipeline_job["endpoint"]
+    assert results.main([f"{root}/runs/tiny", "--endpoint-url", s3_endpoint, "--download", str(dest)]) == 0
+    return dest
+
+
+def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job, downloaded_report):
+    from jobs import results
+
+    root, s3_endpoint = pipeline_job["root"], pipeline_job["endpoint"]
     job = pipeline_job["job"]  # submitted with the token; calls without it: tests/faults (the security scenario)
     assert job.succeeded, job.log_tail
     assert "report:" in Path(job.output_file).read_text()  # the summary table and report path reach the job log
@@ -33,8 +45,6 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
     # jobs.results reads the run back from S3 without Ray
     assert results.main([root, "--endpoint-url", s3_endpoint, "--format", "json"]) == 0
     assert results.main([f"{root}/runs/tiny", "--endpoint-url", s3_endpoint]) == 0
-    dest = tmp_path / "report"
-    assert results.main([f"{root}/runs/tiny", "--endpoint-url", s3_endpoint, "--download", str(dest)]) == 0
     from trcgl.config import StorageConfig
     from trcgl.storage import Storage
 
@@ -74,12 +84,12 @@ def test_pipeline_job_on_a_token_head_writes_s3_and_reads_back(pipeline_job):
     assert "runs/tiny/baseline/classifier/best/model.pt" in baseline
     assert any(f.startswith("runs/tiny/baseline/classifier/checkpoint_") and f.endswith("model.pt") for f in baseline)
 
-    assert (dest / "report.html").exists()
+    assert (downloaded_report / "report.html").exists()  # jobs.results --download
 
 
-def test_pipeline_report_opens_in_a_browser(pipeline_job):
+def test_pipeline_report_opens_in_a_browser(pipeline_job, downloaded_report):
     """The report the pipeline job wrote, downloaded by jobs.results, in a real headless Chromium."""
-    html = pipeline_job["tmp"] / "report" / "report.html"
+    html = downloaded_report / "report.html"
     assert html.exists()
     binary = browser_or_skip()
     page, png = inspect_page(binary, html, pipeline_job["tmp"] / "profile")

@@ -16,6 +16,7 @@ from conftest import (
     fixtures_used,
     lanes,
     two_lanes,
+    ungrouped,
     xdist_groups,
 )
 
@@ -131,6 +132,22 @@ def test_each_tiny_run_is_built_in_one_lane_and_the_early_work_in_the_other(requ
             assert lane[item.nodeid] == "other", item.nodeid  # else the early work would start beside no user
     assert {f: g for f, g in by_file.items() if len(g) != 1} == {}
     if two_lanes(request.config) and set(lane.values()) == set(LANES.values()):  # one lane: any worker runs it
+        # xdist scheduled this test by its lane: the group suffix it reads is on the id (else ungrouped() stops the
+        # run first), and the test runs on that lane's worker
+        assert request.node.nodeid.endswith("@" + lane[request.node.nodeid]), request.node.nodeid
         assert LANES[os.environ["PYTEST_XDIST_WORKER"]] == lane[request.node.nodeid]
         wanted = {n for i in items if lane[i.nodeid] == "other" for n in fixtures_used(i) if n in EARLY_WORK}
         assert set(conftest._EARLY) == wanted  # started here, and only here
+
+
+def test_ids_without_their_group_are_found() -> None:
+    """What stops a ``--dist loadgroup`` run whose groups did not reach xdist's scheduler (pytest 9.2 with
+    pytest-xdist 3.8): ids without an ``@group`` after their last ``]``, by the scheduler's own rule."""
+    ids = [
+        "tests/a.py::t1@tiny",
+        "tests/a.py::t2[x@y]@other",  # an @ inside the parameters, then the group
+        "tests/b.py::t3",
+        "tests/b.py::t4[x@y]",  # the only @ is a parameter's
+    ]
+    assert ungrouped(ids) == ["tests/b.py::t3", "tests/b.py::t4[x@y]"]
+    assert ungrouped(ids[:2]) == []

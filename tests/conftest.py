@@ -351,7 +351,8 @@ def two_lanes(config: pytest.Config) -> bool:
     """Whether this run is ``-n 2 --dist loadgroup`` (what ``.ci/run`` runs), which :class:`LaneScheduling` runs as
     two lanes, one per worker (:func:`lanes`): ``tiny`` (the files using a :data:`TINY_FIXTURES` fixture) and
     ``other`` (every other file: the pipeline job on the token head with its users, the files that build no session
-    fixture of minutes, and the files pinned there). Each lane keeps the suite's order.
+    fixture of minutes, and the files pinned there); a file marked ``lane("tiny")`` moves the other way, to even
+    out the lanes' ends. Each lane keeps the suite's order.
 
     Why: on 2 cores one pytest process leaves about a fifth of the cores idle, most of it after its first minutes
     (single processes starting, importing, or waiting on each other), and a second worker taking any group rebuilds

@@ -30,7 +30,10 @@ from trcgl.data.synth.render import render_image
 from trcgl.storage import Storage, source_dir
 from trcgl_dev.faults.driver_kill import job_env
 
-pytestmark = pytest.mark.slow
+# In a two-lane run (tests/conftest.py, two_lanes) this file runs in the tiny lane, though it uses no tiny fixture:
+# the other lane is the longer, and for its last minute or two it ran alone, with a core often idle (BENCHMARKS.md,
+# "Test suite").
+pytestmark = [pytest.mark.slow, pytest.mark.lane("tiny")]
 ROOT = Path(__file__).resolve().parent.parent
 # 120 rows of 64 px in tasks of 6 and shards of 8 rows: 20 render tasks and 15 shards, enough that a kill lands in the
 # middle of each stage

@@ -340,8 +340,9 @@ def fixtures_used(item: pytest.Item) -> list[str]:
 
 # The session fixtures built from the tiny rendered dataset, minutes of work together: in two lanes
 # (:func:`two_lanes`) every file that uses one runs in the first lane, so each is built once; a file marked
-# ``lane("other")`` runs in the other lane, which then renders and prepares the tiny dataset again (about a minute of
-# CPU, taken from cores the first lane leaves idle) but never trains the two shared runs (:data:`TINY_RUNS`).
+# ``lane("other")`` runs in the other lane, which then renders and prepares the tiny dataset again (13-20 CPU-seconds
+# on a local Ray with the lung atlas cached, BENCHMARKS.md "Where the suite's time goes") but never trains the two
+# shared runs (:data:`TINY_RUNS`).
 TINY_FIXTURES = ("tiny_synth", "tiny_prepared", "tiny_diffusion", "classifier_reference")
 TINY_RUNS = ("tiny_diffusion", "classifier_reference")
 LANES = {"gw0": "tiny", "gw1": "other"}  # xdist worker -> the lane it runs
